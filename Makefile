@@ -1,0 +1,60 @@
+# hypotest: two commands on a fresh machine.
+#   make test   set everything up (venv, pinned packages, Debian packages) and run the test suite
+#   make demo   set everything up and run the main job on the embedded default
+# Both are idempotent: a second run only re-installs when pyproject.toml or constraints.txt change.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Two cores: keep BLAS from oversubscribing them (XLA ignores these; see conftest.py).
+export OMP_NUM_THREADS := 1
+export OPENBLAS_NUM_THREADS := 1
+export MKL_NUM_THREADS := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup system test test-marked test-all demo lock clean
+
+setup: $(STAMP) system
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"hypotest needs Python >= 3.11, found {sys.version.split()[0]}"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -qq --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -qq -c constraints.txt -e ".[dev]"
+	$(BIN)/pip check
+	@touch $(STAMP)
+
+# Debian packages the tests need: chromium for the browser tests (never `playwright install`).
+system:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# The default suite: everything not marked slow, browser or ray (see pyproject.toml).
+test: setup
+	$(BIN)/python -m pytest
+
+# The marked tests (slow, browser, Ray cluster); exit code 5 means none are collected yet.
+test-marked: setup
+	$(BIN)/python -m pytest -m "slow or browser or ray"; rc=$$?; \
+	  if [ $$rc = 5 ]; then echo "no slow/browser/ray tests collected"; exit 0; fi; exit $$rc
+
+test-all: test test-marked
+
+demo: setup
+	$(BIN)/hypotest demo
+
+# Re-resolve the pinned versions from the ranges in pyproject.toml (commit the result).
+lock:
+	rm -rf /tmp/hypotest-lock && $(PYTHON) -m venv /tmp/hypotest-lock
+	/tmp/hypotest-lock/bin/pip install -qq --upgrade pip
+	/tmp/hypotest-lock/bin/pip install --quiet ".[dev]"
+	/tmp/hypotest-lock/bin/pip freeze --exclude hypotest | grep -v '^-e ' > constraints.txt
+	@echo "constraints.txt: $$(wc -l < constraints.txt) pins"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

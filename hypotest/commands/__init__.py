@@ -1,0 +1,1 @@
+"""One module per ``hypotest`` subcommand, each with ``register(subparsers)``."""
