@@ -1,6 +1,60 @@
 """workflows: Ray. Library shards in the object store, distributed pre-simulation, scoring and
-refinement, and the ``ray job submit`` entrypoints."""
+refinement, and the ``ray job submit`` entrypoints (``python -m workflows.presimulate``,
+``python -m workflows.refine``; see workflows/README_cluster.md)."""
 
+from workflows.cache import cached_ids, has_image, image_path, read_image, read_images, write_image
+from workflows.keys import stable_digest32, task_key
 from workflows.local import LOOPBACK, LocalRay, local_ray, worker_env
+from workflows.presim import PresimReport, SimulationWorker, make_workers, presimulate
+from workflows.refinement import RefineResult, refine_batch, refine_one, top_ids
+from workflows.shards import ShardedLibrary, ShardScorer, ShardScores, posterior_from_scores
+from workflows.spec import (
+    SIMULATOR_KINDS,
+    SimulationSpec,
+    check_specimen,
+    make_simulation_spec,
+    make_spec_simulator,
+    output_shape,
+    spec_digest,
+    spec_to_json,
+)
+from workflows.specimens import check_pairs, load_hypotheses, load_pairs, save_pairs
 
-__all__ = ["LOOPBACK", "LocalRay", "local_ray", "worker_env"]
+__all__ = [
+    "LOOPBACK",
+    "LocalRay",
+    "PresimReport",
+    "RefineResult",
+    "SIMULATOR_KINDS",
+    "ShardScorer",
+    "ShardScores",
+    "ShardedLibrary",
+    "SimulationSpec",
+    "SimulationWorker",
+    "cached_ids",
+    "check_pairs",
+    "check_specimen",
+    "has_image",
+    "image_path",
+    "load_hypotheses",
+    "load_pairs",
+    "local_ray",
+    "make_simulation_spec",
+    "make_spec_simulator",
+    "make_workers",
+    "output_shape",
+    "posterior_from_scores",
+    "presimulate",
+    "read_image",
+    "read_images",
+    "refine_batch",
+    "refine_one",
+    "save_pairs",
+    "spec_digest",
+    "spec_to_json",
+    "stable_digest32",
+    "task_key",
+    "top_ids",
+    "worker_env",
+    "write_image",
+]

@@ -1,0 +1,195 @@
+"""The batch front door behind ``hypotest score``: library + frames + BEAM.json -> RESULT.json.
+
+1. hypotheses from a library file (``library.format``, HDF5) or a directory/glob of structure
+   files (one hypothesis per file, id = file stem), all in one shared orthogonal cell;
+2. frames from .npy/.npz (one frame [nx, ny] or a stack [T, nx, ny]) that span exactly that
+   cell, pixel (0, 0) at the cell origin;
+3. one simulation per hypothesis (HRTEM: multislice + CTF on the camera grid; STEM annular:
+   multislice over a scan of one probe position per frame pixel);
+4. :func:`inference.score_frames`: shift, scale and background marginalised per frame (Laplace),
+   posterior with the prior weights, rejections with their reasons;
+5. HRTEM: the next defocus ranked by expected information gain per electron over a defocus series
+   (the exit waves are reused: one FFT pair per hypothesis and condition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob as _glob
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from forward import InputError, Specimen, make_grid, replace
+from forward.constants import scherzer_defocus
+from hypotest.beamfile import BeamFile
+from inference import ScoreResult, noise_from_detector, rank_conditions, score_frames
+
+__all__ = ["ScoringInput", "load_hypotheses_for_scoring", "read_frames", "run_score", "CELL_RTOL"]
+
+#: Relative tolerance for "the frame spans the cell" and "the hypotheses share a cell".
+CELL_RTOL = 2e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringInput:
+    ids: tuple[str, ...]
+    names: tuple[str, ...]
+    specimens: tuple[Specimen, ...]
+    priors: np.ndarray
+
+
+def load_hypotheses_for_scoring(lib: str) -> ScoringInput:
+    """Hypotheses from a library file or a directory/glob of structure files (id = file stem)."""
+    p = Path(lib)
+    if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"):
+        from library.format import open_library
+
+        with open_library(p) as f:
+            entries = f.entries()
+        if not entries:
+            raise InputError(f"{p}: the library is empty; add hypotheses with `hypotest library add`")
+        return ScoringInput(
+            ids=tuple(e.id for e in entries),
+            names=tuple(e.name for e in entries),
+            specimens=tuple(e.specimen for e in entries),
+            priors=np.asarray([float(e.prior) for e in entries]),
+        )
+    from library.ingest import read_structures
+    from library.orient import as_is_view, to_specimen
+
+    if p.is_dir():
+        files = sorted(x for x in p.iterdir() if x.is_file() and not x.name.startswith("."))
+    else:
+        files = sorted(Path(x) for x in _glob.glob(lib))
+    if not files:
+        raise InputError(f"{lib}: no structure files found (give a library .h5, a directory or a glob)")
+    ids, specs = [], []
+    for f in files:
+        cands = read_structures(f)
+        if len(cands) != 1:
+            raise InputError(f"{f}: holds {len(cands)} structures; give one hypothesis per file (id = file stem)")
+        atoms = cands[0].atoms
+        specs.append(to_specimen(atoms, as_is_view(atoms, where=str(f)), where=str(f)))
+        ids.append(f.stem)
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise InputError(f"{lib}: file stems must be unique hypothesis ids, got duplicates {dup}")
+    return ScoringInput(tuple(ids), tuple(ids), tuple(specs), np.ones(len(ids)))
+
+
+def read_frames(path: str) -> np.ndarray:
+    """Counts ``[T, nx, ny]`` from .npy (``[nx, ny]`` or ``[T, nx, ny]``) or .npz (its one array,
+    or the array named ``frames`` or ``counts``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"frames file {p} does not exist")
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                keys = list(z.keys())
+                key = next((k for k in ("frames", "counts") if k in keys), keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise InputError(f"{p}: several arrays {keys}; name the frames 'frames' or 'counts'")
+                arr = z[key]
+        elif p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        else:
+            raise InputError(f"{p}: unsupported frames format {p.suffix!r}; give .npy or .npz")
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{p}: cannot read frames ({exc})") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InputError(f"{p}: frames must be [nx, ny] or [T, nx, ny], got shape {list(arr.shape)}")
+    if arr.dtype.kind not in "uif":
+        raise InputError(f"{p}: frames must be numeric, got dtype {arr.dtype}")
+    return np.asarray(arr, dtype=np.float64)
+
+
+def _shared_cell(hyps: ScoringInput) -> np.ndarray:
+    cells = np.stack([np.asarray(s.cell) for s in hyps.specimens])
+    bad = np.flatnonzero(np.abs(cells - cells[0]).max(axis=1) > CELL_RTOL * cells[0].max())
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(
+            f"hypotheses must share one periodic cell to be compared pixel for pixel: {hyps.ids[0]} has "
+            f"{cells[0].round(4).tolist()} Å, {hyps.ids[i]} has {cells[i].round(4).tolist()} Å"
+        )
+    return cells[0]
+
+
+def _check_frame_geometry(cell, shape, sampling) -> None:
+    span = np.asarray(shape, float) * np.asarray(sampling)
+    if np.any(np.abs(span - cell[:2]) > CELL_RTOL * cell[:2]):
+        fit = (cell[0] / shape[0], cell[1] / shape[1])
+        raise InputError(
+            f"frames of {shape[0]}x{shape[1]} pixels at {sampling[0]:g} x {sampling[1]:g} Å/pixel span "
+            f"{span[0]:.4g} x {span[1]:.4g} Å, but the hypotheses' cell is {cell[0]:.4g} x {cell[1]:.4g} Å: "
+            f"a frame must span exactly the cell (sampling {fit[0]:.5g} x {fit[1]:.5g} Å/pixel)"
+        )
+
+
+def _defocus_series(beam):
+    """Defocus candidates around the given beam: the current one and steps of a Scherzer unit."""
+    unit = float(abs(scherzer_defocus(max(abs(float(beam.aberrations.C30)), 1e4), float(beam.energy))))
+    current = -float(beam.aberrations.C10)
+    offsets = (0.0, -1.0, -0.5, 0.5, 1.0, 2.0)
+    beams, labels = [], []
+    for k in offsets:
+        df = current + k * unit
+        beams.append(replace(beam, aberrations=replace(beam.aberrations, C10=np.asarray(-df))))
+        labels.append(f"defocus {df:.1f} Å" + (" (current)" if k == 0 else ""))
+    return beams, labels
+
+
+def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int = 0, progress=None) -> ScoreResult:
+    """Simulate every hypothesis under ``bf``, score ``counts`` and (HRTEM) propose the next defocus."""
+    cell = _shared_cell(hyps)
+    shape = counts.shape[1:]
+    _check_frame_geometry(cell, shape, bf.sampling)
+    grid = make_grid(extent=cell[:2], sampling=min(bf.sim_sampling, 0.5 * min(bf.sampling)))
+    mode = bf.beam.detector.mode
+    it = progress(hyps.specimens) if progress else hyps.specimens
+    if mode == "hrtem":
+        from forward.hrtem import make_hrtem_simulator
+
+        sim = make_hrtem_simulator(
+            grid, float(cell[2]), bf.slice_thickness, parametrization=bf.parametrization, camera_gpts=shape
+        )
+        waves = [sim.exit_wave(s, bf.beam) for s in it]
+        images = np.stack([np.asarray(sim.image_from_exit_wave(w, bf.beam)) for w in waves])
+    elif mode == "stem_annular":
+        from forward.stem import make_scan, make_stem_simulator
+
+        scan = make_scan(start=(0.0, 0.0), end=tuple(cell[:2]), gpts=shape)
+        sim = make_stem_simulator(grid, float(cell[2]), bf.slice_thickness, scan, parametrization=bf.parametrization)
+        images = np.stack([np.asarray(sim(s, bf.beam)) for s in it])
+    else:
+        raise InputError(
+            f"hypotest score handles detector modes 'hrtem' and 'stem_annular', got {mode!r}: "
+            "score segmented or 4D-STEM data through the Python API (inference.score_frames)"
+        )
+    noise = noise_from_detector(bf.beam.detector)
+    result = score_frames(
+        counts, images, hyps.priors, bf.beam, bf.sampling, ids=hyps.ids, noise=noise
+    )
+    if mode == "hrtem":
+        beams, labels = _defocus_series(bf.beam)
+        cand = np.stack([np.stack([np.asarray(sim.image_from_exit_wave(w, b)) for w in waves]) for b in beams])
+        log_post = np.log(np.maximum(result.posterior, 1e-300))
+        ranked = rank_conditions(
+            jax.random.key(seed), cand, float(bf.beam.dose), bf.sampling[0] * bf.sampling[1], log_post,
+            noise, labels=labels,
+        )  # fmt: skip
+        result = result.with_proposals(ranked)
+    return result
+
+
+def proposal_beams(bf: BeamFile) -> list[dict]:
+    """The defocus candidates as BEAM.json-style aberration dicts, in proposal index order."""
+    beams, _ = _defocus_series(bf.beam)
+    return [{"defocus": round(-float(b.aberrations.C10), 3)} for b in beams]
+
+

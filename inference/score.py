@@ -1,0 +1,258 @@
+"""The batch front door: frames + cached images per hypothesis + priors + beam -> a scored library.
+
+:func:`score_frames` is the pure function behind ``hypotest score``: it validates the input,
+marginalises the nuisance parameters of every frame for every hypothesis
+(:mod:`inference.evidence`), accumulates the posterior (:mod:`inference.posterior`), applies
+the rejection rule and returns a :class:`ScoreResult`, which has a JSON form
+(:meth:`ScoreResult.to_json_dict`, :meth:`ScoreResult.from_json_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from forward import BeamCondition, InputError
+from inference.design import Proposal
+from inference.evidence import NuisancePrior, make_laplace_scorer, make_linear_scorer, make_nuisance_prior
+from inference.frame import Frame
+from inference.noise import NoiseModel, _check_counts, noise_from_detector
+from inference.posterior import (
+    RejectionRule,
+    find_rejections,
+    init_posterior,
+    log_bayes_factors,
+    make_rejection_rule,
+    posterior_probs,
+    rule_text,
+    update_posterior,
+)
+
+__all__ = ["ScoreResult", "score_frames", "SCORERS"]
+
+#: ``"laplace"``: shift, scale and background marginalised; ``"linear"``: frames registered
+#: (shift 0), scale and background marginalised.
+SCORERS = ("laplace", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    """A scored library (plain data; arrays are numpy, order = the library order).
+
+    Attributes:
+        ids: hypothesis ids ``[H]``.
+        posterior: posterior probabilities ``[H]``.
+        log_evidence: log p(all frames | h) [nats] ``[H]`` (Laplace over the nuisance).
+        laplace_term: summed Laplace correction ``d/2 log 2pi - 1/2 log det(-H)`` [nats] ``[H]``:
+            the size of the approximation's contribution.
+        log10_bayes_factor: against the best hypothesis ``[H]``.
+        rejected: ``[H]`` bool; ``reasons``: ``[H]`` text ("" where not rejected).
+        nuisance: per hypothesis, per frame MAP ``scale``, ``background`` [intensity] and
+            ``shift`` [pixels] with their Laplace standard deviations.
+        n_frames, dose: frames used and total dose [e-/Å²].
+        rule, method: the rejection rule and the nuisance treatment, as text.
+        proposals: proposed next beam conditions (filled by the caller's design step).
+    """
+
+    ids: tuple[str, ...]
+    posterior: np.ndarray
+    log_evidence: np.ndarray
+    laplace_term: np.ndarray
+    log10_bayes_factor: np.ndarray
+    rejected: np.ndarray
+    reasons: tuple[str, ...]
+    nuisance: tuple[dict, ...]
+    n_frames: int
+    dose: float
+    rule: str
+    method: str
+    proposals: tuple[Proposal, ...] = ()
+
+    @property
+    def best(self) -> str:
+        return self.ids[int(np.argmax(self.posterior))]
+
+    def with_proposals(self, proposals: Sequence[Proposal]) -> ScoreResult:
+        return dataclasses.replace(self, proposals=tuple(proposals))
+
+    def to_json_dict(self) -> dict:
+        """A JSON-serialisable dict (floats, lists, strings only)."""
+        hyps = []
+        for i, hid in enumerate(self.ids):
+            hyps.append(
+                {
+                    "id": hid,
+                    "posterior": float(self.posterior[i]),
+                    "log_evidence": float(self.log_evidence[i]),
+                    "laplace_term": float(self.laplace_term[i]),
+                    "log10_bayes_factor": float(self.log10_bayes_factor[i]),
+                    "rejected": bool(self.rejected[i]),
+                    "reason": self.reasons[i],
+                    "nuisance": self.nuisance[i],
+                }
+            )
+        return {
+            "schema": "hypotest.score/1",
+            "best": self.best,
+            "n_frames": self.n_frames,
+            "dose_e_per_A2": self.dose,
+            "rule": self.rule,
+            "method": self.method,
+            "hypotheses": hyps,
+            "proposals": [p.to_dict() for p in self.proposals],
+        }
+
+    @classmethod
+    def from_json_dict(cls, d: dict) -> ScoreResult:
+        hyps = d["hypotheses"]
+        props = tuple(
+            Proposal(**{**p, "separates": tuple(tuple(x) for x in p["separates"])}) for p in d.get("proposals", [])
+        )
+        return cls(
+            ids=tuple(h["id"] for h in hyps),
+            posterior=np.asarray([h["posterior"] for h in hyps]),
+            log_evidence=np.asarray([h["log_evidence"] for h in hyps]),
+            laplace_term=np.asarray([h["laplace_term"] for h in hyps]),
+            log10_bayes_factor=np.asarray([h["log10_bayes_factor"] for h in hyps]),
+            rejected=np.asarray([h["rejected"] for h in hyps], dtype=bool),
+            reasons=tuple(h["reason"] for h in hyps),
+            nuisance=tuple(h["nuisance"] for h in hyps),
+            n_frames=int(d["n_frames"]),
+            dose=float(d["dose_e_per_A2"]),
+            rule=d["rule"],
+            method=d["method"],
+            proposals=props,
+        )
+
+
+def _as_frames(frames, beam, sampling):
+    """``(counts [T, ...], beam, sampling)`` from a Frame, a list of Frames or an array."""
+    if isinstance(frames, Frame):
+        frames = [frames]
+    if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, Frame) for f in frames):
+        shapes = {tuple(np.shape(f.counts)) for f in frames}
+        samplings = {f.sampling for f in frames}
+        if len(shapes) > 1 or len(samplings) > 1:
+            raise InputError(
+                f"frames must share one shape and sampling, got shapes {sorted(shapes)} and samplings {sorted(samplings)}"
+            )
+        doses = {float(f.beam.dose) for f in frames}
+        if len(doses) > 1:
+            raise InputError(f"frames must share one dose per call, got {sorted(doses)} e-/Å²; score them separately")
+        return np.stack([np.asarray(f.counts) for f in frames]), frames[0].beam, frames[0].sampling
+    if isinstance(frames, (list, tuple)) and len(frames) == 0:
+        raise InputError("no frames given: pass a frame [nx, ny] or a stack [T, nx, ny]")
+    if not isinstance(beam, BeamCondition):
+        raise InputError(
+            f"raw counts need beam=BeamCondition (see forward.make_beam), got {type(beam).__name__}"
+        )
+    if sampling is None:
+        raise InputError("raw counts need sampling=(dx, dy) [Å/pixel] to convert dose to electrons per pixel")
+    s = np.broadcast_to(np.asarray(sampling, dtype=np.float64), (2,))
+    if not np.all(np.isfinite(s)) or (s <= 0).any():
+        raise InputError(f"sampling must be positive [Å/pixel], got {sampling!r}")
+    c = np.asarray(frames)
+    if c.ndim == 2:
+        c = c[None]
+    if c.ndim != 3:
+        raise InputError(f"frames must be [nx, ny] or a stack [T, nx, ny], got shape {list(c.shape)}")
+    return c, beam, (float(s[0]), float(s[1]))
+
+
+def score_frames(
+    frames,
+    images,
+    priors,
+    beam: BeamCondition | None = None,
+    sampling=None,
+    *,
+    ids: Sequence[str] | None = None,
+    noise: NoiseModel | None = None,
+    nuisance_prior: NuisancePrior | None = None,
+    rule: RejectionRule | None = None,
+    scorer: str = "laplace",
+) -> ScoreResult:
+    """Score frames against the cached images of every hypothesis.
+
+    Args:
+        frames: a :class:`Frame`, a list of Frames (same shape, sampling, dose), or raw counts
+            ``[nx, ny]`` / ``[T, nx, ny]`` with ``beam`` and ``sampling`` [Å/pixel].
+        images: ``[H, nx, ny]`` intensity of each hypothesis under the frames' beam (relative
+            to the incident beam), indexed ``[x, y]``, pixel (0, 0) at the cell origin.
+        priors: ``[H]`` prior weights (>= 0, need not be normalised).
+        ids: ``[H]`` hypothesis ids (default "0", "1", ...).
+        noise: default from the beam's detector (:func:`inference.noise.noise_from_detector`).
+        nuisance_prior: default :func:`inference.evidence.make_nuisance_prior`.
+        rule: default :func:`inference.posterior.make_rejection_rule` (Bayes factor < 1e-3).
+        scorer: one of :data:`SCORERS`.
+    """
+    counts, beam, sampling = _as_frames(frames, beam, sampling)
+    imgs = np.asarray(images, dtype=np.float32)
+    if imgs.ndim != 3:
+        raise InputError(f"images must be [H, nx, ny] (one cached image per hypothesis), got shape {list(imgs.shape)}")
+    if imgs.shape[0] == 0:
+        raise InputError("the library is empty: got 0 hypothesis images; add at least one hypothesis")
+    if not np.all(np.isfinite(imgs)):
+        h = int(np.argwhere(~np.isfinite(imgs))[0][0])
+        raise InputError(f"cached image of hypothesis {h} has non-finite values; re-simulate it")
+    pr = np.asarray(priors, dtype=np.float64)
+    if pr.shape != (imgs.shape[0],):
+        raise InputError(f"got {pr.size} prior weights for {imgs.shape[0]} hypothesis images; give one per hypothesis")
+    ids = tuple(str(i) for i in range(imgs.shape[0])) if ids is None else tuple(str(i) for i in ids)
+    if len(ids) != imgs.shape[0]:
+        raise InputError(f"got {len(ids)} ids for {imgs.shape[0]} hypothesis images")
+    if scorer not in SCORERS:
+        raise InputError(f"unknown scorer {scorer!r}: expected one of {SCORERS}")
+    noise = noise_from_detector(beam.detector) if noise is None else noise
+    nprior = make_nuisance_prior() if nuisance_prior is None else nuisance_prior
+    rule = make_rejection_rule() if rule is None else rule
+    checked = [_check_counts(c, imgs.shape[1:], noise) for c in counts]
+
+    dose = float(beam.dose)
+    exposure = dose * sampling[0] * sampling[1]
+    make = make_laplace_scorer if scorer == "laplace" else make_linear_scorer
+    score = make(noise, nprior)
+    state = init_posterior(pr)
+    per_frame = []
+    lap = np.zeros(imgs.shape[0])
+    for c in checked:
+        ev = score(c, imgs, exposure)
+        state = update_posterior(state, ev.log_evidence, dose)
+        lap += np.asarray(ev.laplace_term, dtype=np.float64)
+        per_frame.append(ev)
+
+    rejections = {r.index: r for r in find_rejections(state, rule, ids)}
+    nuis = []
+    for h in range(imgs.shape[0]):
+        nuis.append(
+            {
+                "scale": [float(e.scale[h]) for e in per_frame],
+                "scale_sd": [float(e.scale_sd[h]) for e in per_frame],
+                "background": [float(e.background[h]) for e in per_frame],
+                "background_sd": [float(e.background_sd[h]) for e in per_frame],
+                "shift_px": [[float(v) for v in e.shift[h]] for e in per_frame],
+                "shift_sd_px": [[float(v) for v in e.shift_sd[h]] for e in per_frame],
+            }
+        )
+    method = (
+        "Laplace marginalisation of shift, scale, background per frame"
+        if scorer == "laplace"
+        else "registered frames; Laplace marginalisation of scale, background per frame"
+    )
+    return ScoreResult(
+        ids=ids,
+        posterior=np.asarray(posterior_probs(state), dtype=np.float64),
+        log_evidence=np.asarray(state.log_evidence, dtype=np.float64),
+        laplace_term=lap,
+        log10_bayes_factor=np.asarray(log_bayes_factors(state), dtype=np.float64) / math.log(10),
+        rejected=np.asarray([h in rejections for h in range(imgs.shape[0])]),
+        reasons=tuple(rejections[h].reason if h in rejections else "" for h in range(imgs.shape[0])),
+        nuisance=tuple(nuis),
+        n_frames=len(checked),
+        dose=dose * len(checked),
+        rule=rule_text(rule),
+        method=method,
+    )

@@ -1,0 +1,129 @@
+"""``hypotest score``: library + frames + BEAM.json -> RESULT.json, end to end, and its bad input."""
+
+import json
+import re
+
+import jax
+import numpy as np
+import pytest
+from ase.io import write
+
+from forward import InputError, make_grid
+from forward.hrtem import make_hrtem_simulator
+from hypotest.beamfile import parse_beam
+from hypotest.cli import main
+from hypotest.demo import load_hypotheses
+from hypotest.microscope import SimulatedMicroscope, Truth
+from library import builtin
+from library.export import entry_to_atoms
+
+CAM = (32, 36)  # camera pixels over the 9.48 x 10.95 Å MoS2 cell (~0.3 Å/pixel)
+TRUE = 2  # the hidden structure: index in the built-in MoS2 library
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    d = tmp_path_factory.mktemp("score")
+    hyps = load_hypotheses()
+    cell = np.asarray(hyps[0].specimen.cell)
+    beam = {
+        "energy": 80e3, "dose": 400, "sampling": [cell[0] / CAM[0], cell[1] / CAM[1]],
+        "semiangle_cutoff": 25, "aberrations": {"C30": -1.5e5, "defocus": 97.0},
+        "focal_spread": 20, "angular_spread": 0.1, "detector": {"mode": "hrtem"},
+        "simulation": {"sampling": 0.1, "slice_thickness": 1.5},
+    }  # fmt: skip
+    (d / "beam.json").write_text(json.dumps(beam))
+    bf = parse_beam(beam)
+    sim = make_hrtem_simulator(make_grid(extent=cell[:2], sampling=0.1), float(cell[2]), 1.5, camera_gpts=CAM)
+    h = hyps[TRUE]
+    scope = SimulatedMicroscope(sim, h.specimen, Truth(h.id, h.name), bf.beam, jax.random.key(7))
+    np.save(d / "frames.npy", np.stack([scope.acquire() for _ in range(3)]))
+    return d, hyps, beam
+
+
+def test_score_library_file_identifies_hidden_structure(case, capsys):
+    d, hyps, _ = case
+    lib = builtin.library_path("mos2_defects")
+    rc = main(["score", "--library", str(lib), "--frames", str(d / "frames.npy"), "--beam", str(d / "beam.json"),
+               "--out", str(d / "result.json"), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    r = json.loads((d / "result.json").read_text())
+    assert r["schema"] == "hypotest.score/1" and r["n_frames"] == 3 and r["dose_e_per_A2"] == 1200
+    assert r["best"] == hyps[TRUE].id
+    post = {h["id"]: h for h in r["hypotheses"]}
+    assert post[hyps[TRUE].id]["posterior"] > 0.99 and not post[hyps[TRUE].id]["rejected"]
+    rejected = [h for h in r["hypotheses"] if h["rejected"]]
+    assert rejected and all("Bayes factor" in h["reason"] and "frames" in h["reason"] for h in rejected)
+    assert {"scale", "background", "shift_px"} <= set(r["hypotheses"][0]["nuisance"])
+    assert len(r["proposals"]) == 6 and all("defocus" in p["aberrations"] for p in r["proposals"])
+    gains = [p["gain_bits_per_electron"] for p in r["proposals"]]
+    assert gains == sorted(gains, reverse=True)
+    assert "best:" in capsys.readouterr().out
+
+
+def test_score_directory_of_structure_files_uses_file_stems(case, tmp_path):
+    d, hyps, _ = case
+    entries = builtin.load("mos2_defects")[:3]
+    for name, e in zip(("pristine", "v_mo", "v_s"), entries):  # the library's first three
+        write(tmp_path / f"{name}.extxyz", entry_to_atoms(e))
+    out = tmp_path / "r.json"
+    rc = main(["score", "--library", str(tmp_path / "*.extxyz"), "--frames", str(d / "frames.npy"),
+               "--beam", str(d / "beam.json"), "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert [h["id"] for h in r["hypotheses"]] == ["pristine", "v_mo", "v_s"]
+    assert entries[TRUE].name.startswith("V_S ") and r["best"] == "v_s"  # the hidden truth
+
+
+def _run(case, tmp_path, **change):
+    d, _, beam = case
+    args = {"library": str(builtin.library_path("mos2_defects")), "frames": str(d / "frames.npy"), "beam": None}
+    b = dict(beam)
+    for k, v in change.pop("beam_change", {}).items():
+        if v is None:
+            b.pop(k, None)
+        else:
+            b[k] = v
+    (tmp_path / "beam.json").write_text(json.dumps(b))
+    args["beam"] = str(tmp_path / "beam.json")
+    args.update(change)
+    return main(["score", "--library", args["library"], "--frames", args["frames"], "--beam", args["beam"],
+                 "--out", str(tmp_path / "out.json"), "--no-progress"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"beam_change": {"dose": None}}, r"missing required field 'dose' \[e-/Å² per frame\]"),
+        ({"beam_change": {"energy": 80}}, r"did you give kV\? 80 kV is 80000 eV"),
+        ({"beam_change": {"semiangle_cutoff": -3}}, r"semiangle_cutoff must be in \[0, 300\] mrad"),
+        ({"beam_change": {"defocus": 50}}, r"unknown field\(s\) \['defocus'\]"),
+        ({"beam_change": {"aberrations": {"Cs": 1e5, "C30": 1e5}}}, "given twice"),
+        ({"beam_change": {"sampling": 0.5}}, r"span 16 x 18 Å, but the hypotheses' cell is 9.48 x 10.95 Å"),
+        ({"beam_change": {"detector": {"mode": "haadf"}}}, "unknown detector mode 'haadf'"),
+        ({"frames": "/nonexistent/frames.npy"}, "frames file /nonexistent/frames.npy does not exist"),
+    ],
+)
+def test_score_bad_input(case, tmp_path, capsys, change, match):
+    assert _run(case, tmp_path, **change) == 2
+    err = capsys.readouterr().err
+    assert "hypotest score: error:" in err
+    assert re.search(match, err), err
+    assert not (tmp_path / "out.json").exists()  # nothing half-written
+
+
+def test_score_bad_frames_and_libraries(case, tmp_path, capsys):
+    d, _, _ = case
+    bad = np.load(d / "frames.npy")
+    bad[0, 3, 4] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    assert _run(case, tmp_path, frames=str(tmp_path / "nan.npy")) == 2
+    assert "nan" in capsys.readouterr().err.lower()
+    np.save(tmp_path / "wrong.npy", np.ones((2, 10, 10)))
+    assert _run(case, tmp_path, frames=str(tmp_path / "wrong.npy")) == 2
+    assert "frame must span exactly the cell" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert _run(case, tmp_path, library=str(tmp_path / "empty")) == 2
+    assert "no structure files found" in capsys.readouterr().err
+    with pytest.raises(InputError, match="expected a JSON object"):
+        parse_beam([1, 2])
