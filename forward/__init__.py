@@ -16,33 +16,69 @@ from forward.beam import (
     make_beam,
     make_detector,
 )
+from forward.constants import interaction_parameter, scherzer_defocus, wavelength
 from forward.elements import atomic_number, symbol
 from forward.errors import InputError
 from forward.grid import Grid, fft_friendly_size, make_grid
+from forward.hrtem import HRTEMSimulator, ctf, make_hrtem_simulator
+from forward.noise import expected_electrons, pixel_area, sample_frame
+from forward.phonons import displace_atoms, make_frozen_phonon_simulator
+from forward.potentials import make_potential_fn
+from forward.prism import SMatrix, make_prism
+from forward.propagation import fresnel_propagator, multislice, multislice_potential, transmission_function
+from forward.reciprocal import antialias_mask
 from forward.specimen import DEFAULT_MIN_DISTANCE, Specimen, make_specimen, stack_specimens
+from forward.stem import Scan, make_scan, make_stem_simulator
+from forward.transfer import aberration_phase, aperture
+from forward.waves import plane_wave
 
 __all__ = [
     "ABERRATION_ALIASES",
     "ABERRATION_SYMBOLS",
-    "DEFAULT_MIN_DISTANCE",
-    "DETECTOR_MODES",
-    "ENERGY_RANGE",
     "Aberrations",
     "BeamCondition",
+    "DEFAULT_MIN_DISTANCE",
+    "DETECTOR_MODES",
     "Detector",
+    "ENERGY_RANGE",
     "Grid",
+    "HRTEMSimulator",
     "InputError",
+    "SMatrix",
+    "Scan",
     "Specimen",
+    "aberration_phase",
+    "antialias_mask",
+    "aperture",
     "atomic_number",
+    "ctf",
+    "displace_atoms",
+    "expected_electrons",
     "fft_friendly_size",
+    "fresnel_propagator",
+    "interaction_parameter",
     "make_aberrations",
     "make_beam",
     "make_detector",
+    "make_frozen_phonon_simulator",
     "make_grid",
+    "make_hrtem_simulator",
+    "make_potential_fn",
+    "make_prism",
+    "make_scan",
     "make_specimen",
+    "make_stem_simulator",
+    "multislice",
+    "multislice_potential",
+    "pixel_area",
+    "plane_wave",
     "pytree_dataclass",
     "replace",
+    "sample_frame",
+    "scherzer_defocus",
     "stack_specimens",
     "static_field",
     "symbol",
+    "transmission_function",
+    "wavelength",
 ]

@@ -25,6 +25,7 @@ import numpy as np
 
 from forward.errors import InputError
 from forward.grid import Grid
+from forward.guards import check_specimen_grid
 from forward.parametrizations import PARAMETRIZATIONS, coefficients, projected_scattering_factor
 from forward.specimen import Specimen
 
@@ -84,22 +85,8 @@ def _species_of(numbers, species: tuple[int, ...] | None) -> tuple[int, ...]:
 
 def _check_specimen(specimen: Specimen, grid: Grid, thickness: float, species: tuple[int, ...]) -> None:
     """Checks of a concrete specimen against the static geometry (skipped for traced input)."""
-    cell = specimen.cell
-    if _is_concrete(cell):
-        c = np.asarray(cell, dtype=np.float64)
-        if c.ndim == 1:
-            ext = np.asarray(grid.extent)
-            if not np.allclose(c[:2], ext, rtol=1e-5, atol=1e-4):
-                raise InputError(
-                    f"the grid extent {tuple(round(e, 4) for e in ext)} Å does not match the specimen "
-                    f"cell {tuple(round(float(x), 4) for x in c[:2])} Å in x, y: the potential is "
-                    "periodic with the grid, so build the grid with make_grid(extent=cell[:2], ...)"
-                )
-            if c[2] > thickness * (1 + 1e-6) + 1e-6:
-                raise InputError(
-                    f"the specimen is {c[2]:g} Å thick along z but the potential covers {thickness:g} Å: "
-                    "pass thickness=specimen.cell[2] (or crop the specimen)"
-                )
+    if _is_concrete(specimen.cell):
+        check_specimen_grid(grid, specimen, thickness)
     numbers = specimen.numbers
     if _is_concrete(numbers):
         missing = sorted(set(int(z) for z in np.unique(np.asarray(numbers))) - set(species))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from forward import InputError, Specimen, pytree_dataclass, static_field
+from library.entry import check_candidate_fields
 from library.provenance import Provenance, content_id
 
 __all__ = ["Hypothesis", "make_hypothesis"]
@@ -46,23 +45,12 @@ def make_hypothesis(
     provenance: Provenance | None = None,
 ) -> Hypothesis:
     """A validated :class:`Hypothesis` whose id is the content hash of ``specimen``."""
-    if not isinstance(specimen, Specimen):
-        raise InputError(
-            f"specimen must be a forward.Specimen (see forward.make_specimen), got {type(specimen).__name__}"
-        )
-    try:
-        p = float(prior)
-    except (TypeError, ValueError):
-        raise InputError(f"prior must be a number, got {prior!r}") from None
-    if not (math.isfinite(p) and p >= 0):
-        raise InputError(f"prior weight must be finite and >= 0, got {prior!r}")
-    if provenance is not None and not isinstance(provenance, Provenance):
-        raise InputError(f"provenance must be a Provenance, got {type(provenance).__name__}")
+    p, provenance = check_candidate_fields(specimen, prior, provenance, name)
     return Hypothesis(
         specimen=specimen,
         prior=np.asarray(p),
         id=content_id(specimen),
         name=str(name),
         family=str(family),
-        provenance=provenance or Provenance(),
+        provenance=provenance,
     )

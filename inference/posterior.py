@@ -36,6 +36,7 @@ __all__ = [
     "update_posterior",
     "posterior_probs",
     "log_bayes_factors",
+    "absolute_log_evidence",
     "RejectionRule",
     "make_rejection_rule",
     "Rejection",
@@ -68,15 +69,24 @@ def log_prior_from_weights(weights) -> np.ndarray:
 class PosteriorState:
     """Running posterior over ``H`` hypotheses.
 
+    Per-frame log-evidences of Poisson frames are large (about -1e5 nats for 1e4 pixels), and
+    float32 resolves only ~0.25 nats at the -3e6 that thirty of them add up to. The state
+    therefore accumulates each frame's log-evidence *relative to that frame's best*
+    (``log_evidence``), which is all posteriors and Bayes factors depend on, and keeps the sum
+    of the subtracted maxima apart (``log_offset``): the absolute log p(y_1..t | h) is
+    ``log_evidence + log_offset`` (:func:`absolute_log_evidence`).
+
     Attributes:
         log_prior: ``[H]`` normalised log prior weights.
-        log_evidence: ``[H]`` accumulated log p(y_1..t | h) [nats].
+        log_evidence: ``[H]`` accumulated log p(y_1..t | h) - log_offset [nats].
+        log_offset: accumulated per-frame maximum log-evidence [nats].
         n_frames: frames used so far.
         dose: accumulated dose [e-/Å²].
     """
 
     log_prior: jax.Array
     log_evidence: jax.Array
+    log_offset: jax.Array
     n_frames: jax.Array
     dose: jax.Array
 
@@ -87,17 +97,30 @@ def init_posterior(prior_weights) -> PosteriorState:
     return PosteriorState(
         log_prior=lp,
         log_evidence=jnp.zeros_like(lp),
+        log_offset=jnp.zeros((), jnp.float32),
         n_frames=jnp.zeros((), jnp.int32),
         dose=jnp.zeros((), jnp.float32),
     )
 
 
 def update_posterior(state: PosteriorState, log_evidence_frame, dose=0.0) -> PosteriorState:
-    """Add one frame's per-hypothesis log-evidence ``[H]`` (and its dose [e-/Å²])."""
-    le = jnp.asarray(log_evidence_frame, jnp.float32)
+    """Add one frame's per-hypothesis log-evidence ``[H]`` (and its dose [e-/Å²]).
+
+    The frame's maximum is subtracted before accumulating (in float64 when the input is a
+    concrete array), so the relative values that decide the posterior keep float32 precision.
+    """
+    if isinstance(log_evidence_frame, jax.core.Tracer):
+        le = jnp.asarray(log_evidence_frame, jnp.float32)
+        ref = jnp.max(le)
+        rel = le - ref
+    else:
+        le64 = np.asarray(log_evidence_frame, dtype=np.float64)
+        ref64 = float(np.max(le64))
+        rel, ref = jnp.asarray(le64 - ref64, jnp.float32), jnp.asarray(ref64, jnp.float32)
     return PosteriorState(
         log_prior=state.log_prior,
-        log_evidence=state.log_evidence + le,
+        log_evidence=state.log_evidence + rel,
+        log_offset=state.log_offset + ref,
         n_frames=state.n_frames + 1,
         dose=state.dose + jnp.asarray(dose, jnp.float32),
     )
@@ -116,7 +139,13 @@ def posterior_probs(state: PosteriorState):
 
 def log_marginal(state: PosteriorState):
     """log p(y_1..t) = log sum_h w_h p(y | h): the evidence of the whole library [nats]."""
-    return jax.scipy.special.logsumexp(state.log_prior + state.log_evidence)
+    return jax.scipy.special.logsumexp(state.log_prior + state.log_evidence) + state.log_offset
+
+
+def absolute_log_evidence(state: PosteriorState) -> np.ndarray:
+    """``[H]`` log p(y_1..t | h) [nats] as float64 (the offset carries float32 rounding of
+    the per-frame maxima, ~1e-7 relative; posteriors never use it)."""
+    return np.asarray(state.log_evidence, np.float64) + float(state.log_offset)
 
 
 def log_bayes_factors(state: PosteriorState):

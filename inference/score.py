@@ -22,6 +22,7 @@ from inference.frame import Frame
 from inference.noise import NoiseModel, _check_counts, noise_from_detector
 from inference.posterior import (
     RejectionRule,
+    absolute_log_evidence,
     find_rejections,
     init_posterior,
     log_bayes_factors,
@@ -245,7 +246,7 @@ def score_frames(
     return ScoreResult(
         ids=ids,
         posterior=np.asarray(posterior_probs(state), dtype=np.float64),
-        log_evidence=np.asarray(state.log_evidence, dtype=np.float64),
+        log_evidence=absolute_log_evidence(state),
         laplace_term=lap,
         log10_bayes_factor=np.asarray(log_bayes_factors(state), dtype=np.float64) / math.log(10),
         rejected=np.asarray([h in rejections for h in range(imgs.shape[0])]),

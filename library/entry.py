@@ -13,7 +13,7 @@ import numpy as np
 from forward import InputError, Specimen, pytree_dataclass, static_field
 from library.provenance import Provenance, content_id
 
-__all__ = ["LibraryEntry", "make_entry"]
+__all__ = ["LibraryEntry", "make_entry", "check_candidate_fields"]
 
 
 @pytree_dataclass
@@ -52,20 +52,9 @@ def make_entry(
     provenance: Provenance | None = None,
 ) -> LibraryEntry:
     """A validated :class:`LibraryEntry` whose id is :func:`content_id` of ``specimen``."""
-    if not isinstance(specimen, Specimen):
-        raise InputError(
-            f"specimen must be a forward.Specimen (see forward.make_specimen), got {type(specimen).__name__}"
-        )
-    try:
-        p = float(prior)
-    except (TypeError, ValueError):
-        raise InputError(f"prior of {name!r} must be a number, got {prior!r}") from None
-    if not (math.isfinite(p) and p >= 0):
-        raise InputError(f"prior of {name!r} must be finite and >= 0, got {prior!r}")
+    p, provenance = check_candidate_fields(specimen, prior, provenance, name)
     if not str(family):
         raise InputError(f"entry {name!r} needs a non-empty family (entries of one family share a cell)")
-    if provenance is not None and not isinstance(provenance, Provenance):
-        raise InputError(f"provenance must be a library.Provenance, got {type(provenance).__name__}")
     return LibraryEntry(
         specimen=specimen,
         prior=np.asarray(p),
@@ -73,5 +62,24 @@ def make_entry(
         name=str(name),
         family=str(family),
         tags=tuple(str(t) for t in tags),
-        provenance=provenance or Provenance(),
+        provenance=provenance,
     )
+
+
+def check_candidate_fields(specimen, prior, provenance, name: str = "") -> tuple[float, Provenance]:
+    """Checks shared by library entries and ``hypotest`` hypotheses: a Specimen, a finite prior
+    weight >= 0, a Provenance (or None). Returns ``(prior, provenance)``."""
+    if not isinstance(specimen, Specimen):
+        raise InputError(
+            f"specimen must be a forward.Specimen (see forward.make_specimen), got {type(specimen).__name__}"
+        )
+    of = f" of {name!r}" if name else ""
+    try:
+        p = float(prior)
+    except (TypeError, ValueError):
+        raise InputError(f"prior{of} must be a number, got {prior!r}") from None
+    if not (math.isfinite(p) and p >= 0):
+        raise InputError(f"prior weight{of} must be finite and >= 0, got {prior!r}")
+    if provenance is not None and not isinstance(provenance, Provenance):
+        raise InputError(f"provenance must be a library.Provenance, got {type(provenance).__name__}")
+    return p, provenance or Provenance()

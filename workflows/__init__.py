@@ -1,6 +1,6 @@
 """workflows: Ray. Library shards in the object store, distributed pre-simulation, scoring and
 refinement, and the ``ray job submit`` entrypoints (``python -m workflows.presimulate``,
-``python -m workflows.refine``; see workflows/README_cluster.md)."""
+``python -m workflows.refine``; see the README, "Ray and HPC")."""
 
 from workflows.cache import cached_ids, has_image, image_path, read_image, read_images, write_image
 from workflows.keys import stable_digest32, task_key

@@ -171,7 +171,7 @@ def test_errors():
         fn(sp)
     with pytest.raises(InputError, match="does not match the specimen cell"):
         make_potential_fn(grid, 2.0, 1.0)(make_specimen([[1, 1, 1]], [14], [6.0, 5.0, 2.0]))
-    with pytest.raises(InputError, match="pass thickness=specimen.cell"):
+    with pytest.raises(InputError, match="with thickness=specimen.cell"):
         make_potential_fn(grid, 2.0, 1.0)(make_specimen([[1, 1, 1]], [14], [5.0, 5.0, 3.0]))
     with pytest.raises(InputError, match="pass species="):
         jax.jit(make_potential_fn(grid, 2.0, 1.0))(sp)

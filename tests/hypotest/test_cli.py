@@ -45,12 +45,20 @@ def test_info_starts_ray_on_loopback(capsys):
 
 
 @pytest.mark.ray
-def test_demo_runs_real_path_and_writes_record(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+def test_demo_identifies_the_hidden_structure_and_records_every_frame(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--seed", "0"]) == 0
     record = json.loads((tmp_path / "demo.json").read_text())
-    names = [h["name"] for h in record["stages"]["candidates"]["hypotheses"]]
-    assert names[0] == "pristine" and len(set(h["id"] for h in record["stages"]["candidates"]["hypotheses"])) == len(names)
-    assert record["stages"]["ray"]["ids_match_in_worker"] is True
-    assert record["stages"]["ray"]["address"].startswith("127.0.0.1:")
+    summary = record["summary"]
+    assert summary["correct"] is True and summary["posterior_of_decision"] >= 0.99
+    assert summary["dose_used_e_per_A2"] == summary["frames"] * 40.0
+    assert record["stages"]["presimulation"]["ray_address"].startswith("127.0.0.1:")
+    assert record["stages"]["presimulation"]["workers"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "record.jsonl").read_text().splitlines()]
+    assert [x["frame_id"] for x in lines] == list(range(summary["frames"]))
+    for x in lines:
+        assert abs(sum(x["posterior"]) - 1.0) < 1e-4
+    assert max(lines[-1]["posterior"]) >= 0.99
+    # every rejection carries its reason (Bayes factor, frames, dose)
+    assert all("Bayes factor" in r and "e-/Å²" in r for r in summary["rejected"].values())
     out = capsys.readouterr().out
-    assert "record written" in out
+    assert "identified:" in out and "correct" in out

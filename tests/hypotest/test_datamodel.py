@@ -77,7 +77,7 @@ def test_content_id_rejects_batches():
         ({"prior": -1.0}, r"prior weight must be finite and >= 0, got -1.0"),
         ({"prior": float("nan")}, "prior weight must be finite"),
         ({"prior": "high"}, "prior must be a number, got 'high'"),
-        ({"provenance": {"code": "VASP"}}, "provenance must be a Provenance, got dict"),
+        ({"provenance": {"code": "VASP"}}, r"provenance must be a library\.Provenance, got dict"),
     ],
 )
 def test_hypothesis_bad_input(kwargs, match):
