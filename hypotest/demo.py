@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -91,6 +92,111 @@ def candidate_beams(base):
     return beams, labels
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What every session of the demo shares: hypotheses, simulator, candidate beams, images."""
+
+    hyps: tuple[Hypothesis, ...]
+    sim: object  # forward.hrtem.HRTEMSimulator (not pickled: built in this process)
+    beams: tuple
+    labels: tuple[str, ...]
+    images: np.ndarray  # [C, H, mx, my] intensity relative to the beam, per candidate beam
+    detector: object
+
+
+def prepare(hyps, waves) -> Prepared:
+    """Images of every hypothesis under every candidate beam, from their exit waves."""
+    cell = np.asarray(hyps[0].specimen.cell)
+    sim = _simulator(cell)
+    det = make_detector("hrtem")
+    base = make_beam(
+        ENERGY, semiangle_cutoff=25.0, aberrations={"C30": C30}, defocus=-float(scherzer_defocus(C30, ENERGY)),
+        focal_spread=20.0, angular_spread=0.1, dose=DOSE_PER_FRAME, detector=det,
+    )  # fmt: skip
+    beams, labels = candidate_beams(base)
+    images = np.stack(
+        [np.stack([np.asarray(sim.image_from_exit_wave(w, b)) for w in waves]) for b in beams]
+    )  # [C, H, mx, my]
+    return Prepared(tuple(hyps), sim, tuple(beams), tuple(labels), images, det)
+
+
+def run_session(
+    p: Prepared, seed: int, *, adaptive: bool = True, start: int = 2, max_frames: int = MAX_FRAMES,
+    record=None, log: Callable[[str], None] = print,
+) -> dict:  # fmt: skip
+    """One session: a hidden hypothesis (by ``seed``), frames until P >= TARGET or ``max_frames``.
+
+    ``adaptive``: apply the beam proposed by expected information gain per electron after every
+    frame; otherwise stay at candidate ``start`` (Scherzer). ``record``: a text file that gets one
+    JSON line per frame, flushed as it goes.
+    """
+    hyps = p.hyps
+    rng = np.random.default_rng(seed)
+    true_index = int(rng.integers(len(hyps)))
+    truth = Truth(hyps[true_index].id, hyps[true_index].name)
+    scope = SimulatedMicroscope(p.sim, hyps[true_index].specimen, truth, p.beams[start], jax.random.key(seed))
+    current = start
+    area = pixel_area(scope.sampling)
+    noise = noise_from_detector(p.detector)
+    rule = make_rejection_rule()
+    ids = [h.id for h in hyps]
+    state = init_posterior([float(h.prior) for h in hyps])
+    latencies = []
+    rejected_log: dict[str, dict] = {}
+    for frame_id in range(max_frames):
+        counts = scope.acquire()
+        t_frame = time.perf_counter()
+        res = score_frames(counts, p.images[current], [1.0] * len(hyps), scope.beam, scope.sampling, ids=ids, noise=noise)
+        state = update_posterior(state, res.log_evidence, DOSE_PER_FRAME)
+        post = np.asarray(posterior_probs(state), dtype=np.float64)
+        for rj in find_rejections(state, rule, ids):
+            rejected_log.setdefault(rj.hypothesis_id, {"name": hyps[rj.index].name, "frame": frame_id, "reason": rj.reason})
+        proposal = None
+        best = int(np.argmax(post))
+        if adaptive and post[best] < TARGET:
+            ranked = rank_conditions(
+                jax.random.fold_in(jax.random.key(seed + 1), frame_id), p.images, DOSE_PER_FRAME, area,
+                np.asarray(log_posterior(state)), noise, n_samples=32, labels=p.labels,
+            )  # fmt: skip
+            proposal = ranked[0]
+        latencies.append(time.perf_counter() - t_frame)
+        if record is not None:
+            entry = {
+                "frame_id": frame_id,
+                "beam": p.labels[current],
+                "dose_e_per_A2": DOSE_PER_FRAME,
+                "posterior": post.round(6).tolist(),
+                "rejected": sorted(rejected_log),
+                "proposal": None if proposal is None else proposal.to_dict(),
+                "latency_s": round(latencies[-1], 4),
+            }
+            record.write(json.dumps(entry) + "\n")
+            record.flush()
+        log(f"      frame {frame_id:2d} [{p.labels[current]}]  best {hyps[best].name:<40.40} P={post[best]:.4f}"
+            f"  rejected {len(rejected_log)}/{len(hyps)}")
+        if post[best] >= TARGET:
+            break
+        if proposal is not None and proposal.index != current:
+            current = proposal.index
+            scope.set_beam(p.beams[current])
+    n_frames = frame_id + 1
+    best = int(np.argmax(post))
+    decided = bool(post[best] >= TARGET)
+    revealed = scope.reveal()
+    return {
+        "decision": hyps[best].name if decided else None,
+        "decision_id": hyps[best].id if decided else None,
+        "best": hyps[best].name,
+        "posterior_of_decision": round(float(post[best]), 6),
+        "frames": n_frames,
+        "dose_used_e_per_A2": n_frames * DOSE_PER_FRAME,
+        "truth": revealed.name,
+        "correct": decided and revealed.hypothesis_id == hyps[best].id,
+        "rejected": {k: v["reason"] for k, v in rejected_log.items()},
+        "median_frame_latency_s": round(float(np.median(latencies)), 4),
+    }
+
+
 def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, adaptive: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,89 +238,17 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, adapt
     log(f"[2/4] pre-simulation: {len(hyps)} exit waves on {len(halves)} Ray workers ({r.address}) "
         f"in {stages['presimulation']['seconds']} s")
 
-    sim = _simulator(cell)
-    det = make_detector("hrtem")
-    base = make_beam(
-        ENERGY, semiangle_cutoff=25.0, aberrations={"C30": C30}, defocus=-float(scherzer_defocus(C30, ENERGY)),
-        focal_spread=20.0, angular_spread=0.1, dose=DOSE_PER_FRAME, detector=det,
-    )  # fmt: skip
-    beams, labels = candidate_beams(base)
-    wave_stack = np.stack(waves)
-    images = np.stack(
-        [np.stack([np.asarray(sim.image_from_exit_wave(w, b)) for w in wave_stack]) for b in beams]
-    )  # [C, H, mx, my]
-    rng = np.random.default_rng(seed)
-    true_index = int(rng.integers(len(hyps)))
-    truth = Truth(hyps[true_index].id, hyps[true_index].name)
-    scope = SimulatedMicroscope(sim, hyps[true_index].specimen, truth, beams[2], jax.random.key(seed))
-    current = 2  # start at Scherzer
-    area = pixel_area(scope.sampling)
-    noise = noise_from_detector(det)
-    rule = make_rejection_rule()
-    ids = [h.id for h in hyps]
-    state = init_posterior([float(h.prior) for h in hyps])
+    prepared = prepare(hyps, waves)
     log(f"[3/4] simulated microscope: hidden structure chosen by seed {seed}; frames of "
-        f"{DOSE_PER_FRAME:g} e-/Å² at {ENERGY / 1e3:g} kV, camera {images.shape[2]}x{images.shape[3]} px "
-        f"({scope.sampling[0]:.3f} Å/px); {'adaptive' if adaptive else 'fixed'} defocus")
+        f"{DOSE_PER_FRAME:g} e-/Å² at {ENERGY / 1e3:g} kV, camera {prepared.images.shape[2]}x"
+        f"{prepared.images.shape[3]} px; {'adaptive' if adaptive else 'fixed'} defocus")
     t = time.perf_counter()
-    latencies = []
-    rejected_log: dict[str, dict] = {}
     with record_path.open("a") as rec:
-        for frame_id in range(MAX_FRAMES):
-            counts = scope.acquire()
-            t_frame = time.perf_counter()
-            res = score_frames(counts, images[current], [1.0] * len(hyps), scope.beam, scope.sampling, ids=ids, noise=noise)
-            state = update_posterior(state, res.log_evidence, DOSE_PER_FRAME)
-            post = np.asarray(posterior_probs(state), dtype=np.float64)
-            for rj in find_rejections(state, rule, ids):
-                rejected_log.setdefault(rj.hypothesis_id, {"name": hyps[rj.index].name, "frame": frame_id, "reason": rj.reason})
-            proposal = None
-            if adaptive:
-                ranked = rank_conditions(
-                    jax.random.fold_in(jax.random.key(seed + 1), frame_id), images, DOSE_PER_FRAME, area,
-                    np.asarray(log_posterior(state)), noise, n_samples=32, labels=labels,
-                )  # fmt: skip
-                proposal = ranked[0]
-            latencies.append(time.perf_counter() - t_frame)
-            entry = {
-                "frame_id": frame_id,
-                "beam": labels[current],
-                "dose_e_per_A2": DOSE_PER_FRAME,
-                "posterior": post.round(6).tolist(),
-                "rejected": sorted(rejected_log),
-                "proposal": None if proposal is None else proposal.to_dict(),
-                "latency_s": round(latencies[-1], 4),
-            }
-            rec.write(json.dumps(entry) + "\n")
-            rec.flush()
-            best = int(np.argmax(post))
-            log(f"      frame {frame_id:2d} [{labels[current]}]  best {hyps[best].name:<40.40} P={post[best]:.4f}"
-                f"  rejected {len(rejected_log)}/{len(hyps)}")
-            if post[best] >= TARGET:
-                break
-            if proposal is not None and proposal.index != current:
-                current = proposal.index
-                scope.set_beam(beams[current])
-    n_frames = frame_id + 1
-    post = np.asarray(posterior_probs(state), dtype=np.float64)
-    best = int(np.argmax(post))
-    decided = bool(post[best] >= TARGET)
-    revealed = scope.reveal()
-    summary = {
-        "decision": hyps[best].name if decided else None,
-        "decision_id": hyps[best].id if decided else None,
-        "posterior_of_decision": round(float(post[best]), 6),
-        "frames": n_frames,
-        "dose_used_e_per_A2": n_frames * DOSE_PER_FRAME,
-        "truth": revealed.name,
-        "correct": decided and revealed.hypothesis_id == hyps[best].id,
-        "rejected": {k: v["reason"] for k, v in rejected_log.items()},
-        "median_frame_latency_s": round(float(np.median(latencies)), 4),
-    }
+        summary = run_session(prepared, seed, adaptive=adaptive, record=rec, log=log)
     stages["session"] = {"seconds": round(time.perf_counter() - t, 2), "record": str(record_path)}
-    outcome = "identified" if decided else f"undecided after {n_frames} frames"
-    log(f"[4/4] {outcome}: {summary['decision'] or hyps[best].name} (P = {post[best]:.4f}) after {n_frames} "
-        f"frames, {summary['dose_used_e_per_A2']:g} e-/Å²; truth: {revealed.name} -> "
+    outcome = "identified" if summary["decision"] else f"undecided after {summary['frames']} frames"
+    log(f"[4/4] {outcome}: {summary['decision'] or summary['best']} (P = {summary['posterior_of_decision']:.4f}) "
+        f"after {summary['frames']} frames, {summary['dose_used_e_per_A2']:g} e-/Å²; truth: {summary['truth']} -> "
         f"{'correct' if summary['correct'] else 'NOT correct'}")
     record = {"schema": "hypotest-demo/1", "seed": seed, "stages": stages, "summary": summary}
     (out / "demo.json").write_text(json.dumps(record, indent=2))
