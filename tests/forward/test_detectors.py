@@ -11,7 +11,7 @@ from forward.detectors import cbed_gpts, check_detector, make_detector_fn
 from forward.errors import InputError
 from forward.grid import make_grid
 
-abtem = pytest.importorskip("abtem")
+import abtem  # noqa: E402  (the reference simulator: a dev dependency, never skipped)
 from abtem.core.axes import OrdinalAxis  # noqa: E402
 
 GRID = make_grid(gpts=(48, 64), sampling=0.1)

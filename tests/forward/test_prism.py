@@ -16,7 +16,7 @@ from forward.prism import make_prism, prism_wave_vectors
 from forward.specimen import make_specimen
 from forward.stem import make_scan, make_stem_simulator
 
-abtem = pytest.importorskip("abtem")
+import abtem  # noqa: E402  (the reference simulator: a dev dependency, never skipped)
 from tests.forward._abtem_ref import ABTEM_CONFIG, abtem_potential, rel_l2  # noqa: E402
 
 ENERGY = 80e3

@@ -11,7 +11,7 @@ from forward.errors import InputError
 from forward.grid import make_grid
 from forward.probe import check_probe, probe_spectrum, probe_waves
 
-abtem = pytest.importorskip("abtem")
+import abtem  # noqa: E402  (the reference simulator: a dev dependency, never skipped)
 
 GRID = make_grid(gpts=(48, 64), sampling=0.1)
 ABER = {"C10": -40.0, "C30": 3e4, "C12": 15.0, "phi12": 0.5, "C21": 300.0, "phi21": -1.0}

@@ -10,7 +10,7 @@ from forward.beam import ABERRATION_SYMBOLS, make_aberrations
 from forward.errors import InputError
 from forward.transfer import aberration_phase, aperture
 
-abtem = pytest.importorskip("abtem")
+import abtem  # noqa: E402  (the reference simulator: a dev dependency, never skipped)
 
 ENERGY = 80e3
 GPTS = (24, 40)
