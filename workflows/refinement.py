@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from forward import InputError, Specimen
-from workflows.spec import SimulationSpec, check_specimen, output_shape
+from workflows.spec import SimulationSpec, check_specimen, forward_simulator, output_shape
 from workflows.specimens import Pair, check_pairs
 
 __all__ = ["RefineResult", "refine_one", "refine_batch", "top_ids"]
@@ -72,7 +72,6 @@ def refine_one(
     import jax
     import jax.numpy as jnp
 
-    from forward.hrtem import make_hrtem_simulator
     from inference.noise import noise_from_detector
     from inference.refine import make_log_density, map_refine, nuts_refine
     from workflows.keys import task_key
@@ -91,14 +90,7 @@ def refine_one(
     c = np.asarray(counts, dtype=np.float32)
     if c.shape != cam:
         raise InputError(f"frame shape {list(c.shape)} does not match the spec's camera {list(cam)}")
-    sim = make_hrtem_simulator(
-        spec.grid,
-        spec.thickness,
-        spec.slice_thickness,
-        parametrization=spec.parametrization,
-        species=spec.species,
-        camera_gpts=spec.camera_gpts,
-    )
+    sim = forward_simulator(spec)
     pos0 = np.asarray(specimen.positions, dtype=np.float32)
     z = jnp.asarray(pos0[:, 2:3])
     numbers = jnp.asarray(specimen.numbers)

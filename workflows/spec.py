@@ -36,6 +36,7 @@ __all__ = [
     "spec_to_json",
     "spec_digest",
     "check_specimen",
+    "forward_simulator",
     "make_spec_simulator",
     "output_shape",
 ]
@@ -252,6 +253,31 @@ def check_specimen(spec: SimulationSpec, specimen: Specimen, hyp_id: str = "") -
         )
 
 
+def forward_simulator(spec: SimulationSpec):
+    """The forward simulator ``spec`` describes: an :class:`forward.hrtem.HRTEMSimulator` (HRTEM)
+    or the ``simulate(specimen, beam)`` of :func:`forward.stem.make_stem_simulator` (STEM)."""
+    from forward.hrtem import make_hrtem_simulator
+    from forward.stem import make_stem_simulator
+
+    if spec.kind == "hrtem":
+        return make_hrtem_simulator(
+            spec.grid,
+            spec.thickness,
+            spec.slice_thickness,
+            parametrization=spec.parametrization,
+            species=spec.species,
+            camera_gpts=spec.camera_gpts,
+        )
+    return make_stem_simulator(
+        spec.grid,
+        spec.thickness,
+        spec.slice_thickness,
+        spec.scan,
+        parametrization=spec.parametrization,
+        species=spec.species,
+    )
+
+
 def make_spec_simulator(spec: SimulationSpec) -> Callable[[Specimen], np.ndarray]:
     """``simulate(specimen) -> float32 numpy image`` for ``spec``, jit-compiled in this process.
 
@@ -262,27 +288,9 @@ def make_spec_simulator(spec: SimulationSpec) -> Callable[[Specimen], np.ndarray
     per pixel = intensity x dose [e-/Å²] x pixel (or scan-step) area [Å²]. One compilation per
     atom count. Build it inside a Ray task or actor, never ship the result.
     """
-    from forward.hrtem import make_hrtem_simulator
-    from forward.stem import make_stem_simulator
-
+    sim = forward_simulator(spec)
     if spec.kind == "hrtem":
-        sim = make_hrtem_simulator(
-            spec.grid,
-            spec.thickness,
-            spec.slice_thickness,
-            parametrization=spec.parametrization,
-            species=spec.species,
-            camera_gpts=spec.camera_gpts,
-        ).simulate
-    else:
-        sim = make_stem_simulator(
-            spec.grid,
-            spec.thickness,
-            spec.slice_thickness,
-            spec.scan,
-            parametrization=spec.parametrization,
-            species=spec.species,
-        )
+        sim = sim.simulate
     jitted = jax.jit(sim)
     beam = spec.beam
 
