@@ -2,7 +2,8 @@
 defocus proposed by expected information gain per electron, versus the fixed default (Scherzer).
 
 Same simulated microscope, hidden structure, noise keys and frames of 40 e-/Å² for both; only the
-beam policy differs. Exit waves are computed once (in process) and shared by every session.
+beam policy differs (the live session in lockstep, ``LiveSession.run_sync``, with auto-apply on or
+off). Exit waves are computed once (in process) and shared by every session.
 
     .venv/bin/python benchmarks/design_mos2.py --seeds 12
 """
@@ -11,12 +12,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 
 import numpy as np
 
 from forward import make_beam
-from hypotest.demo import ENERGY, _simulator, load_hypotheses, prepare, run_session
+from hypotest.live.model import HRTEMImageModel
+from hypotest.live.sessions import LIBRARY_SETTINGS, load_builtin_hypotheses, make_demo_session
+
+
+def run_session(waves, seed: int, adaptive: bool, max_frames: int) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        s = make_demo_session(d, seed=seed, exit_waves=waves, auto_apply=adaptive, max_frames=max_frames)
+        st = s.run_sync()
+        truth = s.source.reveal()[-1]
+    dec = st["decision"]
+    return {"frames": st["frames"]["received"], "dose_used_e_per_A2": st["dose_used_e_per_A2"], "truth": truth["name"],
+            "decision": None if dec is None else dec["name"], "correct": dec is not None and dec["id"] == truth["id"]}
 
 
 def main() -> None:
@@ -27,19 +40,19 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    hyps = load_hypotheses()
-    cell = np.asarray(hyps[0].specimen.cell)
-    sim = _simulator(cell)
-    beam = make_beam(ENERGY)
-    waves = [np.asarray(sim.exit_wave(h.specimen, beam)) for h in hyps]
-    p = prepare(hyps, waves)
-    print(f"prepared {len(hyps)} hypotheses x {len(p.beams)} defocus candidates in {time.perf_counter() - t0:.1f} s")
+    hyps = load_builtin_hypotheses("mos2_defects")
+    st = LIBRARY_SETTINGS["mos2_defects"]
+    model = HRTEMImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
+                            slice_thickness=st.slice_thickness)
+    beam = make_beam(st.energy)
+    waves = [np.asarray(model.sim.exit_wave(h.specimen, beam)) for h in hyps]
+    print(f"prepared {len(hyps)} exit waves in {time.perf_counter() - t0:.1f} s")
 
     rows = []
     for seed in range(args.seeds):
         out = {}
         for policy in ("fixed", "adaptive"):
-            r = run_session(p, seed, adaptive=policy == "adaptive", max_frames=args.max_frames, log=lambda s: None)
+            r = run_session(waves, seed, adaptive=policy == "adaptive", max_frames=args.max_frames)
             out[policy] = r
         rows.append({"seed": seed, "truth": out["fixed"]["truth"], **{
             f"{k}_{f}": out[k][f] for k in out for f in ("frames", "dose_used_e_per_A2", "correct", "decision")}})

@@ -10,7 +10,7 @@ import sys
 from forward import InputError
 
 #: Subcommand modules, in the order ``hypotest --help`` lists them.
-COMMANDS = ("info", "demo", "library", "score")
+COMMANDS = ("info", "demo", "live", "session", "score", "library", "stream")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """``hypotest demo``: the main job on the embedded default.
 
-It runs the most complete real path that exists and says what it did; it never prints a result
-that was not computed.
+It runs the real path (built-in library, Ray pre-simulation, live session with a simulated
+microscope, dashboard) and says what it did; it never prints a result that was not computed.
 """
 
 from __future__ import annotations
@@ -13,9 +13,13 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the main job on the embedded default (local Ray, built-in library)")
-    p.add_argument("--out", type=Path, default=Path("out/demo"), help="where the record is written")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the simulated microscope")
+    p = sub.add_parser("demo", help="run the main job on the embedded default (local Ray, built-in library, dashboard)")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="the session directory (replaced)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the simulated microscope (hidden structure, noise)")
+    p.add_argument("--rate", type=float, default=4.0, help="frames per second from the simulated microscope")
+    p.add_argument("--port", type=int, default=8765, help="dashboard port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
+    p.add_argument("--linger", type=float, default=0.0, help="keep the dashboard open this many seconds after the decision")
     p.set_defaults(func=run)
 
 
@@ -23,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from hypotest.demo import run_demo
 
     t0 = time.perf_counter()
-    record = run_demo(out=args.out, seed=args.seed, log=print)
-    print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s; record: {args.out / 'demo.json'}")
-    print(json.dumps(record["summary"], indent=2))
-    return 0
+    record = run_demo(out=args.out, seed=args.seed, log=print, rate_hz=args.rate, dashboard=not args.no_dashboard,
+                      port=args.port, linger_s=args.linger)  # fmt: skip
+    print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s; record: {args.out} (hypotest session show {args.out})")
+    s = {k: v for k, v in record["summary"].items() if k != "latency_s"}
+    print(json.dumps(s, indent=2))
+    return 0 if record["summary"]["correct"] else 1

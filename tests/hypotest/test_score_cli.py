@@ -10,10 +10,10 @@ from ase.io import write
 
 from forward import InputError, make_grid
 from forward.hrtem import make_hrtem_simulator
+from forward.noise import expected_electrons, pixel_area, sample_frame
 from hypotest.beamfile import parse_beam
 from hypotest.cli import main
 from hypotest.demo import load_hypotheses
-from hypotest.microscope import SimulatedMicroscope, Truth
 from library import builtin
 from library.export import entry_to_atoms
 
@@ -35,9 +35,9 @@ def case(tmp_path_factory):
     (d / "beam.json").write_text(json.dumps(beam))
     bf = parse_beam(beam)
     sim = make_hrtem_simulator(make_grid(extent=cell[:2], sampling=0.1), float(cell[2]), 1.5, camera_gpts=CAM)
-    h = hyps[TRUE]
-    scope = SimulatedMicroscope(sim, h.specimen, Truth(h.id, h.name), bf.beam, jax.random.key(7))
-    np.save(d / "frames.npy", np.stack([scope.acquire() for _ in range(3)]))
+    lam = expected_electrons(sim.simulate(hyps[TRUE].specimen, bf.beam), bf.beam.dose, pixel_area(bf.sampling))
+    frames = [np.asarray(sample_frame(jax.random.fold_in(jax.random.key(7), t), lam, bf.beam.detector)) for t in range(3)]
+    np.save(d / "frames.npy", np.stack(frames))
     return d, hyps, beam
 
 

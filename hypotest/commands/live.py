@@ -1,0 +1,144 @@
+"""``hypotest live --library LIB --source SOURCE``: a live session on a frame source, with the
+dashboard.
+
+SOURCE is one of
+
+- ``zmq://tcp://127.0.0.1:5555``: bind a ZeroMQ PULL socket there (``hypotest stream send`` or a
+  detector connects; protocol in :mod:`hypotest.live.zmqstream`); ``zmq+connect://ADDR`` connects
+  to a sender that binds;
+- a file or glob of frame files (.npy/.npz, MRC, HDF5/EMD, DM3/DM4, TIFF), replayed at ``--rate``;
+- ``sim`` or ``sim:SEED``: the simulated microscope hiding a member of a built-in library.
+
+LIB is a built-in library name or a library file (.h5). With a library file, ``--beam BEAM.json``
+gives the beam, the frame sampling and the simulation settings; the design step chooses among a
+defocus series around the Scherzer defocus of the beam's C30 (or only the given beam if C30 = 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import secrets
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("live", help="run a live session on a frame source, with the dashboard")
+    p.add_argument("--library", required=True, help="built-in library name or library file (.h5)")
+    p.add_argument("--source", required=True, help="zmq://ADDRESS, zmq+connect://ADDRESS, FILE/GLOB, or sim[:SEED]")
+    p.add_argument("--out", type=Path, default=Path("out/live"), help="the session directory (must not hold a record)")
+    p.add_argument("--beam", type=Path, help="BEAM.json (required with a library file)")
+    p.add_argument("--rate", type=float, default=None, help="replay / simulated frames per second")
+    p.add_argument("--control", help="ZeroMQ control endpoint to send beam conditions to (zmq sources)")
+    p.add_argument("--host", default="127.0.0.1", help="dashboard host (other than loopback needs --token)")
+    p.add_argument("--port", type=int, default=8765, help="dashboard port (0: any free port)")
+    p.add_argument("--token", help="token for control actions; 'auto' makes one and prints it")
+    p.add_argument("--no-dashboard", action="store_true")
+    p.add_argument("--no-auto-apply", action="store_true", help="wait for the operator to apply proposals")
+    p.add_argument("--stop-on-decision", action="store_true", help="stop at P >= 0.99 instead of watching on")
+    p.set_defaults(func=run)
+
+
+def open_source(spec: str, *, rate=None, control=None, beam=None, sampling=None):
+    """A frame source from its command-line form (module docstring)."""
+    from forward import InputError
+
+    if spec.startswith("zmq://") or spec.startswith("zmq+connect://"):
+        from hypotest.live.zmqstream import ZmqSource
+
+        connect = spec.startswith("zmq+connect://")
+        addr = spec.split("://", 1)[1]
+        return ZmqSource(addr, bind=not connect, control_address=control)
+    files = sorted(glob.glob(spec)) or ([spec] if Path(spec).exists() or ":/" in spec else [])  # file.h5:/dataset
+    if not files:
+        raise InputError(f"source {spec!r}: no such file; give zmq://ADDRESS, a frame file or glob, or sim[:SEED]")
+    from hypotest.live.replay import FileReplaySource
+
+    return FileReplaySource(files, rate_hz=rate, beam=beam, sampling=sampling)
+
+
+def _session_for_library_file(args, source_spec):
+    import numpy as np
+
+    from forward import InputError
+    from forward.constants import scherzer_defocus
+    from hypotest.beamfile import parse_beam
+    from hypotest.live.model import HRTEMImageModel
+    from hypotest.live.session import LiveSession
+    from hypotest.live.sessions import load_hypotheses
+
+    if args.beam is None:
+        raise InputError("a library file needs --beam BEAM.json (beam, frame sampling, simulation settings)")
+    try:
+        beam = json.loads(args.beam.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{args.beam}: cannot read the beam file ({exc})") from None
+    bf = parse_beam(beam, where=str(args.beam))
+    hyps = load_hypotheses(args.library)
+    binning = max(1, round(bf.sampling[0] / bf.sim_sampling))
+    model = HRTEMImageModel([h.specimen for h in hyps], sampling=bf.sim_sampling, binning=binning,
+                            slice_thickness=bf.slice_thickness)  # fmt: skip
+    got = np.asarray(model.pixel_sampling)
+    if not np.allclose(got, bf.sampling, rtol=0.05):
+        raise InputError(
+            f"{args.beam}: frame sampling {list(bf.sampling)} Å/pixel is not an integer binning of the simulation "
+            f"sampling {bf.sim_sampling} Å over the cell (closest: {got.round(4).tolist()}); adjust 'simulation.sampling'"
+        )
+    beam["sampling"] = [float(v) for v in got]
+    c30 = float((beam.get("aberrations") or {}).get("C30", 0.0))
+    cands = [("given beam", beam)]
+    if c30 != 0:
+        f0 = float(scherzer_defocus(c30, float(beam["energy"])))
+        cands = [(f"defocus {k * f0:+.0f} Å ({k:g} x Scherzer)",
+                  {**beam, "aberrations": {**{a: v for a, v in beam["aberrations"].items() if a not in ("C10", "defocus")},
+                                           "defocus": k * f0}})
+                 for k in (-1.0, 0.5, 1.0, 1.5, 2.0, 3.0)] + cands  # fmt: skip
+    source = open_source(source_spec, rate=args.rate, control=args.control, beam=beam, sampling=beam["sampling"])
+    return LiveSession(
+        args.out, hypotheses=hyps, model=model, source=source, candidate_beams=cands, beam=beam,
+        config={"library": str(Path(args.library).resolve()), "model": model.settings,
+                "source": {"kind": "zmq" if source_spec.startswith("zmq") else "replay", "spec": source_spec,
+                           "address": getattr(source, "address", None), "control_address": args.control}},
+        auto_apply=not args.no_auto_apply, stop_on_decision=args.stop_on_decision, log=print,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from hypotest.live.sessions import LIBRARY_SETTINGS, make_demo_session
+
+    token = secrets.token_urlsafe(16) if args.token == "auto" else args.token
+    if args.source.startswith("sim"):
+        if args.library not in LIBRARY_SETTINGS:
+            raise SystemExit("hypotest live: the simulated microscope ('sim') needs a built-in library")
+        seed = int(args.source.split(":", 1)[1]) if ":" in args.source else 0
+        session = make_demo_session(args.out, seed=seed, library=args.library, frame_rate_hz=args.rate or 4.0,
+                                    auto_apply=not args.no_auto_apply, stop_on_decision=args.stop_on_decision,
+                                    max_frames=None, log=print)  # fmt: skip
+    elif args.library in LIBRARY_SETTINGS and args.beam is None:
+        raise SystemExit("hypotest live: a built-in library on a real source needs --beam BEAM.json for the frames")
+    else:
+        if args.library in LIBRARY_SETTINGS:
+            from library.builtin import library_path
+
+            args.library = str(library_path(args.library))
+        session = _session_for_library_file(args, args.source)
+    server = None
+    if not args.no_dashboard:
+        from hypotest.dashboard.server import serve
+
+        server = serve(session, host=args.host, port=args.port, token=token)
+        print(f"dashboard: {server.url}" + (f"  token: {token}" if token else ""))
+    print(f"live session on {args.source}; record in {args.out}; Ctrl-C stops (resume: hypotest session resume {args.out})")
+    try:
+        session.start()
+        session.wait()
+    except KeyboardInterrupt:
+        print("stopping")
+    finally:
+        session.stop()
+        if server is not None:
+            server.stop()
+    st = session.status()
+    print(f"stopped: {st['state']}; frames {st['frames']}; decision: {st['decision']}")
+    return 0

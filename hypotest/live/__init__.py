@@ -1,0 +1,1 @@
+"""The live session: frame sources, the loop, the session record."""

@@ -1,0 +1,272 @@
+"""The session record: append-only, crash-safe, resumable, replayable.
+
+A session directory holds
+
+- ``session.json``: the configuration, written once at the start (atomically: temp file + rename):
+  ``{"schema": "hypotest.session/1", "library", "hypotheses": [{"id", "name", "family", "prior"}],
+  "model": {...}, "source": {...}, "candidate_beams": [{"label", "beam"}], "rule", "noise",
+  "target", "created"}``;
+- ``frames.bin``: the raw bytes of every frame received, appended in arrival order;
+- ``record.jsonl``: one JSON object per line, each with a ``"kind"``:
+
+  ======================  ==================================================================
+  ``frame``               a frame was received: ``index`` (arrival order), ``source_id``,
+                          ``t_source``, ``t_received``, ``offset``/``nbytes``/``shape``/``dtype``
+                          in frames.bin, ``beam_label``, ``beam`` (BEAM.json form)
+  ``bad_message``         the source could not decode a message: ``source_id``, ``reason``
+  ``stream``              connection state: ``event`` (connected, disconnected, reconnected, end)
+  ``fate``                a frame rejected before scoring: ``index``, ``fate``: "rejected", ``reason``
+  ``step``                one posterior update: ``step``, ``frames`` (indices; more than one =
+                          coalesced), ``ids``, ``log_evidence``, ``posterior``,
+                          ``log10_bayes_factor``, ``rejected`` {id: reason}, ``proposals``, ``fit``,
+                          ``drift_px``, ``dose_ratio``, ``segment_start``, ``map_state``,
+                          ``latency_s`` {stage: s}
+  ``beam``                a beam condition was applied: ``label``, ``beam``, ``by`` (auto, operator)
+  ``rejection``/``return``  a hypothesis fell below / came back above the rejection rule
+  ``hypothesis_added``    with its structure; ``hypothesis_dropped``
+  ``decision``, ``stopped``
+  ======================  ==================================================================
+
+Durability: a frame's bytes are written to frames.bin before its ``frame`` line, and each line is
+one ``write`` on an ``O_APPEND`` descriptor, so a process killed at any instant (kill -9) leaves
+every completed line and frame intact; at most the line being written is truncated, and
+:func:`load_record` ignores (and reports) a truncated last line. ``fsync=True`` additionally
+syncs ``step`` lines to disk (survives an OS crash). A frame received but not yet scored when the
+process died has a ``frame`` line and no step: :meth:`SessionData.unscored_frames` lists it and a
+resumed session scores it, so nothing received is lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from forward import InputError
+
+__all__ = ["SessionWriter", "SessionData", "load_record", "SCHEMA"]
+
+SCHEMA = "hypotest.session/1"
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        return o.item()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _clean(x):
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+class SessionWriter:
+    """Appends to a session directory (thread-safe). ``resume=True`` opens an existing one."""
+
+    def __init__(self, directory, config: dict | None = None, *, resume: bool = False, fsync: bool = False):
+        self.dir = Path(directory)
+        self._lock = threading.Lock()
+        self._fsync = fsync
+        if resume:
+            if not (self.dir / "session.json").is_file():
+                raise InputError(f"{self.dir}: not a session directory (no session.json)")
+        else:
+            if (self.dir / "record.jsonl").exists():
+                raise InputError(
+                    f"{self.dir} already holds a session record; resume it with `hypotest session resume {self.dir}` "
+                    "or choose another directory"
+                )
+            if config is None:
+                raise InputError("a new session record needs its configuration")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / "session.json.tmp"
+            tmp.write_text(json.dumps({"schema": SCHEMA, **config}, indent=1, default=_json_default))
+            os.replace(tmp, self.dir / "session.json")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self._rec = os.open(self.dir / "record.jsonl", flags, 0o644)
+        self._bin = os.open(self.dir / "frames.bin", flags, 0o644)
+        self._bin_size = os.fstat(self._bin).st_size
+        self._repair_truncated_tail()
+
+    def _repair_truncated_tail(self) -> None:
+        """After a crash the last line may lack its newline: end it so the next line starts clean."""
+        size = os.fstat(self._rec).st_size
+        if size:
+            with open(self.dir / "record.jsonl", "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    os.write(self._rec, b"\n")
+
+    def append(self, kind: str, **fields) -> dict:
+        entry = _clean({"kind": kind, **fields})
+        line = (json.dumps(entry, default=_json_default, allow_nan=False) + "\n").encode()
+        with self._lock:
+            os.write(self._rec, line)
+            if self._fsync and kind in ("step", "decision", "stopped"):
+                os.fsync(self._rec)
+        return entry
+
+    def append_frame(self, counts: np.ndarray, **fields) -> dict:
+        """Write the frame's bytes, then its ``frame`` line; returns the line."""
+        c = np.ascontiguousarray(counts)
+        data = c.tobytes()
+        with self._lock:
+            offset = self._bin_size
+            n = 0
+            while n < len(data):  # os.write may write less than asked
+                n += os.write(self._bin, data[n:])
+            self._bin_size += len(data)
+            entry = _clean(
+                {"kind": "frame", **fields, "offset": offset, "nbytes": len(data), "shape": list(c.shape), "dtype": c.dtype.str}
+            )
+            os.write(self._rec, (json.dumps(entry, default=_json_default, allow_nan=False) + "\n").encode())
+        return entry
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in (self._rec, self._bin):
+                try:
+                    os.fsync(fd)
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._rec = self._bin = -1
+
+
+@dataclasses.dataclass
+class SessionData:
+    """A session record read back (:func:`load_record`).
+
+    Attributes:
+        config: session.json; ids, names: every hypothesis in session order (added ones last).
+        steps: the ``step`` lines; posterior: ``[steps, H]`` (NaN where a hypothesis did not yet
+            exist or was dropped); map_states: most probable id per step; change_points: steps
+            where a new segment started.
+        rejections: ``rejection`` lines (id, name, step, log10_bayes_factor, frames, dose, reason).
+        frames: fate of every received frame: {"index", "source_id", "fate", "step", "reason"}.
+        events: every other line (beam, stream, bad_message, hypothesis_added/dropped, decision).
+        truth: ``{"frames": [{"source_id", "state", "id", "name"}], "states": [...]}`` from the
+            ``truth.jsonl`` a simulated microscope writes (the session never reads it), or None.
+        truncated: the text of a truncated last line, if the writer was killed mid-line.
+    """
+
+    dir: Path
+    config: dict
+    ids: list[str]
+    names: list[str]
+    steps: list[dict]
+    posterior: np.ndarray
+    map_states: list[str]
+    change_points: list[int]
+    rejections: list[dict]
+    frames: list[dict]
+    frame_lines: list[dict]
+    events: list[dict]
+    truth: dict | None
+    truncated: str | None
+
+    def frame(self, index: int) -> np.ndarray:
+        """The counts of received frame ``index`` (as received: dtype and shape)."""
+        if not 0 <= index < len(self.frame_lines):
+            raise InputError(f"frame index {index} out of range: the record holds {len(self.frame_lines)} frames")
+        fl = self.frame_lines[index]
+        with open(self.dir / "frames.bin", "rb") as f:
+            f.seek(fl["offset"])
+            data = f.read(fl["nbytes"])
+        if len(data) != fl["nbytes"]:
+            raise InputError(f"{self.dir / 'frames.bin'}: frame {index} is truncated ({len(data)} of {fl['nbytes']} bytes)")
+        return np.frombuffer(data, dtype=np.dtype(fl["dtype"])).reshape(fl["shape"])
+
+    def unscored_frames(self) -> list[int]:
+        """Frames received whose fate is not recorded (in flight when the process stopped)."""
+        return [f["index"] for f in self.frames if f["fate"] is None]
+
+    @property
+    def decision(self) -> dict | None:
+        d = [e for e in self.events if e["kind"] == "decision"]
+        return d[-1] if d else None
+
+
+def load_record(directory) -> SessionData:
+    """Read a session directory written by :class:`SessionWriter`."""
+    d = Path(directory)
+    try:
+        config = json.loads((d / "session.json").read_text())
+    except FileNotFoundError:
+        raise InputError(f"{d}: not a session directory (no session.json)") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{d / 'session.json'} is corrupt: {exc}") from None
+    if config.get("schema") != SCHEMA:
+        raise InputError(f"{d / 'session.json'}: schema {config.get('schema')!r}, expected {SCHEMA!r}")
+    ids = [h["id"] for h in config["hypotheses"]]
+    names = [h["name"] for h in config["hypotheses"]]
+    lines, truncated = [], None
+    text = (d / "record.jsonl").read_text() if (d / "record.jsonl").exists() else ""
+    raw = text.split("\n")
+    for k, ln in enumerate(raw):
+        if not ln.strip():
+            continue
+        try:
+            lines.append(json.loads(ln))
+        except json.JSONDecodeError:
+            if k >= len(raw) - 2 or not any(x.strip() for x in raw[k + 1 :]):
+                truncated = ln  # the writer was killed mid-line
+                continue
+            # a line cut by a crash, followed by lines of the resumed session
+            truncated = ln
+    steps, rejections, events, frame_lines = [], [], [], []
+    fate: dict[int, dict] = {}
+    for e in lines:
+        k = e["kind"]
+        if k == "frame":
+            frame_lines.append(e)
+        elif k == "step":
+            steps.append(e)
+            for j in e["frames"]:
+                fate[j] = {"fate": "scored" if len(e["frames"]) == 1 else "coalesced", "step": e["step"], "reason": ""}
+        elif k == "fate":
+            fate[e["index"]] = {"fate": e["fate"], "step": None, "reason": e.get("reason", "")}
+        elif k == "rejection":
+            rejections.append(e)
+        else:
+            if k == "hypothesis_added":
+                ids.append(e["id"])
+                names.append(e["name"])
+            events.append(e)
+    frame_lines.sort(key=lambda f: f["index"])
+    frames = [
+        {"index": f["index"], "source_id": f["source_id"], **fate.get(f["index"], {"fate": None, "step": None, "reason": ""})}
+        for f in frame_lines
+    ]
+    post = np.full((len(steps), len(ids)), np.nan)
+    col = {h: i for i, h in enumerate(ids)}
+    map_states, cps, seg = [], [], 0
+    for s, st in enumerate(steps):
+        for h, p in zip(st["ids"], st["posterior"]):
+            post[s, col[h]] = np.nan if p is None else p
+        map_states.append(st.get("map_state") or "")
+        if st.get("segment_start", 0) > seg:
+            seg = st["segment_start"]
+            cps.append(seg)
+    truth = None
+    if (d / "truth.jsonl").exists():  # a simulated microscope's truth, one line per frame it emitted
+        tl = [json.loads(x) for x in (d / "truth.jsonl").read_text().splitlines() if x.strip().endswith("}")]
+        truth = {"frames": tl, "states": sorted({x["name"] for x in tl})}
+    return SessionData(
+        dir=d, config=config, ids=ids, names=names, steps=steps, posterior=post, map_states=map_states,
+        change_points=cps, rejections=rejections, frames=frames, frame_lines=frame_lines, events=events,
+        truth=truth, truncated=truncated,
+    )  # fmt: skip

@@ -1,0 +1,298 @@
+"""Building sessions: the embedded default (built-in library + simulated microscope), and
+resuming a recorded session.
+
+Per built-in library the imaging settings are fixed here (energy, spherical aberration, dose per
+frame); the candidate beams the design step chooses from are a defocus series in multiples of the
+Scherzer defocus (Scherzer, J. Appl. Phys. 20 (1949) 20), where the exit waves are reused and a
+new condition costs one FFT pair per hypothesis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from forward import InputError
+from forward.constants import scherzer_defocus
+from hypotest.hypothesis import Hypothesis, make_hypothesis
+from hypotest.live.model import HRTEMImageModel
+from hypotest.live.session import LiveSession
+from hypotest.live.simscope import SimulatedMicroscopeSource
+
+__all__ = [
+    "LIBRARY_SETTINGS", "load_builtin_hypotheses", "load_hypotheses", "demo_beams", "make_demo_session",
+    "resume_session", "replay_record", "ReplayReport",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagingSettings:
+    energy: float  # [eV]
+    c30: float  # [Å]
+    dose: float  # [e-/Å²] per frame
+    sampling: float = 0.05  # simulation [Å]
+    binning: int = 2
+    slice_thickness: float = 1.0  # [Å]
+    semiangle_cutoff: float = 25.0  # [mrad]
+    focal_spread: float = 20.0  # [Å]
+    angular_spread: float = 0.1  # [mrad]
+
+
+#: Imaging settings per built-in library: 80 kV for MoS2 (below the S knock-on threshold), 300 kV
+#: for the metals and oxides; aberration-corrected (negative Cs) imaging.
+LIBRARY_SETTINGS = {
+    "mos2_defects": ImagingSettings(energy=80e3, c30=-1.5e5, dose=40.0),
+    "pt111_adsorbates": ImagingSettings(energy=300e3, c30=-1.5e5, dose=200.0),
+    "srtio3_vacancy": ImagingSettings(energy=300e3, c30=-1.5e5, dose=200.0),
+}
+DEFOCUS_FACTORS = (-1.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def load_builtin_hypotheses(name: str = "mos2_defects") -> list[Hypothesis]:
+    """The built-in library ``name`` as hypotheses (ids are the library's content hashes)."""
+    from library.builtin import load
+
+    hyps = []
+    for e in load(name):
+        h = make_hypothesis(e.specimen, name=e.name, family=e.family, prior=float(e.prior), provenance=e.provenance)
+        if h.id != e.id:
+            raise RuntimeError(f"library id {e.id} differs from the hypothesis id {h.id} of {e.name!r}")
+        hyps.append(h)
+    return hyps
+
+
+def demo_beams(settings: ImagingSettings, pixel_sampling, dose: float | None = None) -> list[tuple[str, dict]]:
+    """The candidate beams (BEAM.json form): a defocus series around Scherzer."""
+    f0 = float(scherzer_defocus(settings.c30, settings.energy))
+    out = []
+    for k in DEFOCUS_FACTORS:
+        out.append((
+            f"defocus {k * f0:+.0f} Å ({k:g} x Scherzer)",
+            {"energy": settings.energy, "dose": float(dose or settings.dose), "sampling": [float(s) for s in pixel_sampling],
+             "semiangle_cutoff": settings.semiangle_cutoff, "aberrations": {"C30": settings.c30, "defocus": k * f0},
+             "focal_spread": settings.focal_spread, "angular_spread": settings.angular_spread,
+             "detector": {"mode": "hrtem"},
+             "simulation": {"sampling": settings.sampling, "slice_thickness": settings.slice_thickness}},
+        ))  # fmt: skip
+    return out
+
+
+def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", frame_rate_hz: float | None = None,
+                      auto_apply: bool = True, max_frames: int | None = 200, stop_on_decision: bool = True,
+                      hidden: int | list[int] | None = None, schedule=(), switch_rate_hz: float = 0.0,
+                      dose: float | None = None, exit_waves=None, expected_run_length: float = 200.0,
+                      log: Callable[[str], None] | None = None, start_beam: int = 2) -> LiveSession:  # fmt: skip
+    """The embedded default: built-in ``library``, a simulated microscope hiding ``hidden`` (by
+    default one hypothesis chosen by ``seed``; a list = metastable states, switching by
+    ``schedule`` or ``switch_rate_hz``), frames at ``frame_rate_hz`` (None: as fast as scored).
+
+    ``exit_waves``: precomputed exit waves of the library (e.g. from Ray workers) at the library's
+    energy; computed here otherwise. The session is not started: call ``.start()`` or ``.run()``.
+    """
+    if library not in LIBRARY_SETTINGS:
+        raise InputError(f"unknown built-in library {library!r}: expected one of {sorted(LIBRARY_SETTINGS)}")
+    st = LIBRARY_SETTINGS[library]
+    hyps = load_builtin_hypotheses(library)
+    model = HRTEMImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
+                            slice_thickness=st.slice_thickness, exit_waves=exit_waves, energy=st.energy)  # fmt: skip
+    candidates = demo_beams(st, model.pixel_sampling, dose)
+    rng = np.random.default_rng(seed)
+    states = [int(rng.integers(len(hyps)))] if hidden is None else ([hidden] if isinstance(hidden, int) else list(hidden))
+    for s in states:
+        if not 0 <= s < len(hyps):
+            raise InputError(f"hidden state {s} is not a hypothesis index of {library} (0..{len(hyps) - 1})")
+    # The microscope has its own model of the true states (it shares the library's exit waves:
+    # the truth is one of the candidates here, which is what the demo tests).
+    scope_model = HRTEMImageModel([hyps[s].specimen for s in states], sampling=st.sampling, binning=st.binning,
+                                  slice_thickness=st.slice_thickness,
+                                  exit_waves=None if exit_waves is None else [exit_waves[s] for s in states],
+                                  energy=st.energy)  # fmt: skip
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = SimulatedMicroscopeSource(
+        scope_model, [(hyps[s].id, hyps[s].name) for s in states], candidates[start_beam][1], seed=seed,
+        rate_hz=frame_rate_hz, max_frames=max_frames, schedule=schedule, switch_rate_hz=switch_rate_hz,
+        truth_path=out / "truth.jsonl",
+    )  # fmt: skip
+    source_cfg = {"kind": "simulated", "seed": seed, "states": states, "rate_hz": frame_rate_hz, "max_frames": max_frames,
+                  "schedule": [list(x) for x in schedule], "switch_rate_hz": switch_rate_hz}  # fmt: skip
+    return LiveSession(
+        out, hypotheses=hyps, model=model, source=source, candidate_beams=candidates, beam=candidates[start_beam][1],
+        config={"library": library, "model": model.settings, "source": source_cfg, "dose": dose},
+        auto_apply=auto_apply, stop_on_decision=stop_on_decision, expected_run_length=expected_run_length,
+        log=log, seed=seed,
+    )  # fmt: skip
+
+
+def load_hypotheses(library: str) -> list[Hypothesis]:
+    """Hypotheses from a built-in library name or a library file (.h5, :mod:`library.format`)."""
+    if library in LIBRARY_SETTINGS:
+        return load_builtin_hypotheses(library)
+    p = Path(library)
+    if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"):
+        from library.format import open_library
+
+        with open_library(p) as f:
+            entries = f.entries()
+        if not entries:
+            raise InputError(f"{p}: the library is empty; add hypotheses with `hypotest library add`")
+        return [make_hypothesis(e.specimen, name=e.name, family=e.family, prior=float(e.prior), provenance=e.provenance)
+                for e in entries]  # fmt: skip
+    raise InputError(
+        f"library {library!r}: expected a built-in name ({', '.join(sorted(LIBRARY_SETTINGS))}) or a library file "
+        "(.h5, `hypotest library build`)"
+    )
+
+
+def _session_hypotheses(rec) -> tuple[list[Hypothesis], HRTEMImageModel]:
+    """The session's hypotheses (library + added during the session) and image model, from its record."""
+    from forward import make_specimen
+    from library.provenance import Provenance
+
+    cfg = rec.config
+    hyps = load_hypotheses(cfg["library"])
+    want = [h["id"] for h in cfg["hypotheses"]]
+    if [h.id for h in hyps] != want:
+        raise InputError(
+            f"{rec.dir}: the library {cfg['library']!r} no longer holds the session's hypotheses "
+            f"(ids differ); restore the library file the session was started with"
+        )
+    m = cfg["model"]
+    model = HRTEMImageModel([h.specimen for h in hyps], sampling=m["sampling"], binning=m["binning"],
+                            slice_thickness=m["slice_thickness"])  # fmt: skip
+    for e in rec.events:
+        if e["kind"] == "hypothesis_added":
+            spec = make_specimen(e["structure"]["positions"], e["structure"]["numbers"], cell=model.cell)
+            h = make_hypothesis(spec, name=e["name"], family=e["family"], prior=e["prior"],
+                                provenance=Provenance(source="added during the session"))  # fmt: skip
+            model.add(spec)
+            hyps.append(h)
+    return hyps, model
+
+
+def _source_from_config(rec, model_states_from, start_frame: int):
+    cfg = rec.config["source"]
+    kind = cfg.get("kind")
+    if kind == "simulated":
+        lib = rec.config["library"]
+        st = LIBRARY_SETTINGS[lib]
+        hyps = model_states_from
+        states = cfg["states"]
+        scope_model = HRTEMImageModel([hyps[s].specimen for s in states], sampling=st.sampling, binning=st.binning,
+                                      slice_thickness=st.slice_thickness)  # fmt: skip
+        remaining = None if cfg["max_frames"] is None else max(cfg["max_frames"] - start_frame, 0)
+        return SimulatedMicroscopeSource(
+            scope_model, [(hyps[s].id, hyps[s].name) for s in states], rec.config["beam"], seed=cfg["seed"],
+            rate_hz=cfg["rate_hz"], max_frames=remaining, schedule=[tuple(x) for x in cfg["schedule"]],
+            switch_rate_hz=cfg["switch_rate_hz"], truth_path=rec.dir / "truth.jsonl", start_frame=start_frame,
+        )  # fmt: skip
+    if kind == "zmq":
+        from hypotest.live.zmqstream import ZmqSource
+
+        return ZmqSource(cfg["address"], bind=cfg.get("bind", True), control_address=cfg.get("control_address"),
+                         start_id=start_frame)  # source ids stay unique across a resume
+    raise InputError(
+        f"{rec.dir}: cannot reopen a {kind!r} source by itself; pass the source again "
+        "(`hypotest session resume DIR --source ...`)"
+    )
+
+
+def resume_session(directory, *, source=None, log: Callable[[str], None] | None = None,
+                   stop_on_decision: bool = True) -> LiveSession:  # fmt: skip
+    """A :class:`LiveSession` that continues the record in ``directory`` (not started).
+
+    The posterior is rebuilt from the record, frames in flight when the process died are scored
+    first, and the source is reopened from the configuration (a simulated microscope continues
+    its frame sequence) unless ``source`` is given.
+    """
+    from hypotest.live.record import load_record
+
+    rec = load_record(directory)
+    hyps, model = _session_hypotheses(rec)
+    n_lib = len(rec.config["hypotheses"])
+    start = 1 + max((f["source_id"] for f in rec.frame_lines), default=-1)
+    src = source if source is not None else _source_from_config(rec, hyps[:n_lib], start)
+    cfg = rec.config
+    session = LiveSession(
+        rec.dir, hypotheses=hyps, model=model, source=src,
+        candidate_beams=[(c["label"], c["beam"]) for c in cfg["candidate_beams"]], beam=cfg["beam"],
+        rule_threshold=cfg["rule_threshold"], target=cfg["target"], auto_apply=True, stop_on_decision=stop_on_decision,
+        expected_run_length=cfg["expected_run_length"], resume=True, log=log, seed=cfg.get("seed", 0),
+    )  # fmt: skip
+    session.config = cfg
+    session.restore(rec)
+    return session
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayReport:
+    """Posteriors recomputed from the stored frames against those recorded."""
+
+    steps: int
+    max_abs_posterior_diff: float
+    max_abs_log_evidence_diff: float  # [nats], over finite entries
+    decision_reproduced: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_posterior_diff <= 1e-4
+
+
+def replay_record(directory, log: Callable[[str], None] | None = None) -> ReplayReport:
+    """Re-score every recorded step from the frames in ``frames.bin`` with a fresh model and
+    tracker, and compare the posteriors with the recorded ones."""
+    from forward.noise import pixel_area
+    from hypotest.beamfile import parse_beam
+    from hypotest.live.record import load_record
+    from hypotest.live.tracking import SegmentTracker
+    from inference import make_nuisance_prior, noise_from_detector
+    from inference.evidence import make_laplace_scorer
+
+    rec = load_record(directory)
+    hyps, model = _session_hypotheses(rec)
+    n_lib = len(rec.config["hypotheses"])
+    noise = noise_from_detector(parse_beam(rec.config["beam"]).beam.detector)
+    scorer = make_laplace_scorer(noise, make_nuisance_prior())
+    tracker = SegmentTracker(np.log([float(h.prior) for h in hyps[:n_lib]]),
+                             expected_run_length=rec.config["expected_run_length"])  # fmt: skip
+    col = {h.id: i for i, h in enumerate(hyps)}
+    added = [e for e in rec.events if e["kind"] == "hypothesis_added"]
+    dropped = [e for e in rec.events if e["kind"] == "hypothesis_dropped"]
+    max_dp = max_dl = 0.0
+    n_active = n_lib
+    last = None
+    for st in rec.steps:
+        while added and added[0]["step"] <= st["step"]:  # re-score the added hypothesis' past
+            e = added.pop(0)
+            past = []
+            for old in rec.steps[: st["step"]]:
+                counts = np.sum([rec.frame(j).astype(np.float32) for j in old["frames"]], axis=0)
+                img = model.images(old["beam"])[n_active : n_active + 1]
+                ex = old["dose_e_per_A2"] * pixel_area(model.pixel_sampling)
+                past.append(float(np.asarray(scorer(counts, img, ex).log_evidence)[0]))
+            tracker.add(np.log(e["prior"]) - np.log(max(h.prior for h in hyps[:n_lib])) + float(tracker._lp.max()), past)
+            n_active += 1
+        while dropped and dropped[0]["step"] <= st["step"]:
+            tracker.drop(col[dropped.pop(0)["id"]])
+        counts = np.sum([rec.frame(j).astype(np.float32) for j in st["frames"]], axis=0)
+        active = np.asarray([col[h] for h, v in zip(st["ids"], st["log_evidence"]) if v is not None], dtype=int)
+        exposure = st["dose_e_per_A2"] * pixel_area(model.pixel_sampling)
+        ev = scorer(counts, model.images(st["beam"])[active], exposure)
+        le = np.full(len(st["ids"]), -np.inf)
+        le[active] = np.asarray(ev.log_evidence, dtype=np.float64)
+        view = tracker.update(le)
+        rec_le = np.asarray([np.nan if v is None else v for v in st["log_evidence"]], dtype=np.float64)
+        ok = np.isfinite(rec_le)
+        max_dl = max(max_dl, float(np.max(np.abs(rec_le[ok] - le[ok]))))
+        rec_post = np.asarray([0.0 if v is None else v for v in st["posterior"]])
+        max_dp = max(max_dp, float(np.max(np.abs(rec_post - view["posterior"]))))
+        last = view
+        if log:
+            log(f"step {st['step']}: max |dP| so far {max_dp:.2e}")
+    dec = rec.decision
+    reproduced = dec is None or (last is not None and hyps[int(last["best"])].id == dec["id"]
+                                 and float(last["posterior"][last["best"]]) >= rec.config["target"])  # fmt: skip
+    return ReplayReport(len(rec.steps), max_dp, max_dl, bool(reproduced))

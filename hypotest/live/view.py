@@ -1,0 +1,111 @@
+"""What the dashboard and the query API may ask of a running session (:class:`SessionView`).
+
+:class:`hypotest.live.session.LiveSession` implements it. Every method is thread-safe and returns
+plain JSON-able data (numpy arrays only where stated); the web layer never touches the loop's
+internals. Errors a caller can cause raise :class:`forward.InputError` (unknown id, bad beam) and
+map to HTTP 4xx; :class:`KeyError` is never raised for user input.
+"""
+
+from __future__ import annotations
+
+import queue
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["SessionView"]
+
+
+@runtime_checkable
+class SessionView(Protocol):
+    def status(self) -> dict:
+        """Session state::
+
+            {"state": "starting" | "running" | "decided" | "stopped" | "failed",
+             "session_dir": str, "library": str, "source": str,
+             "connection": "connected" | "disconnected" | "ended",
+             "frames": {"received": int, "scored": int, "coalesced": int, "rejected": int,
+                        "bad_messages": int},
+             "frame_rate_hz": float,                  # received, over the last 10 s
+             "latency_s": {stage: {"p50": float, "p99": float}},   # stages: ingest, preprocess,
+                                                      # score, update, propose, total
+             "beam": dict,                            # current beam, BEAM.json form
+             "dose_used_e_per_A2": float,
+             "decision": None | {"id": str, "name": str, "posterior": float},
+             "auto_apply": bool, "step": int}
+        """
+        ...
+
+    def hypotheses(self) -> list[dict]:
+        """Every hypothesis, in library order::
+
+            {"id", "name", "family", "prior", "posterior", "log10_bayes_factor",
+             "rejected": bool, "reason": str, "dropped": bool, "state": "surviving"|"rejected"|"dropped"}
+        """
+        ...
+
+    def hypothesis(self, hypothesis_id: str) -> dict:
+        """One hypothesis: the fields of :meth:`hypotheses` plus ``"provenance"`` (dict),
+        ``"n_atoms"``, ``"refinement"`` (None or {"parameters": {name: {"value", "sd", "crlb"}},
+        "frames": int}) and ``"rejections"`` (history of rejections / returns with step and
+        Bayes factor). Unknown id: InputError."""
+        ...
+
+    def history(self) -> dict:
+        """Posterior over steps: ``{"steps": [int], "frame_ids": [[int]] (source frames per step),
+        "ids": [str], "posterior": [[float]] (steps x hypotheses), "map_state": [str] (most
+        probable hypothesis id per step), "change_points": [int] (steps), "beams": [str] (label per
+        step)}``."""
+        ...
+
+    def proposals(self) -> list[dict]:
+        """Current proposals, best first: ``{"index", "label", "beam" (BEAM.json form),
+        "expected_gain_bits", "gain_bits_per_electron", "separates": [[name, name], ...]}``."""
+        ...
+
+    def apply_proposal(self, index: int) -> dict:
+        """Apply proposal ``index`` (sent to the source's control channel); returns the new beam.
+        Unknown index: InputError."""
+        ...
+
+    def apply_beam(self, beam: dict) -> dict:
+        """Apply a beam condition given in BEAM.json form (validated: InputError with the field);
+        returns the beam now in use."""
+        ...
+
+    def latest_frame(self) -> np.ndarray | None:
+        """The last scored frame [counts] ``[mx, my]`` (summed if coalesced), or None before the first."""
+        ...
+
+    def simulated_image(self, hypothesis_id: str) -> np.ndarray:
+        """Expected counts of ``hypothesis_id`` under the current beam, fitted to the latest frame
+        (shift, scale, background) ``[mx, my]``; before any frame, the unfitted expected counts."""
+        ...
+
+    def residual(self) -> np.ndarray | None:
+        """(latest frame - best simulation) / sqrt(best simulation): Poisson-normalised residual."""
+        ...
+
+    def add_hypothesis(self, structure: dict) -> dict:
+        """Add a hypothesis while running. ``structure``: {"name": str, "prior": float,
+        "positions": [[x, y, z]] Å, "numbers": [int]} in the session's cell, or {"file": path}.
+        It joins with the current posterior mass of a fresh prior (documented in the session);
+        returns its :meth:`hypothesis` dict. Bad structure: InputError."""
+        ...
+
+    def drop_hypothesis(self, hypothesis_id: str) -> dict:
+        """Stop scoring a hypothesis (kept in the record as dropped). Unknown id: InputError."""
+        ...
+
+    def set_auto_apply(self, on: bool) -> dict:
+        """Whether proposals are applied automatically; returns :meth:`status`."""
+        ...
+
+    def subscribe(self) -> queue.Queue:
+        """A queue that receives one dict per event: ``{"type": "step", "step", "status",
+        "posterior": [..], "ids": [..]}``, ``{"type": "beam", "beam", "by": "auto"|"operator"}``,
+        ``{"type": "hypotheses"}``, ``{"type": "stream", "kind", "detail"}``,
+        ``{"type": "stopped"}``. Slow consumers lose the oldest events, never block the loop."""
+        ...
+
+    def unsubscribe(self, q: queue.Queue) -> None: ...

@@ -1,0 +1,627 @@
+"""ZeroMQ frame stream: the wire protocol, the receiving :class:`ZmqSource` and :func:`send_frames`.
+
+Protocol ``hypotest.frame/1``
+-----------------------------
+Transport: a ZeroMQ PUSH socket (the sender) to a PULL socket (the receiver, normally bound at a
+fixed address; senders connect, come and go). Every message starts with a UTF-8 JSON header.
+
+Frame, 2 parts::
+
+    part 1  {"schema": "hypotest.frame/1",
+             "kind": "frame",                 optional, default "frame"
+             "frame_id": 17,                  int >= 0, the sender's running number
+             "timestamp": 1764105600.123,     acquisition time [s since the Unix epoch]
+             "shape": [mx, my],               two positive ints, [x, y] indexing as abTEM
+             "dtype": "<u2",                  numpy dtype str, integer or real ("<u2", "<f4", ...)
+             "beam": {...} | null,            the beam condition, BEAM.json form (hypotest.beamfile)
+             "sampling": [sx, sy] | null,     pixel size [Å/pixel]
+             "sender": "3f2a9c..."}           optional: one id per sender run (for accounting)
+    part 2  the counts: mx*my*itemsize raw bytes, C order (y fastest), byte order as in dtype
+
+Heartbeat and end, 1 part each::
+
+    {"schema": "hypotest.frame/1", "kind": "heartbeat" | "end", "timestamp": t,
+     "sender": "3f2a9c...", "frames_sent": n}
+
+A sender sends a heartbeat whenever it has sent nothing for ``heartbeat_s`` (default 0.5 s), so
+a silent but live sender is told apart from a dropped one, and ``end`` when it stops on purpose.
+``frames_sent`` counts the frame messages this sender has sent; the receiver compares it with
+what arrived from that sender and reports any difference as lost frames (never silently).
+
+Control channel (optional), receiver -> sender: an XPUB socket on the receiver side (bound when
+the data socket is bound), a SUB socket subscribed to everything on the sender side; 1 part::
+
+    {"schema": "hypotest.control/1", "kind": "beam", "seq": 3, "beam": {...BEAM.json...}}
+
+The receiver re-sends the current beam whenever a sender subscribes, so a late joiner gets it;
+``seq`` increases with every new beam, so a sender can ignore repeats.
+
+Receiver behaviour (:class:`ZmqSource`): each frame message becomes a :class:`RawFrame`
+(``source_id`` = the receiver's running message number, starting at 0 and counting every frame
+message including malformed ones, so ids stay unique and monotone across sender restarts; the
+sender's ``frame_id`` and ``sender`` are in ``meta``). A malformed message (wrong number of parts,
+bad JSON, unknown schema or kind, missing or ill-typed field, unknown dtype, byte count !=
+shape x itemsize) becomes a :class:`BadMessage` whose reason names the frame id; the next good
+frame still arrives. Pixel values are not checked here (NaN, negative): the session does that.
+Connection state is reported as :class:`StreamEvent` ``connected`` (first sign of life),
+``disconnected`` (the peer closed its socket, a sender sent ``end``, or nothing arrived for
+``heartbeat_timeout``) and ``reconnected`` (the next sign of life after a disconnect).
+
+Throughput: the receiver takes messages with ``copy=False`` and wraps the counts with
+``np.frombuffer`` (no copy). The array keeps the ZeroMQ message alive through the buffer it views,
+so it may outlive the message with no further copy (the buffer belongs to that one frame; pyzmq
+copies messages below 64 KiB anyway). The sender sends the
+array's buffer without copying and blocks when the high water mark (``SNDHWM`` frames) is
+reached: frames are delayed, never dropped at the sender.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from forward.errors import InputError
+from hypotest.live.events import BadMessage, RawFrame, SourceEvent, StreamEvent
+
+__all__ = ["SCHEMA", "CONTROL_SCHEMA", "ZmqSource", "SendReport", "send_frames", "encode_frame"]
+
+SCHEMA = "hypotest.frame/1"
+CONTROL_SCHEMA = "hypotest.control/1"
+_REQUIRED = ("frame_id", "timestamp", "shape", "dtype")
+_KNOWN = {"schema", "kind", "frame_id", "timestamp", "shape", "dtype", "beam", "sampling", "sender"}
+_HWM = 1000  # frames queued per connection before the sender blocks (256x256 u2: 131 MB)
+_MAX_BATCH = 256  # messages returned by one poll at most (bounds the ingest latency)
+
+
+class _Malformed(Exception):
+    def __init__(self, reason: str, sender: str | None = None):
+        super().__init__(reason)
+        self.reason, self.sender = reason, sender
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding / decoding
+
+
+def encode_frame(
+    counts: np.ndarray,
+    frame_id: int,
+    *,
+    timestamp: float | None = None,
+    beam: dict | None = None,
+    sampling: tuple[float, float] | None = None,
+    sender: str = "",
+) -> list:
+    """The two parts of a frame message: the JSON header (bytes) and the C-contiguous counts array.
+
+    ``counts`` is ``[mx, my]``, integer or real; the array itself is the second part (sent without
+    a copy by ``socket.send_multipart(parts, copy=False)``).
+    """
+    arr = np.ascontiguousarray(counts)
+    if arr.ndim != 2 or arr.dtype.kind not in "uif":
+        raise InputError(
+            f"frame {frame_id}: expected a 2-D integer or real array [mx, my], got "
+            f"{arr.ndim}-D {arr.dtype}; pass one frame at a time"
+        )
+    header = {
+        "schema": SCHEMA, "kind": "frame", "frame_id": int(frame_id),
+        "timestamp": time.time() if timestamp is None else float(timestamp),
+        "shape": [int(arr.shape[0]), int(arr.shape[1])], "dtype": arr.dtype.str, "beam": beam,
+        "sampling": None if sampling is None else [float(sampling[0]), float(sampling[1])],
+        "sender": sender,
+    }  # fmt: skip
+    return [json.dumps(header).encode(), arr]
+
+
+def _control_header(kind: str, sender: str, frames_sent: int) -> bytes:
+    msg = {"schema": SCHEMA, "kind": kind, "timestamp": time.time(), "sender": sender, "frames_sent": frames_sent}
+    return json.dumps(msg).encode()
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _decode_header(raw: bytes) -> dict:
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise _Malformed(f"message (frame id unknown): header is not UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise _Malformed(f"message (frame id unknown): header must be a JSON object, got {type(header).__name__}")
+    sender = header.get("sender") if isinstance(header.get("sender"), str) else None
+    if header.get("schema") != SCHEMA:
+        fid = header.get("frame_id", "unknown")
+        raise _Malformed(f"frame {fid}: schema {header.get('schema')!r} is not {SCHEMA!r}", sender)
+    return header
+
+
+def _decode_frame(header: dict, parts: list, sender: str) -> tuple[np.ndarray, dict]:
+    """Counts (a view of the message buffer) and the checked header of a frame message."""
+    fid = header.get("frame_id", "unknown")
+    where = f"frame {fid}" + (f" from sender {sender}" if sender else "")
+    if len(parts) != 2:
+        raise _Malformed(f"{where}: expected 2 parts (JSON header, raw counts), got {len(parts)}", sender)
+    missing = [k for k in _REQUIRED if k not in header]
+    if missing:
+        raise _Malformed(f"{where}: header is missing field(s) {missing}; required: {list(_REQUIRED)}", sender)
+    if not _is_int(fid) or fid < 0:
+        raise _Malformed(f"frame {fid!r}: frame_id must be an integer >= 0", sender)
+    if not _is_num(header["timestamp"]):
+        raise _Malformed(f"{where}: timestamp must be a finite number [s], got {header['timestamp']!r}", sender)
+    shape = header["shape"]
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s) and s > 0 for s in shape)):
+        raise _Malformed(f"{where}: shape must be [mx, my] with two positive ints, got {shape!r}", sender)
+    try:
+        dtype = np.dtype(header["dtype"]) if isinstance(header["dtype"], str) else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "uif":
+        raise _Malformed(
+            f"{where}: dtype {header['dtype']!r} is not an integer or real numpy dtype str (e.g. '<u2', '<f4')",
+            sender,
+        )
+    beam = header.get("beam")
+    if beam is not None and not isinstance(beam, dict):
+        raise _Malformed(f"{where}: beam must be a BEAM.json object or null, got {type(beam).__name__}", sender)
+    sampling = header.get("sampling")
+    if sampling is not None and not (
+        isinstance(sampling, list) and len(sampling) == 2 and all(_is_num(s) and s > 0 for s in sampling)
+    ):
+        raise _Malformed(f"{where}: sampling must be [sx, sy] > 0 [Å/pixel] or null, got {sampling!r}", sender)
+    buf = parts[1].buffer
+    expected = shape[0] * shape[1] * dtype.itemsize
+    if buf.nbytes != expected:
+        raise _Malformed(
+            f"{where}: {buf.nbytes} bytes of counts, expected {expected} = {shape[0]} x {shape[1]} x "
+            f"{dtype.itemsize} bytes ({dtype.str}); truncated or wrong shape/dtype",
+            sender,
+        )
+    return np.frombuffer(buf, dtype=dtype).reshape(shape), header
+
+
+# ---------------------------------------------------------------------------------------------
+# receiver
+
+
+class ZmqSource:
+    """Frames from a ZeroMQ PULL socket (protocol in the module docstring); a FrameSource.
+
+    Args:
+        address: ZeroMQ endpoint, e.g. ``tcp://127.0.0.1:5555``; ``tcp://127.0.0.1:*`` binds an
+            ephemeral port (read it back from :attr:`address`).
+        bind: bind the address (senders connect) or connect to a sender that binds.
+        control_address: endpoint of the control channel (XPUB, bound/connected like the data
+            socket), or None for none; read the bound address back from :attr:`control_address`.
+        heartbeat_timeout: [s] no frame or heartbeat for this long -> ``disconnected``.
+        end_on_sender_end: a sender's ``end`` message ends this source (``StreamEvent("end")``,
+            then ``[]`` forever) instead of a ``disconnected`` that a new sender may follow.
+        start_id: ``source_id`` of the first message (a resumed session continues its ids).
+    """
+
+    def __init__(
+        self,
+        address: str = "tcp://127.0.0.1:5555",
+        *,
+        bind: bool = True,
+        control_address: str | None = None,
+        heartbeat_timeout: float = 2.0,
+        end_on_sender_end: bool = False,
+        start_id: int = 0,
+    ):
+        if not (_is_int(start_id) and start_id >= 0):
+            raise InputError(f"start_id must be an integer >= 0, got {start_id!r}")
+        if not (_is_num(heartbeat_timeout) and heartbeat_timeout > 0):
+            raise InputError(f"heartbeat_timeout must be a positive number [s], got {heartbeat_timeout!r}")
+        self._hb_timeout = float(heartbeat_timeout)
+        self._end_on_end = bool(end_on_sender_end)
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.PULL)
+        self._sock.setsockopt(zmq.RCVHWM, _HWM)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._mon = self._sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._ctrl = None
+        try:
+            self.address = _attach(self._sock, address, bind, "data")
+            self.control_address = None
+            if control_address is not None:
+                self._ctrl = self._ctx.socket(zmq.XPUB)
+                self._ctrl.setsockopt(zmq.XPUB_VERBOSE, 1)
+                self._ctrl.setsockopt(zmq.LINGER, 0)
+                self.control_address = _attach(self._ctrl, control_address, bind, "control")
+        except InputError:
+            self._close_sockets()
+            raise
+        self.name = f"zmq:{self.address}"
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._mon, zmq.POLLIN)
+        if self._ctrl is not None:
+            self._poller.register(self._ctrl, zmq.POLLIN)
+        self._io_lock = threading.Lock()  # the data/monitor sockets: poll vs close
+        self._ctrl_lock = threading.Lock()  # the control socket: poll (subscriptions) vs apply_beam
+        self._closing = threading.Event()
+        self._closed = False
+        self._state = "waiting"  # waiting -> up <-> down; ended
+        self._last_seen = 0.0
+        self._peers = 0
+        self._next_id = start_id
+        self._received: dict[str, int] = {}
+        self._reported_lost: dict[str, int] = {}
+        self._beam_msg: bytes | None = None
+        self._beam_seq = 0
+
+    # FrameSource -------------------------------------------------------------------------
+
+    def poll(self, timeout: float) -> list[SourceEvent]:
+        """What arrived within ``timeout`` [s] (at most 256 messages), oldest first."""
+        out: list[SourceEvent] = []
+        deadline = time.monotonic() + max(float(timeout), 0.0)
+        with self._io_lock:
+            if self._closed or self._state == "ended":
+                return []
+            while True:
+                self._pump(out)
+                self._check_heartbeat(out)
+                now = time.monotonic()
+                if out or now >= deadline or self._closing.is_set() or self._state == "ended":
+                    return out
+                wait = deadline - now
+                if self._state == "up":
+                    wait = min(wait, self._last_seen + self._hb_timeout - now)
+                self._poller.poll(max(1, min(int(wait * 1000) + 1, 50)))
+
+    def apply_beam(self, beam: dict) -> bool:
+        """Publish ``beam`` (BEAM.json form) on the control channel; False without one.
+
+        Thread-safe. The beam is checked with :func:`hypotest.beamfile.parse_beam` first (a bad
+        beam raises InputError and is not sent) and re-sent to every sender that subscribes later.
+        """
+        if self._ctrl is None:
+            return False
+        from hypotest.beamfile import parse_beam
+
+        parse_beam(beam, where="apply_beam")
+        with self._ctrl_lock:
+            if self._closed:
+                return False
+            self._beam_seq += 1
+            msg = {"schema": CONTROL_SCHEMA, "kind": "beam", "seq": self._beam_seq, "beam": beam}
+            self._beam_msg = json.dumps(msg).encode()
+            self._ctrl.send(self._beam_msg)
+        return True
+
+    def close(self) -> None:
+        """Close the sockets and the ZeroMQ context; idempotent, safe from any thread."""
+        self._closing.set()
+        with self._io_lock, self._ctrl_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._close_sockets()
+
+    def __enter__(self) -> ZmqSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # internals ---------------------------------------------------------------------------
+
+    def _close_sockets(self) -> None:
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        for s in (self._mon, self._sock, self._ctrl):
+            if s is not None:
+                s.close(linger=0)
+        self._ctx.term()
+
+    def _pump(self, out: list[SourceEvent]) -> None:
+        """Monitor events (with the messages that preceded them), then up to a batch of messages."""
+        while True:
+            try:
+                ev = recv_monitor_message(self._mon, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            kind = ev["event"]
+            if kind == zmq.EVENT_DISCONNECTED:
+                # every message of the closed connection was queued before this event: take them
+                self._drain(out, limit=None)
+                self._peers = max(self._peers - 1, 0)
+                if self._peers == 0 and self._state == "up":
+                    self._set_down(out, f"peer closed the connection ({_endpoint(ev)})")
+            elif kind in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
+                self._peers += 1
+                self._alive(out, f"peer connected ({_endpoint(ev)})")
+        self._drain(out, limit=_MAX_BATCH)
+        if self._ctrl is not None:
+            self._serve_subscriptions()
+
+    def _serve_subscriptions(self) -> None:
+        with self._ctrl_lock:
+            while True:
+                try:
+                    sub = self._ctrl.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                if sub[:1] == b"\x01" and self._beam_msg is not None:
+                    self._ctrl.send(self._beam_msg)
+
+    def _drain(self, out: list[SourceEvent], limit: int | None) -> None:
+        n = 0
+        while limit is None or n < limit:
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            n += 1
+            self._handle(parts, out)
+
+    def _handle(self, parts: list, out: list[SourceEvent]) -> None:
+        now = time.time()
+        try:
+            header = _decode_header(parts[0].bytes)
+        except _Malformed as exc:
+            self._alive(out, "message received")
+            self._count(exc.sender)
+            out.append(BadMessage(self._take_id(), now, exc.reason))
+            return
+        sender = header.get("sender") if isinstance(header.get("sender"), str) else ""
+        kind = header.get("kind", "frame")
+        if kind in ("heartbeat", "end"):
+            self._alive(out, f"{kind} from sender {sender}")
+            if len(parts) != 1:
+                out.append(BadMessage(None, now, f"{kind} from sender {sender}: expected 1 part, got {len(parts)}"))
+            self._account(sender, header.get("frames_sent"), out)
+            if kind == "end":
+                detail = f"sender {sender} ended after {header.get('frames_sent')} frame(s)"
+                if self._end_on_end:
+                    self._state = "ended"
+                    out.append(StreamEvent("end", now, detail))
+                else:
+                    self._set_down(out, detail)
+            return
+        self._alive(out, f"frame from sender {sender}")
+        self._count(sender)
+        if kind != "frame":
+            fid = header.get("frame_id", "unknown")
+            reason = f"frame {fid}: unknown kind {kind!r}; expected 'frame', 'heartbeat' or 'end'"
+            out.append(BadMessage(self._take_id(), now, reason))
+            return
+        try:
+            counts, header = _decode_frame(header, parts, sender)
+        except _Malformed as exc:
+            out.append(BadMessage(self._take_id(), now, exc.reason))
+            return
+        meta = {"frame_id": header["frame_id"], "sender": sender, "address": self.address}
+        extra = {k: v for k, v in header.items() if k not in _KNOWN}
+        if extra:
+            meta["header_extra"] = extra
+        sampling = header.get("sampling")
+        out.append(
+            RawFrame(
+                self._take_id(), float(header["timestamp"]), counts, header.get("beam"),
+                None if sampling is None else (float(sampling[0]), float(sampling[1])), meta,
+            )
+        )  # fmt: skip
+
+    def _take_id(self) -> int:
+        sid, self._next_id = self._next_id, self._next_id + 1
+        return sid
+
+    def _count(self, sender: str | None) -> None:
+        key = sender or ""
+        self._received[key] = self._received.get(key, 0) + 1
+
+    def _account(self, sender: str, frames_sent, out: list[SourceEvent]) -> None:
+        if not _is_int(frames_sent):
+            return
+        got = self._received.get(sender, 0)
+        lost = frames_sent - got - self._reported_lost.get(sender, 0)
+        if lost > 0:
+            self._reported_lost[sender] = self._reported_lost.get(sender, 0) + lost
+            out.append(
+                BadMessage(
+                    None, time.time(),
+                    f"sender {sender}: {lost} frame message(s) sent but never received "
+                    f"(the sender counts {frames_sent} sent, {got} arrived)",
+                )
+            )  # fmt: skip
+
+    def _alive(self, out: list[SourceEvent], detail: str) -> None:
+        self._last_seen = time.monotonic()
+        if self._state == "waiting":
+            self._state = "up"
+            out.append(StreamEvent("connected", time.time(), detail))
+        elif self._state == "down":
+            self._state = "up"
+            out.append(StreamEvent("reconnected", time.time(), detail))
+
+    def _set_down(self, out: list[SourceEvent], detail: str) -> None:
+        if self._state == "up":
+            self._state = "down"
+            out.append(StreamEvent("disconnected", time.time(), detail))
+
+    def _check_heartbeat(self, out: list[SourceEvent]) -> None:
+        if self._state == "up" and time.monotonic() - self._last_seen > self._hb_timeout:
+            self._set_down(out, f"no frame or heartbeat for {self._hb_timeout:g} s")
+
+
+def _endpoint(ev: dict) -> str:
+    ep = ev.get("endpoint", b"")
+    return ep.decode() if isinstance(ep, bytes) else str(ep)
+
+
+def _attach(sock, address: str, bind: bool, what: str) -> str:
+    if not isinstance(address, str) or "://" not in address:
+        raise InputError(f"{what} address must be a ZeroMQ endpoint like 'tcp://127.0.0.1:5555', got {address!r}")
+    try:
+        if bind:
+            sock.bind(address)
+            return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        sock.connect(address)
+        return address
+    except zmq.ZMQError as exc:
+        how = "bind" if bind else "connect to"
+        raise InputError(
+            f"cannot {how} {what} address {address!r}: {exc}; choose a free port, or "
+            "'tcp://127.0.0.1:*' for an ephemeral one"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# sender
+
+
+@dataclasses.dataclass(frozen=True)
+class SendReport:
+    """What :func:`send_frames` did: frame messages sent, ids, sender id, beams received, time [s]."""
+
+    sent: int
+    first_id: int
+    last_id: int
+    sender: str
+    beams: tuple[dict, ...]
+    elapsed_s: float
+    ended: bool
+
+
+def send_frames(
+    frames: np.ndarray | Iterable[np.ndarray],
+    address: str,
+    *,
+    rate_hz: float | None = None,
+    beam: dict | None = None,
+    sampling: float | tuple[float, float] | None = None,
+    start_id: int = 0,
+    heartbeat_s: float = 0.5,
+    on_beam: Callable[[dict], None] | None = None,
+    connect: bool = True,
+    control_address: str | None = None,
+    send_timeout: float = 30.0,
+    stop: threading.Event | None = None,
+    send_end: bool = True,
+) -> SendReport:
+    """Send frames over ZeroMQ (protocol in the module docstring); blocks until done.
+
+    Args:
+        frames: ``[n, mx, my]``, one ``[mx, my]`` frame, or any iterable of ``[mx, my]`` arrays.
+        address: the receiver's endpoint (``connect=True``) or the endpoint to bind.
+        rate_hz: frames per second [Hz]; None sends as fast as the receiver takes them.
+        beam: BEAM.json dict sent with every frame until a control message replaces it.
+        sampling: pixel size [Å/pixel] (one number or ``(sx, sy)``) sent with every frame.
+        start_id: ``frame_id`` of the first frame.
+        heartbeat_s: [s] a heartbeat goes out whenever nothing was sent for this long.
+        on_beam: called with each new beam from the control channel (then used for later frames).
+        connect: connect to ``address`` (the receiver binds) or bind it.
+        control_address: the receiver's control endpoint (SUB side), or None.
+        send_timeout: [s] a frame no receiver takes within this raises TimeoutError.
+        stop: set it to stop after the current frame.
+        send_end: send the ``end`` message when done (False imitates a sender that crashed).
+
+    Returns:
+        A :class:`SendReport`. Nothing is dropped at the sender: at the high water mark the send
+        blocks; close waits up to ``send_timeout`` for queued frames to leave.
+    """
+    if rate_hz is not None and not (_is_num(rate_hz) and rate_hz > 0):
+        raise InputError(f"rate_hz must be a positive number [Hz] or None, got {rate_hz!r}")
+    if not (_is_num(heartbeat_s) and heartbeat_s > 0):
+        raise InputError(f"heartbeat_s must be a positive number [s], got {heartbeat_s!r}")
+    if sampling is not None:
+        pair = [sampling, sampling] if _is_num(sampling) else list(sampling)
+        if len(pair) != 2 or not all(_is_num(s) and s > 0 for s in pair):
+            raise InputError(f"sampling must be a positive number or (sx, sy) [Å/pixel], got {sampling!r}")
+        sampling = (float(pair[0]), float(pair[1]))
+    if isinstance(frames, np.ndarray):
+        if frames.ndim not in (2, 3):
+            raise InputError(f"frames must be [mx, my] or [n, mx, my], got shape {list(frames.shape)}")
+        frames = [frames] if frames.ndim == 2 else frames
+    sender = uuid.uuid4().hex[:12]
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, _HWM)
+    push.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing on a connection that is not up: block instead
+    push.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
+    push.setsockopt(zmq.LINGER, int(send_timeout * 1000))
+    sub = None
+    t_start = time.monotonic()
+    sent, fid, beams, seq = 0, int(start_id), [], 0
+    try:
+        _attach(push, address, not connect, "data")
+        if control_address is not None:
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.setsockopt(zmq.LINGER, 0)
+            _attach(sub, control_address, not connect, "control")
+        last_send = time.monotonic()
+
+        def send(parts, what):
+            nonlocal last_send
+            try:
+                push.send_multipart(parts, copy=False)
+            except zmq.Again:
+                raise TimeoutError(
+                    f"no receiver at {address} took {what} within {send_timeout:g} s; is a ZmqSource "
+                    "listening there (and the address right)?"
+                ) from None
+            last_send = time.monotonic()
+
+        def service(until: float) -> None:
+            """Take control messages and send heartbeats until ``until`` (monotonic)."""
+            nonlocal beam, seq
+            while True:
+                now = time.monotonic()
+                if now - last_send >= heartbeat_s:
+                    send([_control_header("heartbeat", sender, sent)], "a heartbeat")
+                if sub is not None:
+                    while sub.poll(0):
+                        msg = json.loads(sub.recv())
+                        if msg.get("kind") == "beam" and msg.get("seq", 0) > seq:
+                            seq, beam = msg["seq"], msg["beam"]
+                            beams.append(beam)
+                            if on_beam is not None:
+                                on_beam(beam)
+                now = time.monotonic()
+                if now >= until:
+                    return
+                wait = min(until - now, max(last_send + heartbeat_s - now, 0.0))
+                if sub is not None:
+                    sub.poll(max(1, int(wait * 1000)))
+                else:
+                    time.sleep(wait)
+
+        t0, k, it = time.monotonic(), -1, iter(frames)
+        while stop is None or not stop.is_set():
+            frame = next(it, None)
+            if frame is None:
+                break
+            k += 1
+            if rate_hz is not None:
+                service(t0 + k / rate_hz)
+            elif sub is not None or time.monotonic() - last_send >= heartbeat_s:
+                service(0.0)
+            send(encode_frame(frame, fid, beam=beam, sampling=sampling, sender=sender), f"frame {fid}")
+            sent, fid = sent + 1, fid + 1
+        if send_end:
+            send([_control_header("end", sender, sent)], "the end message")
+    finally:
+        if sub is not None:
+            sub.close(linger=0)
+        push.close()  # LINGER = send_timeout: queued frames still leave
+        ctx.term()
+    return SendReport(sent, int(start_id), fid - 1, sender, tuple(beams), time.monotonic() - t_start, bool(send_end))

@@ -1,0 +1,282 @@
+"""The live session end to end: identification, metastable switches, coalescing, bad frames,
+a dropped source, kill -9 and resume, replay, hypotheses added and dropped while running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from forward import InputError, make_beam
+from hypotest.cli import main
+from hypotest.live.events import BadMessage, RawFrame, StreamEvent
+from hypotest.live.model import HRTEMImageModel
+from hypotest.live.record import load_record
+from hypotest.live.sessions import (
+    LIBRARY_SETTINGS,
+    load_builtin_hypotheses,
+    make_demo_session,
+    replay_record,
+    resume_session,
+)
+
+
+def _waves(library):
+    st = LIBRARY_SETTINGS[library]
+    hyps = load_builtin_hypotheses(library)
+    model = HRTEMImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
+                            slice_thickness=st.slice_thickness)  # fmt: skip
+    beam = make_beam(st.energy)
+    return [np.asarray(model.sim.exit_wave(h.specimen, beam)) for h in hyps]
+
+
+@pytest.fixture(scope="module")
+def mos2_waves():
+    return _waves("mos2_defects")
+
+
+def _fates_complete(rec):
+    """Every received frame has exactly one fate, and the steps hold each scored frame once."""
+    in_steps = [j for s in rec.steps for j in s["frames"]]
+    assert len(in_steps) == len(set(in_steps))
+    assert [f["index"] for f in rec.frames] == list(range(len(rec.frames)))
+    return {f["fate"] for f in rec.frames}
+
+
+def test_session_identifies_hidden_structure_and_replays(tmp_path, mos2_waves):
+    s = make_demo_session(tmp_path / "s", seed=3, dose=200.0, exit_waves=mos2_waves, max_frames=40)
+    st = s.run_sync()
+    truth = s.source.reveal()[-1]
+    assert st["decision"] is not None and st["decision"]["id"] == truth["id"]
+    assert st["decision"]["posterior"] >= 0.99
+    rec = load_record(tmp_path / "s")
+    assert _fates_complete(rec) == {"scored"}
+    assert rec.truth["states"] == [truth["name"]]
+    assert rec.rejections and all("Bayes factor" in r["reason"] and r["dose_e_per_A2"] > 0 for r in rec.rejections)
+    assert any(e["kind"] == "proposals" for e in rec.events) or rec.steps[0]["proposals"] is not None
+    rep = replay_record(tmp_path / "s")
+    assert rep.steps == len(rec.steps) and rep.ok and rep.decision_reproduced
+    assert rep.max_abs_posterior_diff <= 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("library", ["pt111_adsorbates", "srtio3_vacancy"])
+def test_each_builtin_library_is_identified(tmp_path, library):
+    s = make_demo_session(tmp_path / library, seed=1, library=library, max_frames=80)
+    st = s.run_sync()
+    truth = s.source.reveal()[-1]
+    assert st["decision"] is not None, f"{library}: undecided after {st['step']} steps"
+    assert st["decision"]["id"] == truth["id"] and st["decision"]["posterior"] >= 0.99
+
+
+def test_metastable_switch_is_detected_within_a_few_frames(tmp_path, mos2_waves):
+    a, b = 0, 1  # pristine MoS2 <-> V_Mo
+    s = make_demo_session(tmp_path / "m", seed=5, dose=100.0, exit_waves=mos2_waves, hidden=[a, b],
+                          schedule=[(0, 0), (10, 1)], max_frames=20, stop_on_decision=False,
+                          expected_run_length=50.0, auto_apply=False)  # fmt: skip
+    s.run_sync()
+    rec = load_record(tmp_path / "m")
+    ids = [h.id for h in s.hyps]
+    assert rec.map_states[9] == ids[a]
+    switched = [k for k in range(10, 20) if rec.map_states[k] == ids[b]]
+    assert switched and switched[0] <= 13, rec.map_states
+    assert all(m == ids[b] for m in rec.map_states[switched[0] :])
+    assert rec.change_points and 9 <= rec.change_points[-1] <= 12
+    # the new state had been rejected in the first segment, and came back
+    assert any(r["id"] == ids[b] for r in rec.rejections)
+    assert any(e["kind"] == "return" and e["id"] == ids[b] for e in rec.events)
+
+
+def test_coalescing_accounts_for_every_frame(tmp_path, mos2_waves):
+    s = make_demo_session(tmp_path / "c", seed=2, dose=20.0, exit_waves=mos2_waves, frame_rate_hz=None,
+                          max_frames=60, stop_on_decision=False, auto_apply=False)  # fmt: skip
+    st = s.run(timeout=300)
+    rec = load_record(tmp_path / "c")
+    fates = _fates_complete(rec)
+    assert st["frames"]["received"] == 60 == len(rec.frames)
+    assert "coalesced" in fates and st["frames"]["coalesced"] > 0
+    assert sum(len(x["frames"]) for x in rec.steps) == 60  # nothing left unscored at the end of the source
+    coalesced = [x for x in rec.steps if len(x["frames"]) > 1]
+    assert all(x["coalesced"] == len(x["frames"]) - 1 for x in coalesced)
+    assert all(x["dose_e_per_A2"] == pytest.approx(20.0 * len(x["frames"])) for x in rec.steps)
+    assert replay_record(tmp_path / "c").ok
+
+
+class _ListSource:
+    """A scripted source: each poll returns the next list of events (then end)."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.beams = []
+
+    def poll(self, timeout):
+        if not self.script:
+            return [StreamEvent("end", time.time())]
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def apply_beam(self, beam):
+        self.beams.append(beam)
+        return True
+
+    def close(self):
+        pass
+
+
+def _scripted_session(tmp_path, mos2_waves, script, **kw):
+    from hypotest.live.session import LiveSession
+    from hypotest.live.sessions import demo_beams
+
+    st = LIBRARY_SETTINGS["mos2_defects"]
+    hyps = load_builtin_hypotheses("mos2_defects")
+    model = HRTEMImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
+    cands = demo_beams(st, model.pixel_sampling, 200.0)
+    return LiveSession(tmp_path, hypotheses=hyps, model=model, source=_ListSource(script), candidate_beams=cands,
+                       beam=cands[2][1], config={"library": "mos2_defects", "model": model.settings,
+                                                 "source": {"kind": "scripted"}}, **kw), model, cands  # fmt: skip
+
+
+def test_bad_frames_and_a_dropped_source_are_recorded_and_the_session_goes_on(tmp_path, mos2_waves):
+    rng = np.random.default_rng(0)
+    good = lambda i: RawFrame(i, time.time(), rng.poisson(10.0, (96, 112)).astype(np.uint16))  # noqa: E731
+    nan = rng.poisson(10.0, (96, 112)).astype(np.float32)
+    nan[3, 4] = np.nan
+    script = [
+        [StreamEvent("connected", time.time())],
+        [good(0)],
+        [RawFrame(1, time.time(), np.zeros((50, 50), np.uint16))],  # wrong shape
+        [RawFrame(2, time.time(), nan)],  # NaN
+        [RawFrame(3, time.time(), -np.ones((96, 112), np.float32))],  # negative under Poisson
+        [BadMessage(4, time.time(), "frame 4: header says shape [96, 112] but 10 bytes arrived")],  # truncated
+        ConnectionError("stream dropped"),
+        [StreamEvent("reconnected", time.time())],
+        [good(5)],
+    ]
+    s, model, _ = _scripted_session(tmp_path / "b", mos2_waves, script, stop_on_decision=False, auto_apply=False)
+    assert model.frame_shape == (96, 112)
+    st = s.run(timeout=120)
+    assert st["frames"] == {"received": 5, "scored": 2, "coalesced": 0, "rejected": 3, "bad_messages": 1} or (
+        st["frames"]["scored"] + st["frames"]["coalesced"] == 2 and st["frames"]["rejected"] == 3
+    )
+    rec = load_record(tmp_path / "b")
+    reasons = {f["source_id"]: f["reason"] for f in rec.frames if f["fate"] == "rejected"}
+    assert "frame shape [50, 50] does not match the simulated images [96, 112]" in reasons[1]
+    assert "must be finite" in reasons[2] and "pixel (3, 4)" in reasons[2]
+    assert ">= 0 under the poisson noise model" in reasons[3]
+    bad = [e for e in rec.events if e["kind"] == "bad_message"]
+    assert bad[0]["reason"].startswith("frame 4: header says shape")
+    streams = [e["event"] for e in rec.events if e["kind"] == "stream"]
+    assert streams[:3] == ["connected", "disconnected", "reconnected"] and streams[-1] == "end"
+    assert "ConnectionError: stream dropped" in [e for e in rec.events if e["kind"] == "stream"][1]["detail"]
+    assert _fates_complete(rec) == {"scored", "rejected"}
+
+
+def test_add_and_drop_hypotheses_while_running(tmp_path, mos2_waves):
+    s = make_demo_session(tmp_path / "a", seed=4, dose=100.0, exit_waves=mos2_waves, max_frames=3,
+                          stop_on_decision=False, auto_apply=False)  # fmt: skip
+    s.run_sync()
+    # (the session stopped; the view still answers from its state)
+    s2 = resume_session(tmp_path / "a", stop_on_decision=False)
+    h0 = s2.hyps[1]
+    new = {"name": "MoS2 shifted copy", "prior": 0.5,
+           "positions": (np.asarray(h0.specimen.positions) + [0.05, 0, 0]).tolist(),
+           "numbers": np.asarray(h0.specimen.numbers).tolist()}  # fmt: skip
+    d = s2.add_hypothesis(new)
+    assert d["name"] == "MoS2 shifted copy" and d["state"] in ("surviving", "rejected")
+    assert np.isfinite(s2.tracker.segment_log_evidence()[-1])  # its past frames were re-scored
+    with pytest.raises(InputError, match="same structure as an existing one"):
+        s2.add_hypothesis({**new, "name": "again"})
+    with pytest.raises(InputError, match="missing field"):
+        s2.add_hypothesis({"name": "x"})
+    s2.drop_hypothesis(s2.hyps[0].id)
+    with pytest.raises(InputError, match="already dropped"):
+        s2.drop_hypothesis(s2.hyps[0].id)
+    with pytest.raises(InputError, match="unknown hypothesis id"):
+        s2.drop_hypothesis("nope")
+    s2.source.max_frames = 2
+    s2.run_sync()
+    rec = load_record(tmp_path / "a")
+    assert rec.ids[-1] == d["id"] and len(rec.steps) == 5
+    assert rec.steps[-1]["log_evidence"][0] is None  # dropped: not scored
+    assert rec.posterior[-1, 0] == 0 or np.isnan(rec.posterior[-1, 0])
+    assert replay_record(tmp_path / "a").ok
+
+
+_KILL_SCRIPT = """
+import sys
+from hypotest.live.sessions import make_demo_session
+s = make_demo_session(sys.argv[1], seed=6, dose=20.0, frame_rate_hz=8.0, max_frames=400, stop_on_decision=False)
+s.start(); s.wait()
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_loses_nothing_and_replays(tmp_path):
+    d = tmp_path / "k"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    p = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(d)], env=env)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            time.sleep(1.0)
+            if (d / "record.jsonl").exists() and (d / "record.jsonl").read_text().count('"kind": "step"') >= 6:
+                break
+        else:
+            pytest.fail("the session did not record 6 steps in time")
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    before = load_record(d)
+    n_frames = len(before.frames)
+    assert len(before.steps) >= 6
+    # resume: frames in flight are scored first; the microscope continues its sequence
+    s = resume_session(d, stop_on_decision=False)
+    s.max_steps = len(before.steps) + len(before.unscored_frames()) + 3
+    s.run_sync()
+    after = load_record(d)
+    assert [f["index"] for f in after.frames] == list(range(len(after.frames)))
+    assert len(after.frames) >= n_frames
+    assert all(after.frames[i]["fate"] is not None for i in range(n_frames)), "a frame received before the kill was lost"
+    sids = [fl["source_id"] for fl in after.frame_lines]
+    assert sids == sorted(sids) and len(set(sids)) == len(sids)
+    assert any(e["kind"] == "resumed" for e in after.events)
+    assert replay_record(d).ok
+
+
+def test_session_cli_show_and_replay(tmp_path, mos2_waves, capsys):
+    s = make_demo_session(tmp_path / "cli", seed=3, dose=200.0, exit_waves=mos2_waves, max_frames=40)
+    s.run_sync()
+    assert main(["session", "show", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "posterior at the last step" in out and "decision:" in out and "truth (simulated microscope)" in out
+    assert main(["session", "replay", str(tmp_path / "cli")]) == 0
+    assert "max |posterior difference| 0.00e+00" in capsys.readouterr().out
+    assert main(["session", "show", str(tmp_path / "nothing")]) == 2
+    assert "not a session directory" in capsys.readouterr().err
+
+
+def test_record_survives_a_truncated_last_line(tmp_path, mos2_waves):
+    s = make_demo_session(tmp_path / "t", seed=3, dose=200.0, exit_waves=mos2_waves, max_frames=3,
+                          stop_on_decision=False, auto_apply=False)  # fmt: skip
+    s.run_sync()
+    path = tmp_path / "t" / "record.jsonl"
+    text = path.read_text()
+    path.write_text(text + '{"kind": "step", "step": 99, "fra')  # a crash mid-line
+    rec = load_record(tmp_path / "t")
+    assert rec.truncated.startswith('{"kind": "step", "step": 99') and len(rec.steps) == 3
+    s2 = resume_session(tmp_path / "t", stop_on_decision=False)
+    s2.source.max_frames = 1
+    s2.run_sync()
+    rec = load_record(tmp_path / "t")
+    assert len(rec.steps) == 4 and rec.steps[-1]["step"] == 3
+    json.loads(path.read_text().splitlines()[-1])  # the next line started clean
