@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import secrets
 from pathlib import Path
 
 
@@ -107,7 +106,9 @@ def _session_for_library_file(args, source_spec):
 def run(args: argparse.Namespace) -> int:
     from hypotest.live.sessions import LIBRARY_SETTINGS, make_demo_session
 
-    token = secrets.token_urlsafe(16) if args.token == "auto" else args.token
+    from hypotest.dashboard import new_token
+
+    token = new_token() if args.token == "auto" else args.token
     if args.source.startswith("sim"):
         if args.library not in LIBRARY_SETTINGS:
             raise SystemExit("hypotest live: the simulated microscope ('sim') needs a built-in library")

@@ -27,8 +27,11 @@ class SessionView(Protocol):
              "frames": {"received": int, "scored": int, "coalesced": int, "rejected": int,
                         "bad_messages": int},
              "frame_rate_hz": float,                  # received, over the last 10 s
-             "latency_s": {stage: {"p50": float, "p99": float}},   # stages: ingest, preprocess,
-                                                      # score, update, propose, total
+             "latency_s": {stage: {"p50": float, "p99": float} | None},  # None before the first
+                                                      # step; stages: ingest, preprocess, score,
+                                                      # update, propose, total. "total" is frame
+                                                      # received -> posterior recorded; "propose"
+                                                      # runs beside the loop (not in "total")
              "beam": dict,                            # current beam, BEAM.json form
              "dose_used_e_per_A2": float,
              "decision": None | {"id": str, "name": str, "posterior": float},
@@ -46,31 +49,32 @@ class SessionView(Protocol):
 
     def hypothesis(self, hypothesis_id: str) -> dict:
         """One hypothesis: the fields of :meth:`hypotheses` plus ``"provenance"`` (dict),
-        ``"n_atoms"``, ``"refinement"`` (None or {"parameters": {name: {"value", "sd", "crlb"}},
-        "frames": int}) and ``"rejections"`` (history of rejections / returns with step and
+        ``"n_atoms"``, ``"refinement"`` (None or {"method": str, "parameters": {name: {"value", "sd",
+        "unit"}}, "frames": int}) and ``"rejections"`` (history of rejections / returns with step and
         Bayes factor). Unknown id: InputError."""
         ...
 
     def history(self) -> dict:
         """Posterior over steps: ``{"steps": [int], "frame_ids": [[int]] (source frames per step),
-        "ids": [str], "posterior": [[float]] (steps x hypotheses), "map_state": [str] (most
+        "ids": [str], "names": [str], "posterior": [[float | None]] (steps x hypotheses), "map_state": [str] (most
         probable hypothesis id per step), "change_points": [int] (steps), "beams": [str] (label per
         step)}``."""
         ...
 
     def proposals(self) -> list[dict]:
-        """Current proposals, best first: ``{"index", "label", "beam" (BEAM.json form),
+        """Current proposals, best first: ``{"index" (the candidate beam's index: an id, not the
+        rank), "label", "beam" (BEAM.json form),
         "expected_gain_bits", "gain_bits_per_electron", "separates": [[name, name], ...]}``."""
         ...
 
     def apply_proposal(self, index: int) -> dict:
-        """Apply proposal ``index`` (sent to the source's control channel); returns the new beam.
-        Unknown index: InputError."""
+        """Apply proposal ``index`` (sent to the source's control channel); returns
+        ``{"label", "beam", "sent_to_source": bool}``. Unknown index: InputError."""
         ...
 
     def apply_beam(self, beam: dict) -> dict:
         """Apply a beam condition given in BEAM.json form (validated: InputError with the field);
-        returns the beam now in use."""
+        returns ``{"label", "beam", "sent_to_source": bool}``."""
         ...
 
     def latest_frame(self) -> np.ndarray | None:
@@ -104,8 +108,8 @@ class SessionView(Protocol):
     def subscribe(self) -> queue.Queue:
         """A queue that receives one dict per event: ``{"type": "step", "step", "status",
         "posterior": [..], "ids": [..]}``, ``{"type": "beam", "beam", "by": "auto"|"operator"}``,
-        ``{"type": "hypotheses"}``, ``{"type": "stream", "kind", "detail"}``,
-        ``{"type": "stopped"}``. Slow consumers lose the oldest events, never block the loop."""
+        ``{"type": "proposals", "step"}``, ``{"type": "hypotheses"}``, ``{"type": "stream", "kind",
+        "detail"}``, ``{"type": "status", "status"}`` (the loop ended), ``{"type": "stopped"}``. Slow consumers lose the oldest events, never block the loop."""
         ...
 
     def unsubscribe(self, q: queue.Queue) -> None: ...

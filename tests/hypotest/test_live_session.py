@@ -280,3 +280,43 @@ def test_record_survives_a_truncated_last_line(tmp_path, mos2_waves):
     rec = load_record(tmp_path / "t")
     assert len(rec.steps) == 4 and rec.steps[-1]["step"] == 3
     json.loads(path.read_text().splitlines()[-1])  # the next line started clean
+
+
+def test_zeromq_stream_at_a_high_rate_every_frame_scored_or_coalesced(tmp_path, mos2_waves):
+    """Frames sent over loopback ZeroMQ as fast as the receiver takes them: the session ingests
+    every one, scores or coalesces it, and the counts add up. (The control channel to the sender is
+    tested in test_zmqstream.py.)"""
+    import threading
+
+    from hypotest.live.session import LiveSession
+    from hypotest.live.sessions import demo_beams
+    from hypotest.live.zmqstream import ZmqSource, send_frames
+
+    st = LIBRARY_SETTINGS["mos2_defects"]
+    hyps = load_builtin_hypotheses("mos2_defects")
+    model = HRTEMImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
+    cands = demo_beams(st, model.pixel_sampling, 40.0)
+    lam = model.images(cands[2][1])[5] * 40.0 * np.prod(model.pixel_sampling)
+    frames = np.random.default_rng(1).poisson(lam, (400, *lam.shape)).astype(np.uint16)
+    source = ZmqSource("tcp://127.0.0.1:*", control_address="tcp://127.0.0.1:*", end_on_sender_end=True)
+    s = LiveSession(tmp_path / "z", hypotheses=hyps, model=model, source=source, candidate_beams=cands,
+                    beam=cands[2][1], config={"library": "mos2_defects", "model": model.settings,
+                                              "source": {"kind": "zmq", "address": source.address}},
+                    stop_on_decision=False, auto_apply=False)  # fmt: skip
+    s.start()
+    beams_seen = []
+    sender = threading.Thread(target=lambda: beams_seen.append(send_frames(
+        frames, source.address, beam=cands[2][1], sampling=model.pixel_sampling,
+        control_address=source.control_address, on_beam=lambda b: None)))  # fmt: skip
+    sender.start()
+    sender.join(120)
+    assert s.wait(300)
+    s.stop()
+    rec = load_record(tmp_path / "z")
+    st_ = s.status()
+    assert beams_seen and beams_seen[0].sent == 400
+    assert st_["frames"]["received"] == 400 == len(rec.frames) and st_["frames"]["bad_messages"] == 0
+    assert _fates_complete(rec) <= {"scored", "coalesced"}
+    assert st_["frames"]["scored"] + st_["frames"]["coalesced"] == 400
+    assert sum(len(x["frames"]) for x in rec.steps) == 400
+    assert st_["frames"]["coalesced"] > 0  # 400 frames arrive far faster than scoring

@@ -1,0 +1,115 @@
+"""Run the dashboard with uvicorn in a daemon thread beside the live session.
+
+Loopback (127.0.0.1) by default. Binding any other address exposes the session on the network,
+so it needs a token (control actions then need ``Authorization: Bearer <token>``); the safer way
+to reach a session on a remote machine is an SSH tunnel to its loopback port::
+
+    ssh -N -L 8765:127.0.0.1:8765 user@microscope-pc    # then open http://127.0.0.1:8765/
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import socket
+import threading
+import time
+
+import uvicorn
+
+from forward import InputError
+from hypotest.dashboard.app import make_app
+from hypotest.live.view import SessionView
+
+__all__ = ["DashboardServer", "new_token", "serve"]
+
+#: How long :func:`serve` waits for uvicorn to bind its socket [s].
+_START_TIMEOUT_S = 20.0
+
+
+def new_token() -> str:
+    """A random token for control actions (32 URL-safe characters, 192 bits from ``secrets``)."""
+    return secrets.token_urlsafe(24)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DashboardServer:
+    """A running dashboard: ``url`` (``http://host:port/``), ``port``, ``token`` and :meth:`stop`."""
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, host: str, port: int, token: str | None):
+        self._server, self._thread = server, thread
+        self.host, self.port, self.token = host, port, token
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the socket and the WebSockets and wait for the thread (idempotent)."""
+        self._server.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> DashboardServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"DashboardServer({self.url}, token={'set' if self.token else 'none'})"
+
+
+def serve(view: SessionView, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> DashboardServer:
+    """Serve the dashboard of ``view`` on ``host:port`` (port 0: a free one) in a daemon thread.
+
+    Returns once the socket is bound. A host other than loopback needs a ``token`` (make one with
+    :func:`new_token` and print it for the operator).
+    """
+    if not isinstance(host, str) or not host:
+        raise InputError(f"host must be an address like '127.0.0.1', got {host!r}")
+    if not _is_loopback(host) and token is None:
+        raise InputError(
+            f"binding the dashboard to {host!r} exposes the session beyond this machine and needs a token "
+            f"(serve(..., token=new_token()), printed for the operator). Safer: keep host='127.0.0.1' and "
+            f"reach it from your laptop with an SSH tunnel: ssh -N -L 8765:127.0.0.1:PORT user@this-machine, "
+            f"then open http://127.0.0.1:8765/"
+        )
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InputError(f"port must be an integer in [0, 65535] (0 = any free port), got {port!r}")
+    app = make_app(view, token=token)
+    # Bind here, so a busy port fails in the caller's thread with a clear message.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); choose another port or port=0 for a free one"
+        ) from None
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="websockets-sansio", ws_ping_interval=20.0)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"dashboard:{bound_port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the dashboard server did not start on {host}:{bound_port} within {_START_TIMEOUT_S:g} s")
+        time.sleep(0.01)
+    return DashboardServer(server, thread, host, bound_port, token)
