@@ -44,14 +44,14 @@ def _exit_waves_task(specimens, settings: dict, energy: float):
 
 def presimulate_exit_waves(hyps, library: str = LIBRARY, workers: int = 2) -> tuple[list, dict]:
     """Exit waves of every hypothesis on a loopback-only local Ray instance."""
-    import ray
-
     from workflows.local import local_ray
 
     st = LIBRARY_SETTINGS[library]
     settings = {"sampling": st.sampling, "binning": st.binning, "slice_thickness": st.slice_thickness}
     t = time.perf_counter()
     with local_ray() as r:
+        import ray  # only now: local_ray must configure Ray for loopback before its first import
+
         task = ray.remote(_exit_waves_task)
         parts = [hyps[k::workers] for k in range(workers)]
         refs = [task.remote([h.specimen for h in part], settings, st.energy) for part in parts]

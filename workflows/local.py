@@ -74,7 +74,9 @@ def local_ray(
         # before exec, so the deadlock it warns about cannot occur here.
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
         if address is None:
-            ctx = ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            # address="local": always a new instance of our own, never an attach to a cluster that
+            # `ray start` left running on this machine (bound to other interfaces).
+            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
         else:
             ctx = ray.init(address=address, **kwargs)
     try:

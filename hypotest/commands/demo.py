@@ -31,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
                       port=args.port, linger_s=args.linger)  # fmt: skip
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s; record: {args.out} (hypotest session show {args.out})")
     s = {k: v for k, v in record["summary"].items() if k != "latency_s"}
-    print(json.dumps(s, indent=2))
+    print(json.dumps(s, indent=2, ensure_ascii=False))
     return 0 if record["summary"]["correct"] else 1
