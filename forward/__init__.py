@@ -17,15 +17,22 @@ from forward.beam import (
     make_detector,
 )
 from forward.constants import interaction_parameter, scherzer_defocus, wavelength
+from forward.detectors import CBEDGeometry, cbed_geometry
 from forward.elements import atomic_number, symbol
 from forward.errors import InputError
 from forward.grid import Grid, fft_friendly_size, make_grid
 from forward.hrtem import HRTEMSimulator, ctf, make_hrtem_simulator
 from forward.noise import expected_electrons, pixel_area, sample_frame
 from forward.phonons import displace_atoms, make_frozen_phonon_simulator
-from forward.potentials import make_potential_fn
+from forward.potentials import PROJECTIONS, make_potential_fn
 from forward.prism import SMatrix, make_prism
-from forward.propagation import fresnel_propagator, multislice, multislice_potential, transmission_function
+from forward.propagation import (
+    fresnel_propagator,
+    multislice,
+    multislice_potential,
+    multislice_to_depth,
+    transmission_function,
+)
 from forward.reciprocal import antialias_mask
 from forward.specimen import DEFAULT_MIN_DISTANCE, Specimen, make_specimen, stack_specimens
 from forward.stem import Scan, make_scan, make_stem_simulator
@@ -37,6 +44,7 @@ __all__ = [
     "ABERRATION_SYMBOLS",
     "Aberrations",
     "BeamCondition",
+    "CBEDGeometry",
     "DEFAULT_MIN_DISTANCE",
     "DETECTOR_MODES",
     "Detector",
@@ -44,6 +52,7 @@ __all__ = [
     "Grid",
     "HRTEMSimulator",
     "InputError",
+    "PROJECTIONS",
     "SMatrix",
     "Scan",
     "Specimen",
@@ -51,6 +60,7 @@ __all__ = [
     "antialias_mask",
     "aperture",
     "atomic_number",
+    "cbed_geometry",
     "ctf",
     "displace_atoms",
     "expected_electrons",
@@ -70,6 +80,7 @@ __all__ = [
     "make_stem_simulator",
     "multislice",
     "multislice_potential",
+    "multislice_to_depth",
     "pixel_area",
     "plane_wave",
     "pytree_dataclass",

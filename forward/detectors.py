@@ -12,22 +12,41 @@ Geometry follows abTEM 1.0.11 exactly, so results agree pixel for pixel:
   ``floor(n (phi - rotation mod 2 pi) / 2 pi)`` with ``phi = atan2(ky, kx)``
   (``_polar_detector_bins`` with one radial bin);
 - pixelated: the pattern cropped to the antialias cutoff (``'cutoff'``), to the largest
-  rectangle inside it (``'valid'``) or not at all (``'full'``), then fft-shifted so the zero
-  frequency sits at ``[n // 2, m // 2]`` (``Waves.diffraction_patterns``, ``fft_crop``).
+  rectangle inside it (``'valid'``), not at all (``'full'``) or to a maximum angle [mrad] (a
+  number: ``2 ceil(angle / d_alpha) + 1`` pixels per axis, parity of the grid, as abTEM's
+  ``_gpts_within_angle``), then fft-shifted so the zero frequency sits at ``[n // 2, m // 2]``
+  (``Waves.diffraction_patterns``, ``fft_crop``). Optionally binned by an integer factor ``b``:
+  output pixel ``q`` (zero frequency at ``q = n_out // 2``) sums the ``b x b`` input pixels of
+  frequency index ``q b + d``, ``d = -(b // 2) .. b - 1 - b // 2`` (centred on the zero frequency
+  for odd ``b``, fftshift-like for even ``b``); only whole bins inside the crop are kept, so the
+  binned pattern is still a fraction of the beam and its angular sampling is ``b`` times the
+  grid's, ``lambda / extent`` [rad] (:func:`cbed_geometry` reports it).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import jax.numpy as jnp
 import numpy as np
 
 from forward.beam import Detector
+from forward.constants import wavelength
 from forward.errors import InputError
 from forward.grid import Grid
 from forward.probe import antialias_cutoff_angle
 from forward.reciprocal import polar_frequencies
 
-__all__ = ["make_detector_fn", "cbed_gpts", "check_detector", "CBED_CROPS"]
+__all__ = [
+    "make_detector_fn",
+    "cbed_gpts",
+    "cbed_geometry",
+    "CBEDGeometry",
+    "angular_sampling",
+    "check_detector",
+    "CBED_CROPS",
+]
 
 #: Crops of a pixelated (4D-STEM) detector, as abTEM's ``max_angle`` strings.
 CBED_CROPS = ("cutoff", "valid", "full")
@@ -37,10 +56,23 @@ def _parity(n: int, like: int) -> int:
     return n if (n % 2) == (like % 2) else n + 1
 
 
-def cbed_gpts(grid: Grid, crop: str = "cutoff") -> tuple[int, int]:
-    """Shape ``(kx, ky)`` of a pixelated-detector pattern on ``grid`` (abTEM ``_gpts_within_angle``)."""
+def angular_sampling(grid: Grid, energy: float) -> tuple[float, float]:
+    """Angular size of one diffraction pixel ``lambda / extent`` [mrad] per axis."""
+    lam = float(wavelength(float(energy)))
+    return (lam / grid.extent[0] * 1e3, lam / grid.extent[1] * 1e3)
+
+
+def cbed_gpts(grid: Grid, crop: str | float = "cutoff", *, energy: float | None = None) -> tuple[int, int]:
+    """Shape ``(kx, ky)`` of a pixelated-detector pattern on ``grid`` (abTEM ``_gpts_within_angle``).
+
+    ``crop`` is one of :data:`CBED_CROPS` or a maximum angle [mrad], which needs ``energy`` [eV].
+    """
+    if not isinstance(crop, str):
+        return _gpts_within_angle(grid, crop, energy)
     if crop not in CBED_CROPS:
-        raise InputError(f"unknown 4D-STEM crop {crop!r}: expected one of {CBED_CROPS}")
+        raise InputError(
+            f"unknown 4D-STEM crop {crop!r}: expected one of {CBED_CROPS} or a maximum angle in mrad"
+        )
     if crop == "full":
         return grid.gpts
     kcut = 2.0 / 3.0 / max(grid.sampling)
@@ -51,6 +83,98 @@ def cbed_gpts(grid: Grid, crop: str = "cutoff") -> tuple[int, int]:
     return tuple(_parity(v, n) for v, n in zip(valid, grid.gpts))
 
 
+def _gpts_within_angle(grid: Grid, angle, energy) -> tuple[int, int]:
+    try:
+        a = float(angle)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"4D-STEM crop must be one of {CBED_CROPS} or a maximum angle in mrad, got {angle!r}"
+        ) from None
+    if not (math.isfinite(a) and a > 0):
+        raise InputError(f"4D-STEM maximum angle must be a positive number of mrad, got {angle!r}")
+    if energy is None:
+        raise InputError(
+            f"a 4D-STEM crop given as an angle ({a:g} mrad) needs the beam energy to convert it to "
+            "pixels: pass energy=... [eV]"
+        )
+    d = angular_sampling(grid, energy)
+    n = tuple(_parity(2 * int(math.ceil(a / di - 1e-9)) + 1, g) for di, g in zip(d, grid.gpts))
+    if any(ni > g for ni, g in zip(n, grid.gpts)):
+        largest = min(g // 2 * di for g, di in zip(grid.gpts, d))
+        raise InputError(
+            f"4D-STEM maximum angle {a:g} mrad exceeds the largest angle of the grid, {largest:.4g} mrad "
+            f"at {float(energy) / 1e3:g} kV (sampling {max(grid.sampling):.4g} Å); use a finer sampling, "
+            "a smaller angle or crop='full'"
+        )
+    return n
+
+
+def _bin_ranges(n_crop: int, b: int) -> tuple[int, int]:
+    """Bins ``q = -lo .. hi`` of factor ``b`` that lie wholly inside a crop of ``n_crop`` pixels
+    (frequencies ``-(n_crop // 2) .. n_crop - 1 - n_crop // 2``), with the zero bin at ``n_out // 2``."""
+    f_lo, f_hi = -(n_crop // 2), n_crop - 1 - n_crop // 2
+    d_lo, d_hi = -(b // 2), b - 1 - b // 2
+    lo = -math.ceil((f_lo - d_lo) / b)  # smallest q with q b + d_lo >= f_lo, negated
+    hi = math.floor((f_hi - d_hi) / b)
+    lo = min(lo, hi + 1)  # zero bin at n_out // 2: at most one more bin below than above
+    hi = min(hi, lo)
+    return lo, hi
+
+
+def _bin_indices(n_in: int, n_crop: int, b: int) -> np.ndarray:
+    """FFT-order indices ``[n_out, b]`` of the input pixels summed into each output bin."""
+    lo, hi = _bin_ranges(n_crop, b)
+    q = np.arange(-lo, hi + 1)
+    d = np.arange(-(b // 2), b - b // 2)
+    return np.mod(q[:, None] * b + d[None, :], n_in)
+
+
+@dataclasses.dataclass(frozen=True)
+class CBEDGeometry:
+    """Layout of a pixelated-detector (4D-STEM) pattern; static information, not a pytree.
+
+    Attributes:
+        gpts: pattern shape ``(kx, ky)`` after crop and binning.
+        angular_sampling: angle per output pixel ``(dx, dy)`` [mrad] (``bin_factor`` x the grid's).
+        center: index ``(ix, iy)`` of the zero-frequency pixel (``gpts // 2``).
+        max_angles: largest angle covered along each axis from the centre [mrad].
+        bin_factor: pixels binned per output pixel and axis.
+    """
+
+    gpts: tuple[int, int]
+    angular_sampling: tuple[float, float]
+    center: tuple[int, int]
+    max_angles: tuple[float, float]
+    bin_factor: int
+
+
+def _check_bin(bin_factor) -> int:
+    if isinstance(bin_factor, bool) or int(bin_factor) != bin_factor or int(bin_factor) < 1:
+        raise InputError(f"4D-STEM bin factor must be a positive integer, got {bin_factor!r}")
+    return int(bin_factor)
+
+
+def cbed_geometry(grid: Grid, energy: float, crop: str | float = "cutoff", bin_factor: int = 1) -> CBEDGeometry:
+    """The shape and angular sampling [mrad] of a 4D-STEM pattern on ``grid`` at ``energy`` [eV],
+    cropped by ``crop`` (:data:`CBED_CROPS` or a maximum angle [mrad]) and binned by ``bin_factor``."""
+    b = _check_bin(bin_factor)
+    crop_gpts = cbed_gpts(grid, crop, energy=energy)
+    if b > min(crop_gpts):
+        raise InputError(
+            f"4D-STEM bin factor {b} is larger than the cropped pattern {crop_gpts}: use a factor of at "
+            f"most {min(crop_gpts)} or a larger crop"
+        )
+    d = angular_sampling(grid, energy)
+    ranges = [_bin_ranges(n, b) for n in crop_gpts]
+    gpts = tuple(lo + hi + 1 for lo, hi in ranges)
+    center = tuple(lo for lo, _ in ranges)
+    # Bin q covers frequencies up to q b + b - 1 - b // 2 (pixel centres), on the far side -q b - b // 2.
+    max_angles = tuple(max(hi * b + b - 1 - b // 2, lo * b + b // 2) * di for (lo, hi), di in zip(ranges, d))
+    return CBEDGeometry(
+        gpts=gpts, angular_sampling=(d[0] * b, d[1] * b), center=center, max_angles=max_angles, bin_factor=b
+    )
+
+
 def _crop_indices(n_in: int, n_out: int) -> np.ndarray:
     """Indices of the ``n_out`` lowest frequencies of an FFT axis of length ``n_in``, in fftshift order."""
     freq = np.round(np.fft.fftshift(np.fft.fftfreq(n_out)) * n_out).astype(int)
@@ -58,7 +182,13 @@ def _crop_indices(n_in: int, n_out: int) -> np.ndarray:
 
 
 def make_detector_fn(
-    grid: Grid, detector: Detector, *, cbed_crop: str = "cutoff", cbed_shape: tuple[int, int] | None = None
+    grid: Grid,
+    detector: Detector,
+    *,
+    cbed_crop: str | float = "cutoff",
+    cbed_shape: tuple[int, int] | None = None,
+    cbed_bin: int = 1,
+    energy: float | None = None,
 ):
     """A pure function that applies a detector of ``detector``'s mode to diffraction intensities.
 
@@ -66,13 +196,16 @@ def make_detector_fn(
         grid: grid of the waves being detected (static).
         detector: a template :class:`forward.beam.Detector`; its static ``mode`` and
             ``n_segments`` fix the output layout, its leaves are read at call time.
-        cbed_crop: 4D-STEM crop, one of :data:`CBED_CROPS` (static).
+        cbed_crop: 4D-STEM crop, one of :data:`CBED_CROPS` or a maximum angle [mrad] (static).
         cbed_shape: explicit 4D-STEM pattern shape overriding ``cbed_crop`` (PRISM windows).
+        cbed_bin: 4D-STEM binning factor per axis (static; see the module docstring).
+        energy: beam energy [eV], needed (static) when ``cbed_crop`` is an angle.
 
     Returns:
         ``detect(intensity, detector, wavelength)``: ``intensity`` ``[..., nx, ny]`` in FFT order,
         ``wavelength`` [Å]; returns ``[...]`` (annular), ``[..., n_segments]`` (segmented) or
-        ``[..., kx, ky]`` (4D-STEM, zero frequency at the centre), fractions of the beam.
+        ``[..., kx, ky]`` (4D-STEM, zero frequency at ``[kx // 2, ky // 2]``; shape and angular
+        sampling from :func:`cbed_geometry`), fractions of the beam.
     """
     mode = detector.mode
     if mode == "hrtem":
@@ -81,16 +214,31 @@ def make_detector_fn(
             "'stem_annular' | 'stem_segmented' | '4dstem', ...) for a STEM simulation"
         )
     if mode == "4dstem":
-        shape = cbed_gpts(grid, cbed_crop) if cbed_shape is None else tuple(cbed_shape)
+        b = _check_bin(cbed_bin)
+        shape = cbed_gpts(grid, cbed_crop, energy=energy) if cbed_shape is None else tuple(cbed_shape)
         if any(c > g for c, g in zip(shape, grid.gpts)):
             raise InputError(f"cbed_shape {shape} exceeds the grid {grid.gpts}")
-        ix = _crop_indices(grid.gpts[0], shape[0])
-        iy = _crop_indices(grid.gpts[1], shape[1])
+        if b == 1:
+            ix = _crop_indices(grid.gpts[0], shape[0])
+            iy = _crop_indices(grid.gpts[1], shape[1])
 
-        def detect_pixelated(intensity, det: Detector, wavelength):
-            return intensity[..., ix[:, None], iy[None, :]]
+            def detect_pixelated(intensity, det: Detector, wavelength):
+                return intensity[..., ix[:, None], iy[None, :]]
 
-        return detect_pixelated
+            return detect_pixelated
+        if b > min(shape):
+            raise InputError(
+                f"4D-STEM bin factor {b} is larger than the cropped pattern {shape}: use a factor of at "
+                f"most {min(shape)} or a larger crop"
+            )
+        bx = _bin_indices(grid.gpts[0], shape[0], b)  # [mx, b]
+        by = _bin_indices(grid.gpts[1], shape[1], b)  # [my, b]
+
+        def detect_binned(intensity, det: Detector, wavelength):
+            blocks = intensity[..., bx[:, :, None, None], by[None, None, :, :]]  # [..., mx, b, my, b]
+            return jnp.sum(blocks, axis=(-3, -1))
+
+        return detect_binned
     n_seg = detector.n_segments
 
     def detect_annular(intensity, det: Detector, wavelength):

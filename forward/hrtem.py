@@ -19,6 +19,10 @@ the convention :mod:`forward.noise` and :mod:`inference` use. Arrays are indexed
 
 The exit wave does not depend on the imaging aberrations, so :class:`HRTEMSimulator` splits
 ``exit_wave`` from ``image_from_exit_wave``: a new defocus costs one FFT pair (DESIGN 3).
+
+Thickness is a differentiable input: ``simulate(specimen, beam, thickness)`` puts the exit plane at
+a continuous depth [Å] within the sliced specimen, the last slice crossed in part
+(:func:`forward.propagation.multislice_to_depth`); without it the whole specimen is used.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from forward.errors import InputError
 from forward.grid import Grid
 from forward.guards import check_hrtem
 from forward.potentials import make_potential_fn, slice_count
-from forward.propagation import fresnel_propagator, multislice_potential
+from forward.propagation import fresnel_propagator, multislice_potential, multislice_to_depth
 from forward.reciprocal import polar_frequencies
 from forward.specimen import Specimen
 from forward.transfer import aberration_phase, aperture
@@ -175,6 +179,18 @@ def _apply_mtf(image, mtf) -> jnp.ndarray:
     return jnp.fft.ifft2(jnp.fft.fft2(image, axes=(-2, -1)) * h, axes=(-2, -1)).real
 
 
+def _check_depth(thickness, total: float) -> None:
+    """A concrete exit-plane depth must lie in ``(0, total]`` [Å] (traced values are not checked)."""
+    if isinstance(thickness, jax.core.Tracer):
+        return
+    d = np.asarray(thickness, dtype=np.float64)
+    if d.ndim != 0 or not np.isfinite(d) or d <= 0 or d > total * (1 + 1e-6):
+        raise InputError(
+            f"thickness must be a single number in (0, {total:g}] Å (the depth the simulator slices), "
+            f"got {thickness!r}; build the simulator with a larger thickness to go deeper"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class HRTEMSimulator:
     """The pure functions of one HRTEM configuration (built by :func:`make_hrtem_simulator`).
@@ -185,24 +201,28 @@ class HRTEMSimulator:
     the grid, thickness and options instead.
 
     Attributes:
-        simulate: ``(specimen, beam) -> image [mx, my]``, intensity relative to the incident beam.
-        exit_wave: ``(specimen, beam) -> [nx, ny]`` complex exit wave (depends on energy and tilt
-            only, not on the imaging aberrations).
+        simulate: ``(specimen, beam, thickness=None) -> image [mx, my]``, intensity relative to the
+            incident beam.
+        exit_wave: ``(specimen, beam, thickness=None) -> [nx, ny]`` complex exit wave (depends on
+            energy and tilt only, not on the imaging aberrations). ``thickness`` [Å] in
+            ``(0, n_slices * slice_thickness]`` (may be traced: differentiable) puts the exit
+            plane inside the specimen, the last slice crossed in part
+            (:func:`forward.propagation.multislice_to_depth`); ``None``: the whole specimen.
         image_from_exit_wave: ``(exit_wave, beam) -> image [mx, my]`` (CTF, envelopes,
             camera resampling and MTF).
         grid: the simulation grid.
         n_slices: number of slices; ``slice_thickness``: their thickness [Å].
     """
 
-    simulate: Callable[[Specimen, BeamCondition], jnp.ndarray]
-    exit_wave: Callable[[Specimen, BeamCondition], jnp.ndarray]
+    simulate: Callable[..., jnp.ndarray]
+    exit_wave: Callable[..., jnp.ndarray]
     image_from_exit_wave: Callable[[jnp.ndarray, BeamCondition], jnp.ndarray]
     grid: Grid
     n_slices: int
     slice_thickness: float
 
-    def __call__(self, specimen: Specimen, beam: BeamCondition) -> jnp.ndarray:
-        return self.simulate(specimen, beam)
+    def __call__(self, specimen: Specimen, beam: BeamCondition, thickness=None) -> jnp.ndarray:
+        return self.simulate(specimen, beam, thickness)
 
 
 def make_hrtem_simulator(
@@ -211,6 +231,7 @@ def make_hrtem_simulator(
     slice_thickness: float,
     *,
     parametrization: str = "lobato",
+    projection: str = "infinite",
     species: Sequence[int] | None = None,
     camera_gpts: int | Sequence[int] | None = None,
     soft_aperture: bool = True,
@@ -224,6 +245,7 @@ def make_hrtem_simulator(
         thickness: specimen thickness [Å]; slices: ``ceil(thickness / slice_thickness)`` equal.
         slice_thickness: requested slice thickness [Å].
         parametrization: ``"lobato"`` or ``"kirkland"``.
+        projection: ``"infinite"`` or ``"finite"`` (see :func:`forward.potentials.make_potential_fn`).
         species: atomic numbers the specimens may contain; needed under ``jit``/``vmap``/``grad``
             (see :func:`forward.potentials.make_potential_fn`).
         camera_gpts: camera pixels ``(mx, my)`` covering the cell (default: the simulation grid).
@@ -233,7 +255,7 @@ def make_hrtem_simulator(
     Returns:
         :class:`HRTEMSimulator`.
     """
-    potential_fn = make_potential_fn(grid, thickness, slice_thickness, parametrization, species=species)
+    potential_fn = make_potential_fn(grid, thickness, slice_thickness, parametrization, projection, species=species)
     n_slices, dz = slice_count(float(thickness), float(slice_thickness))
     if camera_gpts is None:
         cam = tuple(grid.gpts)
@@ -263,19 +285,29 @@ def make_hrtem_simulator(
         image = resample_to_camera(image, cam)
         return _apply_mtf(image, beam.detector.mtf)
 
+    def _propagate_to(V, energy, tilt, depth):
+        energy = jnp.asarray(energy, dtype=jnp.float32)
+        return multislice_to_depth(
+            plane_wave(grid), V, energy, wavelength(energy), dz, depth, tilt=tilt, grid=grid, checkpoint=checkpoint
+        )
+
     # Compiled cores so that eager calls are fast; inside an outer jit/vmap/grad they are inlined.
     # The checks run outside them, on concrete values only.
     propagate_c = jax.jit(_propagate)
+    propagate_to_c = jax.jit(_propagate_to)
     image_c = jax.jit(_image)
 
-    def exit_wave(specimen: Specimen, beam: BeamCondition) -> jnp.ndarray:
+    def exit_wave(specimen: Specimen, beam: BeamCondition, thickness=None) -> jnp.ndarray:
         check_hrtem(grid, specimen, beam, t)
-        return propagate_c(potential_fn(specimen), beam.energy, beam.tilt)
+        if thickness is None:
+            return propagate_c(potential_fn(specimen), beam.energy, beam.tilt)
+        _check_depth(thickness, t)
+        return propagate_to_c(potential_fn(specimen), beam.energy, beam.tilt, thickness)
 
     def image_from_exit_wave(psi, beam: BeamCondition) -> jnp.ndarray:
         return image_c(psi, beam)
 
-    def simulate(specimen: Specimen, beam: BeamCondition) -> jnp.ndarray:
-        return image_from_exit_wave(exit_wave(specimen, beam), beam)
+    def simulate(specimen: Specimen, beam: BeamCondition, thickness=None) -> jnp.ndarray:
+        return image_from_exit_wave(exit_wave(specimen, beam, thickness), beam)
 
     return HRTEMSimulator(simulate, exit_wave, image_from_exit_wave, grid, n_slices, dz)

@@ -156,10 +156,12 @@ def make_stem_simulator(
     scan: Scan,
     *,
     parametrization: str = "lobato",
+    projection: str = "infinite",
     species=None,
     soft_aperture: bool = True,
     batch_size: int = 32,
-    cbed_crop: str = "cutoff",
+    cbed_crop: str | float = "cutoff",
+    cbed_bin: int = 1,
     checkpoint: bool = False,
     potential_fn: Callable[[Specimen], jnp.ndarray] | None = None,
     devices=None,
@@ -171,10 +173,14 @@ def make_stem_simulator(
         thickness: specimen thickness [Å]; slice_thickness: requested slice thickness [Å].
         scan: :class:`Scan` of probe positions (closed over; use :mod:`forward.prism` for cheap
             new windows).
-        parametrization, species: passed to :func:`forward.potentials.make_potential_fn`.
+        parametrization, projection, species: passed to :func:`forward.potentials.make_potential_fn`.
         soft_aperture: abTEM's soft aperture edge (abTEM's default) or a hard edge.
         batch_size: probe positions per multislice batch (memory ~ batch x nx x ny x 8 bytes x 4).
-        cbed_crop: 4D-STEM pattern crop (:data:`forward.detectors.CBED_CROPS`).
+        cbed_crop: 4D-STEM pattern crop (:data:`forward.detectors.CBED_CROPS`) or a maximum angle
+            [mrad] (converted to pixels at the beam energy of each eager call; a traced energy
+            cannot be, so call the simulator eagerly or crop with a string).
+        cbed_bin: 4D-STEM binning factor per axis; the pattern layout and its angular sampling are
+            :func:`forward.detectors.cbed_geometry` ``(grid, energy, cbed_crop, cbed_bin)``.
         checkpoint: recompute each batch and slice in the backward pass (bounded memory for grad).
         potential_fn: ``specimen -> [n_slices, nx, ny]`` [V Å] replacing the default
             :func:`forward.potentials.make_potential_fn` (e.g. a frozen-phonon or precomputed
@@ -195,7 +201,7 @@ def make_stem_simulator(
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     custom = potential_fn is not None
     # Built once here so that bad geometry (slices thicker than the specimen...) fails early.
-    default_fn = make_potential_fn(grid, thickness, slice_thickness, parametrization, species=species)
+    default_fn = make_potential_fn(grid, thickness, slice_thickness, parametrization, projection, species=species)
     _, dz = slice_count(float(thickness), float(slice_thickness))
     n_pos = scan.gpts[0] * scan.gpts[1]
     bs = min(int(batch_size), n_pos)
@@ -205,9 +211,9 @@ def make_stem_simulator(
     n_batches = -(-n_pos // (bs * n_dev)) * n_dev
     mesh = None if devices is None else jax.sharding.Mesh(np.asarray(devices), ("positions",))
 
-    def run(pot_fn, specimen: Specimen, beam: BeamCondition):
+    def run(pot_fn, crop_energy, specimen: Specimen, beam: BeamCondition):
         lam = wavelength(beam.energy)
-        detect = make_detector_fn(grid, beam.detector, cbed_crop=cbed_crop)
+        detect = make_detector_fn(grid, beam.detector, cbed_crop=cbed_crop, cbed_bin=cbed_bin, energy=crop_energy)
         trans = transmission_function(pot_fn(specimen), beam.energy, grid=grid)
         prop = fresnel_propagator(grid, lam, dz, beam.tilt)
         spectrum = probe_spectrum(grid, beam, soft=soft_aperture)
@@ -228,19 +234,32 @@ def make_stem_simulator(
         return source_blur(out, beam.source_size, scan.sampling)
 
     @functools.lru_cache(maxsize=8)
-    def compiled(spc):
+    def compiled(spc, crop_energy):
         if custom:
             pot_fn = potential_fn
         elif spc == species:
             pot_fn = default_fn
         else:
-            pot_fn = make_potential_fn(grid, thickness, slice_thickness, parametrization, species=spc)
-        return jax.jit(functools.partial(run, pot_fn))
+            pot_fn = make_potential_fn(grid, thickness, slice_thickness, parametrization, projection, species=spc)
+        return jax.jit(functools.partial(run, pot_fn, crop_energy))
+
+    if isinstance(cbed_bin, bool) or int(cbed_bin) != cbed_bin or int(cbed_bin) < 1:
+        raise InputError(f"4D-STEM bin factor must be a positive integer, got {cbed_bin!r}")
+    angle_crop = not isinstance(cbed_crop, str)
 
     def simulate(specimen: Specimen, beam: BeamCondition):
         _validate(grid, beam)
         _check_cell(grid, specimen)
-        return compiled(species if custom else _species(specimen, species))(specimen, beam)
+        crop_energy = None
+        if angle_crop and beam.detector.mode == "4dstem":
+            crop_energy = _concrete(beam.energy)
+            if crop_energy is None:
+                raise InputError(
+                    f"a 4D-STEM crop given as an angle ({cbed_crop!r} mrad) is converted to pixels at the "
+                    "beam energy, which is traced here (inside jit/vmap/grad): call the simulator "
+                    "eagerly, or crop with 'cutoff', 'valid' or 'full'"
+                )
+        return compiled(species if custom else _species(specimen, species), crop_energy)(specimen, beam)
 
     return simulate
 

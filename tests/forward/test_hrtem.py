@@ -191,3 +191,52 @@ def test_guards():
         make_hrtem_simulator(grid, 4.0, 2.0, camera_gpts=(32, 32))
     with pytest.raises(InputError, match="camera_gpts must be a positive integer"):
         make_hrtem_simulator(grid, 4.0, 2.0, camera_gpts=(0, 4))
+
+
+def _thickness_case():
+    cell = (4.0, 4.0, 4.0)
+    grid = make_grid(extent=cell[:2], gpts=(24, 24))
+    sim = make_hrtem_simulator(grid, cell[2], 1.0, species=(8, 38))
+    sp = make_specimen([[1.1, 1.3, 0.5], [2.9, 2.6, 1.5], [2.0, 0.4, 3.2]], [38, 8, 38], cell)
+    beam = make_beam(200e3, semiangle_cutoff=25.0, defocus=40.0, tilt=(1.0, 2.0), focal_spread=20.0)
+    return cell, grid, sim, sp, beam
+
+
+def test_thickness_is_a_continuous_exit_plane():
+    cell, grid, sim, sp, beam = _thickness_case()
+    full = np.asarray(sim(sp, beam))
+    np.testing.assert_allclose(sim(sp, beam, 4.0), full, rtol=1e-5, atol=1e-6)  # whole specimen
+    # At a whole number of slices: the simulator of the lower two slices alone.
+    lower = make_specimen(sp.positions[:2], sp.numbers[:2], (*cell[:2], 2.0))
+    two = make_hrtem_simulator(grid, 2.0, 1.0, species=(8, 38))
+    np.testing.assert_allclose(sim(sp, beam, 2.0), two(lower, beam), rtol=1e-5, atol=1e-6)
+    # Continuous across the boundary into the slice of the upper Sr atom, which a partial slice
+    # crosses in part: its image differs from both whole-slice neighbours.
+    below, above = np.asarray(sim(sp, beam, 3.0 - 1e-3)), np.asarray(sim(sp, beam, 3.0 + 1e-3))
+    assert rel_l2(below, above) < 1e-3
+    mid = np.asarray(sim(sp, beam, 3.5))
+    assert min(rel_l2(mid, below), rel_l2(mid, full)) > 5e-3
+    # jit with a traced thickness, and vmap over thicknesses.
+    ts = jnp.asarray([1.5, 2.0, 3.7], jnp.float32)
+    batch = jax.jit(jax.vmap(sim.simulate, in_axes=(None, None, 0)))(sp, beam, ts)
+    for img, t in zip(batch, ts):
+        np.testing.assert_allclose(img, sim(sp, beam, float(t)), rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_thickness():
+    cell, grid, sim, sp, beam = _thickness_case()
+    w = jnp.asarray(np.random.default_rng(1).normal(size=grid.gpts), jnp.float32)
+
+    def f(thickness):
+        return jnp.sum(sim(sp, beam, thickness) * w) * 1e2
+
+    for t0 in (1.4, 3.3):  # inside slices with atoms (the image has a kink at each slice boundary)
+        check_grads(f, (jnp.float32(t0),), order=1, modes=("fwd", "rev"), eps=2e-2, atol=3e-2, rtol=3e-2)
+    assert abs(float(jax.grad(f)(jnp.float32(3.3)))) > 1.0
+
+
+def test_thickness_guards():
+    cell, grid, sim, sp, beam = _thickness_case()
+    for bad in (0.0, -1.0, 4.5, np.array([1.0, 2.0])):
+        with pytest.raises(InputError, match=r"thickness must be a single number in \(0, 4\] Å"):
+            sim(sp, beam, bad)

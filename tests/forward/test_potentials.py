@@ -155,8 +155,10 @@ def test_errors():
         make_potential_fn(grid, 2.0, 3.0)
     with pytest.raises(InputError, match="unknown parametrization 'peng'"):
         make_potential_fn(grid, 2.0, 1.0, "peng")
-    with pytest.raises(InputError, match="finite projection is not implemented"):
-        make_potential_fn(grid, 2.0, 1.0, projection="finite")
+    with pytest.raises(InputError, match=r"unknown projection 'exact': expected one of \('infinite', 'finite'\)"):
+        make_potential_fn(grid, 2.0, 1.0, projection="exact")
+    with pytest.raises(InputError, match="chunk_size must be a positive integer, got 0"):
+        make_potential_fn(grid, 2.0, 1.0, projection="finite", chunk_size=0)
     with pytest.raises(InputError, match="positive length"):
         make_potential_fn(grid, -2.0, 1.0)
     with pytest.raises(InputError, match="no coefficients for Z=200"):

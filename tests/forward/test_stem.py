@@ -15,6 +15,7 @@ import pytest
 from jax.test_util import check_grads
 
 from forward.beam import make_beam, make_detector
+from forward.detectors import cbed_geometry
 from forward.errors import InputError
 from forward.grid import make_grid
 from forward.potentials import make_potential_fn
@@ -90,6 +91,31 @@ def test_cbed_pattern_matches_abtem(setup):
     assert rel_l2(cbed[0, 0], ref.reshape(ref.shape[-2:])) < 1e-3
     # A fraction of the beam: <= 1, and only the antialiased high angles are lost.
     assert 0.9 < float(cbed.sum()) <= 1.0 + 1e-5
+
+
+def test_cbed_max_angle_and_binning(setup):
+    grid, spec, V, sampling, dz = setup
+    scan_kw = dict(start=(2.0, 2.2), end=(2.1, 2.3), gpts=(1, 1))
+    (ref,) = _abtem_scan(V, sampling, dz, scan_kw, [abtem.PixelatedDetector(max_angle=40.0)])
+    beam = _beam(make_detector("4dstem"))
+    cropped = make_stem_simulator(grid, CELL[2], 1.0, make_scan(**scan_kw), cbed_crop=40.0)(spec, beam)
+    assert cropped.shape == (1, 1) + ref.shape[-2:]
+    assert rel_l2(cropped[0, 0], ref.reshape(ref.shape[-2:])) < 1e-3
+    binned = make_stem_simulator(grid, CELL[2], 1.0, make_scan(**scan_kw), cbed_crop=40.0, cbed_bin=3)(spec, beam)
+    geo = cbed_geometry(grid, ENERGY, 40.0, 3)
+    assert binned.shape == (1, 1) + geo.gpts
+    # By construction: bin q sums the cropped pixels c + 3 q + (-1, 0, 1) around the centre c.
+    P = np.asarray(cropped[0, 0], np.float64)
+    c = (P.shape[0] // 2, P.shape[1] // 2)
+    want = np.zeros(geo.gpts)
+    for i in range(geo.gpts[0]):
+        for j in range(geo.gpts[1]):
+            x0 = c[0] + 3 * (i - geo.center[0]) - 1
+            y0 = c[1] + 3 * (j - geo.center[1]) - 1
+            want[i, j] = P[x0 : x0 + 3, y0 : y0 + 3].sum()
+    np.testing.assert_allclose(binned[0, 0], want, rtol=1e-5, atol=1e-9)
+    with pytest.raises(InputError, match="crop given as an angle .* traced here"):
+        jax.jit(make_stem_simulator(grid, CELL[2], 1.0, make_scan(**scan_kw), cbed_crop=40.0))(spec, beam)
 
 
 def test_source_blur_matches_abtem_gaussian_filter():
