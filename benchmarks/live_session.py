@@ -38,7 +38,8 @@ def _library(n: int, seed: int = 0):
     cell = (SHAPE[0] * SAMPLING[0], SHAPE[1] * SAMPLING[1], 5.0)
     hyps = []
     for i in range(n):
-        pos = np.column_stack([rng.uniform(0, cell[0], 4), rng.uniform(0, cell[1], 4), np.full(4, 2.5)])
+        sites = rng.choice(144, size=4, replace=False)  # distinct sites of a 12 x 12 grid (2 Å apart)
+        pos = np.column_stack([(sites // 12) * 2.0 + 1.0, (sites % 12) * 2.0 + 1.0, np.full(4, 2.5)])
         hyps.append(make_hypothesis(make_specimen(pos, [6, 8, 14, 42], cell=cell), name=f"synthetic {i}"))
     kx = np.fft.fftfreq(SHAPE[0])[:, None]
     ky = np.fft.fftfreq(SHAPE[1])[None, :]

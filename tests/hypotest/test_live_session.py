@@ -68,7 +68,7 @@ def test_session_identifies_hidden_structure_and_replays(tmp_path, mos2_waves):
 @pytest.mark.slow
 @pytest.mark.parametrize("library", ["pt111_adsorbates", "srtio3_vacancy"])
 def test_each_builtin_library_is_identified(tmp_path, library):
-    s = make_demo_session(tmp_path / library, seed=1, library=library, max_frames=80)
+    s = make_demo_session(tmp_path / library, seed=1, library=library, max_frames=150)
     st = s.run_sync()
     truth = s.source.reveal()[-1]
     assert st["decision"] is not None, f"{library}: undecided after {st['step']} steps"
