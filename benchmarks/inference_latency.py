@@ -1,12 +1,22 @@
 """Inference latency: per-frame scoring, MAP refinement, NUTS, experiment design.
 
     .venv/bin/python benchmarks/inference_latency.py            # the sizes of issue 6
-    .venv/bin/python benchmarks/inference_latency.py --quick    # small smoke run
+    .venv/bin/python benchmarks/inference_latency.py --small    # small smoke run (= --quick)
+    .venv/bin/python benchmarks/inference_latency.py --only fast  # the fast scorer only
 
-1. Scoring one 256x256 frame against 1,000 cached hypothesis images with the real-time scorer
-   (:func:`inference.make_linear_scorer`: registered frame, scale and background marginalised):
-   p50/p99 over ``--frames`` frames, and the ratio to one plain pass over the cached images
-   (the Poisson log-likelihood at fixed nuisance, and a bare sum). Goal p99 <= 100 ms.
+1. Scoring one 256x256 frame (0.1 Å pixels) against 1,000 cached hypothesis images of a
+   lattice library (pristine 8x8 columns; at each column: occupancies 0 to 0.9 and
+   displacements 0.1 to 0.5 Å, so many hypotheses are nearly degenerate at low dose), frames
+   registered (known shift), at 10, 100, 1e3 and 1e4 e-/Å², side by side:
+   - the fast scorer (:func:`inference.make_fast_scorer`: binned screen + exact stage), p50/p99
+     over ``--frames`` frames after a warm-up pass over the same frames (which compiles each
+     power-of-two bucket of exactly scored hypotheses once; the compile time is reported);
+   - the exact scorer for a known shift (:func:`inference.make_linear_scorer`), p50 over a few
+     frames, and (``--laplace-frames``, first dose only) the Laplace scorer with the shift
+     marginalised (:func:`inference.make_laplace_scorer`);
+   - one plain pass over the cached images: the Poisson log-likelihood at fixed nuisance
+     (one logarithm per cached pixel) and a bare sum (memory bandwidth);
+   with the ratios fast/plain and exact/fast. Goal: fast p99 <= 100 ms.
 2. MAP refinement (:func:`inference.map_refine`, 100 L-BFGS steps) of 50 column positions +
    defocus + thickness in the analytic test model (tests/inference/_model.py), 96x96 pixels.
    Goal <= 10 s.
@@ -34,7 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from inference import (  # noqa: E402
     SamplerConfig,
     design_images,
+    fourier_shift,
     log_likelihood,
+    make_fast_scorer,
+    make_laplace_scorer,
     make_linear_scorer,
     make_log_density,
     make_noise_model,
@@ -42,6 +55,7 @@ from inference import (  # noqa: E402
     make_map_refiner,
     map_refine,
     nuts_refine,
+    prepare_screen_cache,
     rank_conditions,
     sample_counts,
 )
@@ -55,34 +69,135 @@ def _timed(fn, *args):
     return time.perf_counter() - t, out
 
 
-def bench_scoring(n_hyp: int, size: int, n_frames: int) -> dict:
-    key = jax.random.key(0)
-    k1, k2 = jax.random.split(key)
-    images = 0.1 + jax.random.uniform(k1, (n_hyp, size, size), jnp.float32)
+def _lattice_library(n_hyp: int, size: int, sampling: float):
+    """``[n_hyp, size, size]`` images: a square lattice of Gaussian columns (3.2 Å apart at
+    0.1 Å pixels) and, per column, occupancies 0, 0.25, 0.5, 0.75, 0.9 and displacements of
+    0.1, 0.25, 0.5 Å along +-x, +-y (the analytic model of tests/inference/_model.py)."""
+    n_col = max(2, int(round(size * sampling / 3.2)))
+    pitch = size * sampling / n_col
+    base = np.stack(np.meshgrid(np.arange(n_col), np.arange(n_col), indexing="ij"), -1).reshape(-1, 2) * pitch + pitch / 2
+    occs, poss = [np.ones(len(base))], [base]
+    for k in range(len(base)):
+        for o in (0.0, 0.25, 0.5, 0.75, 0.9):
+            oc = np.ones(len(base))
+            oc[k] = o
+            occs.append(oc)
+            poss.append(base)
+        for d in (0.1, 0.25, 0.5):
+            for v in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                p = base.copy()
+                p[k] += d * np.asarray(v)
+                occs.append(np.ones(len(base)))
+                poss.append(p)
+    reps = -(-n_hyp // len(occs))
+    occs, poss = (occs * reps)[:n_hyp], (poss * reps)[:n_hyp]
+    sim = M.make_simulate_fn((size, size), sampling)
+    p0 = M.base_params(positions=base)
+    one = lambda pos, oc: sim(dict(p0, positions=pos, occupancy=oc), M.beam())  # noqa: E731
+    images = jax.lax.map(lambda a: one(*a), (jnp.asarray(np.array(poss), jnp.float32), jnp.asarray(np.array(occs), jnp.float32)), batch_size=50)
+    return images
+
+
+def _percentiles_ms(times):
+    p50, p99 = np.percentile(np.asarray(times), [50, 99])
+    return round(float(1e3 * p50), 1), round(float(1e3 * p99), 1)
+
+
+def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3, 1e4), n_exact_frames: int = 3, n_laplace_frames: int = 0) -> list[dict]:
+    sampling = 0.1
+    images = _lattice_library(n_hyp, size, sampling)
     noise = make_noise_model("poisson")
-    e = 100.0 * 0.04  # 100 e-/Å², 0.2 Å pixels
-    score = make_linear_scorer(noise, make_nuisance_prior())
-    frames = [sample_counts(k, noise, e * images[i % n_hyp]) for i, k in enumerate(jax.random.split(k2, n_frames))]
-    compile_s, _ = _timed(lambda y: score(y, images, e).log_evidence, frames[0])
-    times = [_timed(lambda y: score(y, images, e).log_evidence, y)[0] for y in frames]
-    plain = jax.jit(lambda y, im: log_likelihood(noise, y, e * im))
-    bare = jax.jit(lambda im: jnp.sum(im, axis=(1, 2)))
-    _timed(plain, frames[0], images)
-    _timed(bare, images)
-    t_plain = np.median([_timed(plain, y, images)[0] for y in frames[:10]])
-    t_bare = np.median([_timed(bare, images)[0] for _ in range(10)])
-    p50, p99 = np.percentile(times, [50, 99])
-    return {
-        "hypotheses": n_hyp,
-        "frame": f"{size}x{size}",
-        "compile_s": round(compile_s, 2),
-        "p50_ms": round(float(1e3 * p50), 1),
-        "p99_ms": round(float(1e3 * p99), 1),
-        "plain_loglik_pass_ms": round(float(1e3 * t_plain), 1),
-        "bare_sum_pass_ms": round(float(1e3 * t_bare), 1),
-        "ratio_p50_to_plain_loglik": round(float(p50 / t_plain), 2),
-        "ratio_p50_to_bare_sum": round(float(p50 / t_bare), 2),
-    }
+    prior = make_nuisance_prior(scale_sd=0.1, background_mean=0.02, background_sd=0.05)
+    t_prep, cache = _timed(lambda: prepare_screen_cache(images, bin_factor=4))
+    fast = make_fast_scorer(noise, prior)
+    exact = make_linear_scorer(noise, prior)
+    rows = []
+    for dose in doses:
+        e = dose * sampling * sampling
+        key = jax.random.fold_in(jax.random.key(0), int(dose))
+        kt, ks, kn = jax.random.split(key, 3)
+        truths = np.asarray(jax.random.randint(kt, (n_frames,), 0, n_hyp))
+        scales = 1.0 + 0.05 * np.asarray(jax.random.normal(ks, (n_frames,)))
+        frames = [
+            np.asarray(sample_counts(k, noise, e * (s * images[t] + 0.02)))
+            for k, t, s in zip(jax.random.split(kn, n_frames), truths, scales)
+        ]
+        run = lambda y: fast(y, cache, e).log_evidence  # noqa: E731
+        warm = [_timed(run, y)[0] for y in frames]  # compiles each bucket once
+        times, kept, n_exact, n_within, top1 = [], 0, [], [], 0
+        for y, t in zip(frames, truths):
+            dt, _ = _timed(run, y)
+            times.append(dt)
+            fs = fast(y, cache, e)
+            kept += bool(fs.exact_mask[t])
+            n_exact.append(int(np.sum(np.asarray(fs.exact_mask))))
+            n_within.append(int(fs.n_within_margin))
+            top1 += int(np.argmax(np.asarray(fs.log_evidence))) == t
+        ex_run = lambda y: exact(y, images, e).log_evidence  # noqa: E731
+        _timed(ex_run, frames[0])
+        t_exact = [_timed(ex_run, y)[0] for y in frames[:n_exact_frames]]
+        dev = []
+        for y in frames[:n_exact_frames]:
+            fs, ex = fast(y, cache, e), exact(y, images, e)
+            m = np.asarray(fs.exact_mask)
+            fl, el = np.asarray(fs.log_evidence, np.float64), np.asarray(ex.log_evidence, np.float64)
+            dev.append(float(np.max(np.abs((fl - fl.max()) - (el - el.max()))[m])))
+        plain = jax.jit(lambda y, im: log_likelihood(noise, y, e * im))
+        bare = jax.jit(lambda im: jnp.sum(im, axis=(1, 2)))
+        _timed(plain, frames[0], images)
+        _timed(bare, images)
+        t_plain = float(np.median([_timed(plain, y, images)[0] for y in frames[:10]]))
+        t_bare = float(np.median([_timed(bare, images)[0] for _ in range(10)]))
+        p50, p99 = _percentiles_ms(times)
+        row = {
+            "dose_e_per_A2": dose,
+            "hypotheses": n_hyp,
+            "frame": f"{size}x{size}",
+            "fast_p50_ms": p50,
+            "fast_p99_ms": p99,
+            "fast_first_pass_max_s": round(max(warm), 2),
+            "exact_scored_mean": round(float(np.mean(n_exact)), 1),
+            "within_margin_mean": round(float(np.mean(n_within)), 1),
+            "truth_scored_exactly": f"{kept}/{n_frames}",
+            "top1_correct": f"{top1}/{n_frames}",
+            "max_abs_log_bf_error_vs_exact": round(max(dev), 4),
+            "exact_linear_p50_ms": round(1e3 * float(np.median(t_exact)), 1),
+            "plain_loglik_pass_ms": round(1e3 * t_plain, 1),
+            "bare_sum_pass_ms": round(1e3 * t_bare, 1),
+            "ratio_fast_p50_to_plain": round(float(p50 / (1e3 * t_plain)), 3),
+            "ratio_fast_p99_to_plain": round(float(p99 / (1e3 * t_plain)), 3),
+            "speedup_exact_over_fast_p50": round(float(np.median(t_exact) * 1e3 / p50), 1),
+            "cache_prepare_s": round(t_prep, 3),
+        }
+        if n_laplace_frames and dose == doses[0]:  # ~10-80 s per frame here: one dose only
+            lap = make_laplace_scorer(noise, prior)
+            lap_run = lambda y: lap(y, images, e).log_evidence  # noqa: E731
+            _timed(lap_run, frames[0])
+            row["exact_laplace_p50_ms"] = round(1e3 * float(np.median([_timed(lap_run, y)[0] for y in frames[:n_laplace_frames]])), 1)
+        rows.append(row)
+        print("scoring:", row, flush=True)
+    return rows
+
+
+def bench_fast_shift(n_hyp: int, size: int, n_frames: int, dose: float = 1e3) -> dict:
+    """The fast scorer with a known sub-pixel shift (screen and exact stage shift the images)."""
+    sampling = 0.1
+    images = _lattice_library(n_hyp, size, sampling)
+    noise = make_noise_model("poisson")
+    prior = make_nuisance_prior(scale_sd=0.1, background_mean=0.02, background_sd=0.05)
+    cache = prepare_screen_cache(images, bin_factor=4)
+    fast = make_fast_scorer(noise, prior)
+    e = dose * sampling * sampling
+    shift = np.array([0.3, -0.2], np.float32)
+    keys = jax.random.split(jax.random.key(5), n_frames)
+    frames = [np.asarray(sample_counts(k, noise, e * (fourier_shift(images[i % n_hyp], shift) + 0.02))) for i, k in enumerate(keys)]
+    run = lambda y: fast(y, cache, e, shift=shift).log_evidence  # noqa: E731
+    for y in frames:
+        _timed(run, y)
+    p50, p99 = _percentiles_ms([_timed(run, y)[0] for y in frames])
+    row = {"dose_e_per_A2": dose, "hypotheses": n_hyp, "frame": f"{size}x{size}", "shift_px": [0.3, -0.2], "fast_p50_ms": p50, "fast_p99_ms": p99}
+    print("scoring with known shift:", row, flush=True)
+    return row
 
 
 def _fifty_columns(rng):
@@ -151,18 +266,22 @@ def bench_design(n_cond: int, n_hyp: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--small", "--quick", dest="small", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--frames", type=int, default=50)
-    ap.add_argument("--only", choices=("scoring", "refine", "design"), default=None)
+    ap.add_argument("--laplace-frames", type=int, default=1, help="frames for the Laplace scorer at the first dose (0: skip)")
+    ap.add_argument("--only", choices=("scoring", "fast", "refine", "design"), default=None)
     args = ap.parse_args()
     print("devices:", jax.devices())
-    if args.quick:
-        print("scoring:", bench_scoring(50, 64, 10))
-        print("refine:", bench_refine(50, 50))
-        print("design:", bench_design(4, 4))
+    if args.small:
+        bench_scoring(64, 64, 6, doses=(10.0, 1e3), n_exact_frames=2, n_laplace_frames=1)
+        bench_fast_shift(64, 64, 4)
+        if args.only is None:
+            print("refine:", bench_refine(50, 50))
+            print("design:", bench_design(4, 4))
         return
-    if args.only in (None, "scoring"):
-        print("scoring:", bench_scoring(1000, 256, args.frames))
+    if args.only in (None, "scoring", "fast"):
+        bench_scoring(1000, 256, args.frames, n_laplace_frames=0 if args.only == "fast" else args.laplace_frames)
+        bench_fast_shift(1000, 256, min(args.frames, 20))
     if args.only in (None, "refine"):
         print("refine:", bench_refine(300, 300))
     if args.only in (None, "design"):

@@ -67,11 +67,13 @@ from inference.refine import (
     nuts_refine,
 )
 from inference.score import SCORERS, ScoreResult, score_frames
+from inference.screen import FastScore, ScreenCache, make_fast_scorer, prepare_screen_cache, screen_margin
 
 __all__ = [
     "NOISE_KINDS",
     "SCORERS",
     "Evidence",
+    "FastScore",
     "Frame",
     "HMMInfo",
     "HMMState",
@@ -87,6 +89,7 @@ __all__ = [
     "RejectionRule",
     "SamplerConfig",
     "ScoreResult",
+    "ScreenCache",
     "Segment",
     "bocpd",
     "crlb",
@@ -106,6 +109,7 @@ __all__ = [
     "log_likelihood",
     "make_frame",
     "make_laplace_scorer",
+    "make_fast_scorer",
     "make_linear_scorer",
     "make_log_density",
     "make_map_refiner",
@@ -118,12 +122,14 @@ __all__ = [
     "nuts_refine",
     "pairwise_kl",
     "posterior_probs",
+    "prepare_screen_cache",
     "rank_conditions",
     "rank_d_optimal",
     "rejected_mask",
     "rejection_events",
     "sample_counts",
     "score_frames",
+    "screen_margin",
     "segment",
     "sum_segments",
     "update_posterior",

@@ -1,0 +1,278 @@
+"""The fast per-frame scorer: binned screen + exact stage against the exact scorer, and the
+screen's error bound in calibration-style simulations (fixed keys).
+
+Tolerances: exactly scored hypotheses match :func:`inference.make_linear_scorer` (the exact
+scorer for a known shift) to ``EXACT_TOL`` nats in log evidence and log Bayes factor (float32
+sums over the frame; the exact scorer itself moves by ~1e-3 nats between summation orders).
+"""
+
+import math
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from forward import InputError
+from inference import (
+    FastScore,
+    ScreenCache,
+    make_fast_scorer,
+    make_linear_scorer,
+    make_noise_model,
+    make_nuisance_prior,
+    prepare_screen_cache,
+    sample_counts,
+    screen_margin,
+)
+from inference.evidence import fourier_shift
+from tests.inference import _model as M
+
+EXACT_TOL = 1e-2  # [nats]
+
+GPTS, SAMPLING = (32, 32), 0.2  # [Å/pixel]
+SIM = M.make_simulate_fn(GPTS, SAMPLING)
+_BASE = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(-1, 2) * 1.6 + 0.8
+
+
+def _library():
+    """33 hypotheses on a 4x4 column lattice: pristine, a vacancy at each column, each column
+    displaced by 0.3 Å (many near-degenerate pairs at low dose)."""
+    hyps = [M.base_params(positions=_BASE)]
+    for k in range(16):
+        occ = np.ones(16)
+        occ[k] = 0.0
+        hyps.append(M.base_params(positions=_BASE, occupancy=occ))
+        pos = _BASE.copy()
+        pos[k, 0] += 0.3
+        hyps.append(M.base_params(positions=pos))
+    return jnp.stack([SIM(p, M.beam()) for p in hyps])
+
+
+IMAGES = _library()
+H = IMAGES.shape[0]
+PRIOR = make_nuisance_prior(scale_mean=1.0, scale_sd=0.1, background_mean=0.05, background_sd=0.03)
+POISSON = make_noise_model("poisson")
+
+
+def _exposure(dose):
+    return dose * SAMPLING * SAMPLING
+
+
+def _frame(key, noise, truth, dose, scale=1.05, background=0.05, shift=None):
+    image = IMAGES[truth] if shift is None else fourier_shift(IMAGES[truth], jnp.asarray(shift, jnp.float32))
+    return sample_counts(key, noise, _exposure(dose) * (scale * image + background))
+
+
+def _check_against_exact(fs: FastScore, exact, truth):
+    m = np.asarray(fs.exact_mask)
+    fast_le, ex_le = np.asarray(fs.log_evidence, np.float64), np.asarray(exact.log_evidence, np.float64)
+    assert m[truth], "the true hypothesis must be scored exactly"
+    np.testing.assert_allclose(fast_le[m], ex_le[m], atol=EXACT_TOL)
+    # log Bayes factors against the exact best (itself always exactly scored)
+    best = int(np.argmax(ex_le))
+    assert m[best] and int(np.argmax(fast_le)) == best
+    np.testing.assert_allclose(fast_le[m] - fast_le[best], ex_le[m] - ex_le[best], atol=EXACT_TOL)
+    np.testing.assert_allclose(np.asarray(fs.scale)[m], np.asarray(exact.scale)[m], rtol=1e-3)
+    # every hypothesis the exact scorer puts within the margin of the best is scored exactly
+    if bool(fs.screened):
+        within = ex_le >= ex_le[best] - float(fs.margin_nats) + 1.0
+        assert np.all(m[within])
+        # the others sit below the best by more than the margin (screen Bayes factor)
+        assert np.all(fast_le[~m] <= fast_le[best] - float(fs.margin_nats))
+
+
+@pytest.mark.parametrize("dose", [10.0, 100.0, 1e3, 1e4])
+def test_matches_exact_scorer_across_doses(rng_key, dose):
+    """Dense Poisson frames (0.4 to 400 electrons per pixel at full intensity)."""
+    cache = prepare_screen_cache(IMAGES, bin_factor=4)
+    fast = make_fast_scorer(POISSON, PRIOR)
+    exact = make_linear_scorer(POISSON, PRIOR)
+    truth = 7
+    y = _frame(jax.random.fold_in(rng_key, int(dose)), POISSON, truth, dose)
+    fs = fast(y, cache, _exposure(dose))
+    assert bool(fs.screened)
+    _check_against_exact(fs, exact(y, IMAGES, _exposure(dose)), truth)
+    assert float(fs.screen_error_bound) <= 1e-6 * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (0.3, -0.2), (1.4, 0.6)])
+def test_known_shift_matches_exact_scorer(rng_key, shift):
+    """A frame drifted by a known shift [pixels]: the fast scorer with ``shift`` equals the
+    exact scorer with the same shift (images shifted by the exact Fourier phase ramp)."""
+    dose = 300.0
+    fast = make_fast_scorer(POISSON, PRIOR)
+    exact = make_linear_scorer(POISSON, PRIOR)
+    y = _frame(rng_key, POISSON, 12, dose, shift=shift)
+    fs = fast(y, prepare_screen_cache(IMAGES), _exposure(dose), shift=shift)
+    _check_against_exact(fs, exact(y, IMAGES, _exposure(dose), shift=shift), 12)
+    np.testing.assert_allclose(np.asarray(fs.shift), shift)
+
+
+@pytest.mark.parametrize("gain", [1.0, 2.5])
+def test_sparse_low_dose_path_matches_exact_scorer(rng_key, gain):
+    """Low dose (0.02 to 0.1 electrons per pixel): the Poisson sums over the counted pixels
+    only equal the dense exact scorer, with the screen skipped (no shift) and used (shift)."""
+    noise = make_noise_model("poisson", gain=gain)
+    fast = make_fast_scorer(noise, PRIOR)
+    exact = make_linear_scorer(noise, PRIOR)
+    cache = prepare_screen_cache(IMAGES)
+    for dose, shift in [(0.5, None), (2.5, None), (2.5, (0.25, 0.4))]:
+        y = _frame(jax.random.fold_in(rng_key, int(10 * dose)), noise, 3, dose, shift=shift)
+        assert float(jnp.mean(y > 0)) < 0.25
+        fs = fast(y, cache, _exposure(dose), shift=shift)
+        assert bool(fs.screened) == (shift is not None)
+        ex = exact(y, IMAGES, _exposure(dose), shift=(0.0, 0.0) if shift is None else shift)
+        _check_against_exact(fs, ex, 3)
+        if shift is None:
+            assert bool(jnp.all(fs.exact_mask))
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [make_noise_model("poisson_gaussian", gain=2.0, read_noise=1.5), make_noise_model("gaussian", gain=1.0, read_noise=3.0)],
+    ids=["poisson_gaussian", "gaussian"],
+)
+def test_read_noise_models_match_exact_scorer(rng_key, noise):
+    """The screen bins read noise too (variances add: ``f sigma`` per block)."""
+    dose = 200.0
+    fast = make_fast_scorer(noise, PRIOR)
+    y = _frame(rng_key, noise, 20, dose)
+    fs = fast(y, IMAGES, _exposure(dose))
+    _check_against_exact(fs, make_linear_scorer(noise, PRIOR)(y, IMAGES, _exposure(dose)), 20)
+
+
+def test_truth_never_screened_out_and_screen_bayes_factors_obey_royall_bound(rng_key):
+    """Calibration-style: 160 frames, truth and nuisance drawn at random (nuisance from its
+    prior), doses 3 to 3e3 e-/Å². (1) The true hypothesis is always scored exactly. (2) At the
+    low doses (3 and 30 e-/Å², where many pairs are nearly indistinguishable) the screen's
+    Bayes factors obey the universal bound ``P(Z_h / Z_t >= e^m) <= e^-m`` (module docstring)
+    over all wrong ``h``; a screen that forgot a 2-nat Occam penalty of the wrong hypotheses
+    breaks it, so the check has power. (3) Screened-out hypotheses are placed no lower than
+    the full data would place them, on average (binning loses information)."""
+    cache = prepare_screen_cache(IMAGES)
+    fast = make_fast_scorer(POISSON, PRIOR)
+    exact = make_linear_scorer(POISSON, PRIOR)
+    doses = [3.0, 30.0, 300.0, 3000.0]
+    margins = np.array([1.0, 2.0, 3.0])
+    exceed = np.zeros(3)
+    exceed_biased = np.zeros(3)
+    pairs = 0
+    shortfall = []
+    keys = jax.random.split(rng_key, 160)
+    for i, key in enumerate(keys):
+        k1, k2, k3 = jax.random.split(key, 3)
+        truth = int(jax.random.randint(k1, (), 0, H))
+        s, b = np.asarray(jax.random.normal(k2, (2,)))
+        scale = float(PRIOR.scale_mean + PRIOR.scale_sd * s)
+        background = max(float(PRIOR.background_mean + PRIOR.background_sd * b), 0.0)
+        dose = doses[i % len(doses)]
+        y = _frame(k3, POISSON, truth, dose, scale=scale, background=background)
+        fs = fast(y, cache, _exposure(dose))
+        assert bool(fs.exact_mask[truth]), f"truth {truth} screened out at {dose} e-/Å² (frame {i})"
+        scr = np.asarray(fs.screen_log_evidence, np.float64)
+        if dose <= 30.0:
+            lbf = np.delete(scr - scr[truth], truth)
+            exceed += (lbf[None, :] >= margins[:, None]).sum(axis=1)
+            exceed_biased += (lbf[None, :] + 2.0 >= margins[:, None]).sum(axis=1)
+            pairs += lbf.size
+        if bool(fs.screened) and not bool(jnp.all(fs.exact_mask)):
+            ex = np.asarray(exact(y, IMAGES, _exposure(dose)).log_evidence, np.float64)
+            out = ~np.asarray(fs.exact_mask)
+            out[truth] = False
+            fast_le = np.asarray(fs.log_evidence, np.float64)
+            shortfall.extend((fast_le[out] - fast_le[truth]) - (ex[out] - ex[truth]))
+    freq, freq_biased = exceed / pairs, exceed_biased / pairs
+    se = np.sqrt(np.exp(-margins) / pairs)
+    assert np.all(freq <= np.exp(-margins) + 3 * se), (freq, np.exp(-margins))
+    assert np.any(freq_biased > np.exp(-margins) + 3 * se), (freq_biased, np.exp(-margins))
+    assert len(shortfall) > 50 and np.mean(shortfall) > 0.0
+
+
+def test_screen_margin_and_bound():
+    """``m = log((H - 1) / alpha) - min(0, Occam)`` gives ``(H - 1) e^-(m + Occam) = alpha``."""
+    for h, alpha, occam in [(2, 1e-3, 0.0), (1000, 1e-6, -12.5), (33, 1e-2, 3.0)]:
+        m = float(screen_margin(h, alpha, occam))
+        assert m == pytest.approx(math.log((h - 1) / alpha) - min(0.0, occam), rel=1e-5)
+        assert (h - 1) * math.exp(-(m + min(0.0, occam))) == pytest.approx(alpha, rel=1e-4)
+    # larger libraries and smaller alpha widen the margin
+    assert float(screen_margin(1000, 1e-6, 0.0)) > float(screen_margin(100, 1e-6, 0.0)) > float(screen_margin(100, 1e-3, 0.0))
+
+
+def test_alpha_trades_margin_for_exact_work(rng_key):
+    dose = 30.0
+    y = _frame(rng_key, POISSON, 1, dose)
+    cache = prepare_screen_cache(IMAGES)
+    tight = make_fast_scorer(POISSON, PRIOR, alpha=1e-9, min_exact=1)(y, cache, _exposure(dose))
+    loose = make_fast_scorer(POISSON, PRIOR, alpha=0.5, min_exact=1)(y, cache, _exposure(dose))
+    assert float(tight.margin_nats) > float(loose.margin_nats) + 15.0
+    assert int(tight.n_within_margin) >= int(loose.n_within_margin) >= 1
+    assert float(loose.screen_error_bound) == pytest.approx(0.5, rel=1e-3)
+
+
+def test_cache_raw_images_pickle_and_jit(rng_key):
+    """Prepared cache and raw images give the same score; results and caches pickle; the
+    cache's binned images are block means; a second call reuses the compiled stages."""
+    dose = 100.0
+    y = _frame(rng_key, POISSON, 0, dose)
+    fast = make_fast_scorer(POISSON, PRIOR, bin_factor=2)
+    cache = prepare_screen_cache(IMAGES, bin_factor=2)
+    np.testing.assert_allclose(np.asarray(cache.binned[4, 1, 2]), np.asarray(IMAGES[4, 2:4, 4:6]).mean(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(cache.sums), np.asarray(IMAGES).sum(axis=(1, 2)), rtol=1e-5)
+    a = fast(y, cache, _exposure(dose))
+    b = fast(y, IMAGES, _exposure(dose))
+    np.testing.assert_array_equal(np.asarray(a.log_evidence), np.asarray(b.log_evidence))
+    for obj in (a, cache):
+        back = pickle.loads(pickle.dumps(obj))
+        assert type(back) is type(obj)
+        for x, z in zip(jax.tree.leaves(obj), jax.tree.leaves(back)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(z))
+    assert isinstance(cache, ScreenCache) and cache.bin_factor == 2
+
+
+def test_compiles_once_per_bucket(rng_key):
+    """New frames with the same shapes and buckets reuse the compiled stages (no recompiles)."""
+    from inference import screen as S
+
+    dose = 1e4
+    fast = make_fast_scorer(POISSON, PRIOR)
+    cache = prepare_screen_cache(IMAGES)
+    frames = [_frame(k, POISSON, 9, dose) for k in jax.random.split(rng_key, 4)]
+    fast(frames[0], cache, _exposure(dose))
+    sizes = (S._screen_stage._cache_size(), S._exact_stage._cache_size(), S._merge._cache_size())
+    for y in frames[1:]:
+        fs = fast(y, cache, _exposure(dose))
+        assert int(fs.n_within_margin) <= 16  # the same bucket K = min_exact
+    assert (S._screen_stage._cache_size(), S._exact_stage._cache_size(), S._merge._cache_size()) == sizes
+
+
+def test_fast_scorer_bad_input():
+    fast = make_fast_scorer(POISSON, PRIOR)
+    y = jnp.zeros(GPTS)
+    with pytest.raises(InputError, match=r"bin_factor 3 must divide the frame shape \[32, 32\]"):
+        prepare_screen_cache(IMAGES, bin_factor=3)
+    with pytest.raises(InputError, match=r"bin_factor must be a positive integer"):
+        prepare_screen_cache(IMAGES, bin_factor=0)
+    with pytest.raises(InputError, match="the library is empty"):
+        prepare_screen_cache(jnp.zeros((0, 32, 32)))
+    with pytest.raises(InputError, match=r"images must be \[H, nx, ny\]"):
+        prepare_screen_cache(IMAGES[0])
+    with pytest.raises(InputError, match=r"prepared with bin_factor 2, this scorer uses 4"):
+        fast(y, prepare_screen_cache(IMAGES, bin_factor=2), 1.0)
+    with pytest.raises(InputError, match=r"frame shape \[32, 16\] does not match the cached images \[32, 32\]"):
+        fast(jnp.zeros((32, 16)), IMAGES, 1.0)
+    with pytest.raises(InputError, match=r"exposure .* must be finite and > 0, got -1.0"):
+        fast(y, IMAGES, -1.0)
+    with pytest.raises(InputError, match=r"frame counts must be >= 0 under the poisson noise model"):
+        fast(y.at[0, 0].set(-1.0), IMAGES, 1.0)
+    with pytest.raises(InputError, match=r"shift must be a finite \(shift_x, shift_y\) \[pixels\]"):
+        fast(y, IMAGES, 1.0, shift=(0.1, np.nan))
+    with pytest.raises(InputError, match=r"shift must be a finite \(shift_x, shift_y\) \[pixels\]"):
+        fast(y, IMAGES, 1.0, shift=(0.1, 0.2, 0.3))
+    with pytest.raises(InputError, match=r"alpha .* must be in \(0, 1\), got 0"):
+        make_fast_scorer(POISSON, PRIOR, alpha=0)
+    with pytest.raises(InputError, match=r"min_exact must be >= 1"):
+        make_fast_scorer(POISSON, PRIOR, min_exact=0)
+    with pytest.raises(InputError, match=r"n_newton, n_screen and n_refine must be >= 1"):
+        make_fast_scorer(POISSON, PRIOR, n_refine=0)
