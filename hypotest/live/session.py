@@ -8,7 +8,8 @@ Two threads share one session:
   recorded as they come. A source that raises is recorded as disconnected and polled again.
 - **loop** takes everything queued: preprocess (validation, dose normalisation, drift
   registration against the current best hypothesis) -> score the surviving hypotheses
-  (:func:`inference.evidence.make_laplace_scorer`: shift, scale and background marginalised) ->
+  (:mod:`hypotest.live.scoring`: shift, scale and background marginalised per hypothesis, or,
+  for large libraries, a registered frame scored by a binned screen plus exact survivors) ->
   posterior and change points (:class:`hypotest.live.tracking.SegmentTracker`) -> rejections
   and returns -> proposals by expected information gain per electron
   (:func:`inference.design.rank_conditions`) -> apply (automatically, or when the operator
@@ -46,9 +47,10 @@ from hypotest.beamfile import parse_beam
 from hypotest.live.events import BadMessage, FrameSource, RawFrame, StreamEvent
 from hypotest.live.model import beam_key
 from hypotest.live.record import SessionWriter
+from hypotest.live.scoring import make_step_scorer, register_shift
 from hypotest.live.tracking import SegmentTracker
 from inference import make_nuisance_prior, noise_from_detector, rank_conditions
-from inference.evidence import fourier_shift, make_laplace_scorer
+from inference.evidence import fourier_shift
 from inference.noise import _check_counts
 
 __all__ = ["LiveSession", "STAGES"]
@@ -67,31 +69,6 @@ class _Pending:
     label: str
     t_source: float
     t_received: float
-
-
-def register_shift(frame: np.ndarray, image: np.ndarray) -> tuple[float, float]:
-    """Drift [pixels] of ``frame`` against ``image`` by phase correlation (Kuglin & Hines, Proc.
-    IEEE Conf. Cybernetics and Society (1975) 163), sub-pixel by a parabola through the peak and
-    its neighbours. Positive = the frame's content sits at larger x/y than the image's."""
-    f = np.fft.fft2(frame - frame.mean())
-    g = np.fft.fft2(image - image.mean())
-    r = f * np.conj(g)
-    r /= np.maximum(np.abs(r), 1e-12)
-    c = np.fft.ifft2(r).real
-    i, j = np.unravel_index(int(np.argmax(c)), c.shape)
-    out = []
-    for axis, k in ((0, i), (1, j)):
-        n = c.shape[axis]
-        idx = [i, j]
-        idx[axis] = (k - 1) % n
-        cm = c[tuple(idx)]
-        idx[axis] = (k + 1) % n
-        cp = c[tuple(idx)]
-        denom = cm - 2 * c[i, j] + cp
-        d = 0.5 * (cm - cp) / denom if denom != 0 else 0.0
-        s = k + d
-        out.append(float(s - n if s > n / 2 else s))
-    return (out[0], out[1])
 
 
 class LiveSession:
@@ -119,7 +96,7 @@ class LiveSession:
                  config: dict | None = None, rule_threshold: float = 1e-3, target: float = 0.99,
                  auto_apply: bool = True, stop_on_decision: bool = True, max_steps: int | None = None,
                  expected_run_length: float = 200.0, fsync: bool = False, resume: bool = False,
-                 log: Callable[[str], None] | None = None, seed: int = 0):  # fmt: skip
+                 log: Callable[[str], None] | None = None, seed: int = 0, scorer: str = "laplace"):  # fmt: skip
         if not hypotheses:
             raise InputError("the library is empty: the session needs at least one hypothesis")
         if not 0 < rule_threshold < 1:
@@ -138,7 +115,8 @@ class LiveSession:
         parsed = parse_beam(self._beam, where="initial beam")
         self.noise = noise_from_detector(parsed.beam.detector)
         self._nprior = make_nuisance_prior()
-        self._scorer = make_laplace_scorer(self.noise, self._nprior)
+        self.scorer_kind = scorer
+        self._score = make_step_scorer(scorer, self.noise, self._nprior, tuple(model.frame_shape))
         self.rule_threshold = float(rule_threshold)
         self.target = float(target)
         self.auto_apply = bool(auto_apply)
@@ -152,7 +130,7 @@ class LiveSession:
             "hypotheses": [{"id": h.id, "name": h.name, "family": h.family, "prior": float(h.prior)} for h in self.hyps],
             "candidate_beams": [{"label": lbl, "beam": b} for lbl, b in self.candidates],
             "beam": self._beam, "rule": f"Bayes factor vs best < {self.rule_threshold:g}", "rule_threshold": self.rule_threshold,
-            "target": self.target, "noise": {"kind": self.noise.kind}, "expected_run_length": expected_run_length,
+            "target": self.target, "noise": {"kind": self.noise.kind}, "scorer": scorer, "expected_run_length": expected_run_length,
             "created": time.time(), "seed": self._seed, **(config or {}),
         }  # fmt: skip
         self.config = cfg
@@ -220,7 +198,8 @@ class LiveSession:
         active = self._active()
         imgs = self.model.images(self._beam)[active]
         exposure = float(self._beam["dose"]) * pixel_area(self.model.pixel_sampling)
-        self._scorer(np.asarray(imgs[0] * exposure, np.float32), imgs, exposure)
+        self._score(np.asarray(imgs[0] * exposure, np.float32), imgs, exposure, (0.0, 0.0),
+                    cache_key=(beam_key(self._beam), tuple(active.tolist())))
         self._propose(0, self.tracker.view(), active)
         return time.perf_counter() - t
 
@@ -442,8 +421,8 @@ class LiveSession:
         dose_ratio = float(np.mean(counts)) / mean_expected if mean_expected > 0 else float("nan")
         t1 = time.perf_counter()
 
-        ev = self._scorer(counts, images, exposure)
-        le_active = np.asarray(ev.log_evidence, dtype=np.float64)
+        ev = self._score(counts, images, exposure, drift, cache_key=(key, tuple(active.tolist())))
+        le_active = ev.log_evidence
         t2 = time.perf_counter()
 
         le = np.full(len(self.hyps), -np.inf)
@@ -482,7 +461,7 @@ class LiveSession:
             coalesced=n - 1, beam_label=group[0][0].label, beam=beam, dose_e_per_A2=dose, ids=ids,
             log_evidence=le.tolist(), posterior=post.tolist(), log10_bayes_factor=l10.tolist(),
             rejected={ids[i]: r for i, r in sorted(self._rejected.items())}, proposals=proposals, fit=fit,
-            drift_px=list(drift), dose_ratio=dose_ratio, segment_start=view["segment_start"],
+            drift_px=list(drift), screen_error_bound=ev.screen_error_bound, dose_ratio=dose_ratio, segment_start=view["segment_start"],
             change_point=bool(view["change_point"]), map_state=ids[best], latency_s=lat,
         )  # fmt: skip
         with self._lock:
@@ -807,7 +786,7 @@ class LiveSession:
             counts = np.sum([rec.frame(j).astype(np.float32) for j in e["frames"]], axis=0)
             exposure = e["dose_e_per_A2"] * pixel_area(self.model.pixel_sampling)
             img = self.model.images(e["beam"])[i : i + 1]
-            out.append(float(np.asarray(self._scorer(counts, img, exposure).log_evidence)[0]))
+            out.append(float(self._score(counts, img, exposure, tuple(e["drift_px"])).log_evidence[0]))
         return out
 
     def drop_hypothesis(self, hypothesis_id: str) -> dict:

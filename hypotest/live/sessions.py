@@ -88,7 +88,8 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
                       auto_apply: bool = True, max_frames: int | None = 200, stop_on_decision: bool = True,
                       hidden: int | list[int] | None = None, schedule=(), switch_rate_hz: float = 0.0,
                       dose: float | None = None, exit_waves=None, expected_run_length: float = 200.0,
-                      log: Callable[[str], None] | None = None, start_beam: int = 2) -> LiveSession:  # fmt: skip
+                      log: Callable[[str], None] | None = None, start_beam: int = 2,
+                      scorer: str = "laplace") -> LiveSession:  # fmt: skip
     """The embedded default: built-in ``library``, a simulated microscope hiding ``hidden`` (by
     default one hypothesis chosen by ``seed``; a list = metastable states, switching by
     ``schedule`` or ``switch_rate_hz``), frames at ``frame_rate_hz`` (None: as fast as scored).
@@ -127,7 +128,7 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
         out, hypotheses=hyps, model=model, source=source, candidate_beams=candidates, beam=candidates[start_beam][1],
         config={"library": library, "model": model.settings, "source": source_cfg, "dose": dose},
         auto_apply=auto_apply, stop_on_decision=stop_on_decision, expected_run_length=expected_run_length,
-        log=log, seed=seed,
+        log=log, seed=seed, scorer=scorer,
     )  # fmt: skip
 
 
@@ -225,6 +226,7 @@ def resume_session(directory, *, source=None, log: Callable[[str], None] | None 
         candidate_beams=[(c["label"], c["beam"]) for c in cfg["candidate_beams"]], beam=cfg["beam"],
         rule_threshold=cfg["rule_threshold"], target=cfg["target"], auto_apply=True, stop_on_decision=stop_on_decision,
         expected_run_length=cfg["expected_run_length"], resume=True, log=log, seed=cfg.get("seed", 0),
+        scorer=cfg.get("scorer", "laplace"),
     )  # fmt: skip
     session.config = cfg
     session.restore(rec)
@@ -253,13 +255,13 @@ def replay_record(directory, log: Callable[[str], None] | None = None) -> Replay
     from hypotest.live.record import load_record
     from hypotest.live.tracking import SegmentTracker
     from inference import make_nuisance_prior, noise_from_detector
-    from inference.evidence import make_laplace_scorer
+    from hypotest.live.scoring import make_step_scorer, register_shift
 
     rec = load_record(directory)
     hyps, model = _session_hypotheses(rec)
     n_lib = len(rec.config["hypotheses"])
     noise = noise_from_detector(parse_beam(rec.config["beam"]).beam.detector)
-    scorer = make_laplace_scorer(noise, make_nuisance_prior())
+    scorer = make_step_scorer(rec.config.get("scorer", "laplace"), noise, make_nuisance_prior(), model.frame_shape)
     tracker = SegmentTracker(np.log([float(h.prior) for h in hyps[:n_lib]]),
                              expected_run_length=rec.config["expected_run_length"])  # fmt: skip
     col = {h.id: i for i, h in enumerate(hyps)}
@@ -276,7 +278,7 @@ def replay_record(directory, log: Callable[[str], None] | None = None) -> Replay
                 counts = np.sum([rec.frame(j).astype(np.float32) for j in old["frames"]], axis=0)
                 img = model.images(old["beam"])[n_active : n_active + 1]
                 ex = old["dose_e_per_A2"] * pixel_area(model.pixel_sampling)
-                past.append(float(np.asarray(scorer(counts, img, ex).log_evidence)[0]))
+                past.append(float(scorer(counts, img, ex, tuple(old["drift_px"])).log_evidence[0]))
             tracker.add(np.log(e["prior"]) - np.log(max(h.prior for h in hyps[:n_lib])) + float(tracker._lp.max()), past)
             n_active += 1
         while dropped and dropped[0]["step"] <= st["step"]:
@@ -284,7 +286,8 @@ def replay_record(directory, log: Callable[[str], None] | None = None) -> Replay
         counts = np.sum([rec.frame(j).astype(np.float32) for j in st["frames"]], axis=0)
         active = np.asarray([col[h] for h, v in zip(st["ids"], st["log_evidence"]) if v is not None], dtype=int)
         exposure = st["dose_e_per_A2"] * pixel_area(model.pixel_sampling)
-        ev = scorer(counts, model.images(st["beam"])[active], exposure)
+        drift = register_shift(counts, model.images(st["beam"])[int(tracker.view()["best"])])
+        ev = scorer(counts, model.images(st["beam"])[active], exposure, drift)
         le = np.full(len(st["ids"]), -np.inf)
         le[active] = np.asarray(ev.log_evidence, dtype=np.float64)
         view = tracker.update(le)

@@ -46,19 +46,24 @@ def test_info_starts_ray_on_loopback(capsys):
 
 @pytest.mark.ray
 def test_demo_identifies_the_hidden_structure_and_records_every_frame(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--seed", "0"]) == 0
+    from hypotest.live.record import load_record
+
+    assert main(["demo", "--out", str(tmp_path), "--seed", "0", "--port", "0"]) == 0
     record = json.loads((tmp_path / "demo.json").read_text())
     summary = record["summary"]
     assert summary["correct"] is True and summary["posterior_of_decision"] >= 0.99
-    assert summary["dose_used_e_per_A2"] == summary["frames"] * 40.0
     assert record["stages"]["presimulation"]["ray_address"].startswith("127.0.0.1:")
     assert record["stages"]["presimulation"]["workers"] == 2
-    lines = [json.loads(x) for x in (tmp_path / "record.jsonl").read_text().splitlines()]
-    assert [x["frame_id"] for x in lines] == list(range(summary["frames"]))
-    for x in lines:
-        assert abs(sum(x["posterior"]) - 1.0) < 1e-4
-    assert max(lines[-1]["posterior"]) >= 0.99
+    rec = load_record(tmp_path)
+    assert summary["dose_used_e_per_A2"] == pytest.approx(sum(s["dose_e_per_A2"] for s in rec.steps))
+    # every frame received has exactly one fate; the decision was on the hidden structure
+    assert [f["index"] for f in rec.frames] == list(range(summary["frames_received"]))
+    assert all(f["fate"] in ("scored", "coalesced", "unscored") for f in rec.frames)
+    assert sum(len(s["frames"]) for s in rec.steps) == summary["frames"]["scored"] + summary["frames"]["coalesced"]
+    for s in rec.steps:
+        assert abs(sum(p for p in s["posterior"] if p is not None) - 1.0) < 1e-6
+    assert rec.decision["id"] == rec.truth["frames"][-1]["id"]
     # every rejection carries its reason (Bayes factor, frames, dose)
     assert all("Bayes factor" in r and "e-/Å²" in r for r in summary["rejected"].values())
     out = capsys.readouterr().out
-    assert "identified:" in out and "correct" in out
+    assert "identified:" in out and "correct" in out and "dashboard: http://127.0.0.1:" in out

@@ -65,6 +65,37 @@ def test_session_identifies_hidden_structure_and_replays(tmp_path, mos2_waves):
     assert rep.max_abs_posterior_diff <= 1e-6
 
 
+def test_fast_scorer_session_identifies_and_replays(tmp_path, mos2_waves):
+    """The registered-frame screen + exact scorer (large libraries) reaches the same decision,
+    never locks onto a lattice translation (a defect on another site), and replays exactly."""
+    s = make_demo_session(tmp_path / "f", seed=4, dose=200.0, exit_waves=mos2_waves, max_frames=40, scorer="fast")
+    st = s.run_sync()
+    truth = s.source.reveal()[-1]
+    assert st["decision"] is not None and st["decision"]["id"] == truth["id"]
+    rec = load_record(tmp_path / "f")
+    assert rec.config["scorer"] == "fast"
+    assert all(max(abs(v) for v in x["drift_px"]) <= 3.0 for x in rec.steps)
+    assert all(0.0 <= x["screen_error_bound"] <= 1e-6 for x in rec.steps)
+    assert replay_record(tmp_path / "f").ok
+
+
+def test_registration_recovers_a_small_drift_and_ignores_lattice_translations():
+    from hypotest.live.scoring import register_shift
+    from inference.evidence import fourier_shift
+
+    rng = np.random.default_rng(0)
+    x = np.arange(64)[:, None] * 2 * np.pi / 16  # a "lattice": period 16 pixels in x and y
+    y = np.arange(72)[None, :] * 2 * np.pi / 18
+    img = (2.0 + np.cos(x) * np.cos(y)).astype(np.float32)
+    img[20, 30] += 3.0  # a defect
+    frame = np.asarray(fourier_shift(img, np.array([1.3, -0.6], np.float32)))
+    sx, sy = register_shift(rng.poisson(frame * 50.0).astype(np.float32), img)
+    assert abs(sx - 1.3) < 0.25 and abs(sy + 0.6) < 0.25
+    moved = np.roll(img, (16, 0), axis=(0, 1))  # a whole lattice period: outside the drift window
+    sx, sy = register_shift(moved, img, max_drift_px=3.0)
+    assert abs(sx) <= 3.0 and abs(sy) <= 3.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("library", ["pt111_adsorbates", "srtio3_vacancy"])
 def test_each_builtin_library_is_identified(tmp_path, library):
