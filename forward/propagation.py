@@ -117,6 +117,16 @@ def multislice(wave, transmissions, propagator, checkpoint: bool = False) -> jnp
     return psi
 
 
+def _wave_setup(wave, grid: Grid | None):
+    """The wave as complex64, its leading batch shape as ones, its (nx, ny), the grid (square
+    pixels when None) and the 2/3 antialias mask of that grid."""
+    psi = jnp.asarray(wave).astype(jnp.complex64)
+    nx, ny = psi.shape[-2:]
+    if grid is None:
+        grid = Grid(gpts=(nx, ny), sampling=(1.0, 1.0))
+    return psi, (1,) * (psi.ndim - 2), (nx, ny), grid, antialias_mask(grid)
+
+
 def multislice_potential(
     wave, potential_slices, energy, propagator, *, grid: Grid | None = None, checkpoint: bool = False
 ) -> jnp.ndarray:
@@ -135,12 +145,7 @@ def multislice_potential(
         grid: grid of the slices for the antialias aperture (``None``: square pixels).
         checkpoint: ``jax.checkpoint`` each slice.
     """
-    psi = jnp.asarray(wave).astype(jnp.complex64)
-    lead = (1,) * (psi.ndim - 2)
-    nx, ny = psi.shape[-2:]
-    if grid is None:
-        grid = Grid(gpts=(nx, ny), sampling=(1.0, 1.0))
-    mask = antialias_mask(grid)
+    psi, lead, (nx, ny), grid, mask = _wave_setup(wave, grid)
     prop = jnp.asarray(propagator).astype(jnp.complex64).reshape(lead + (nx, ny))
     sigma = interaction_parameter(jnp.asarray(energy, dtype=jnp.float32))
 
@@ -189,12 +194,7 @@ def multislice_to_depth(
         tilt: beam tilt ``(tx, ty)`` [mrad].
         grid: grid of the slices (``None``: square pixels); checkpoint: ``jax.checkpoint`` each slice.
     """
-    psi = jnp.asarray(wave).astype(jnp.complex64)
-    lead = (1,) * (psi.ndim - 2)
-    nx, ny = psi.shape[-2:]
-    if grid is None:
-        grid = Grid(gpts=(nx, ny), sampling=(1.0, 1.0))
-    mask = antialias_mask(grid)
+    psi, lead, (nx, ny), grid, mask = _wave_setup(wave, grid)
     V = jnp.asarray(potential_slices, dtype=jnp.float32)
     # Phase of the propagator over one whole slice; a fraction w of the slice is w times it.
     kx, ky = spatial_frequencies(grid)

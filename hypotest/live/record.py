@@ -191,8 +191,9 @@ class SessionData:
         return np.frombuffer(data, dtype=np.dtype(fl["dtype"])).reshape(fl["shape"])
 
     def unscored_frames(self) -> list[int]:
-        """Frames received whose fate is not recorded (in flight when the process stopped)."""
-        return [f["index"] for f in self.frames if f["fate"] is None]
+        """Frames received but not scored: in flight when the process died (no fate) or left
+        queued when the session stopped ("unscored"); a resumed session scores them first."""
+        return [f["index"] for f in self.frames if f["fate"] in (None, "unscored")]
 
     @property
     def decision(self) -> dict | None:

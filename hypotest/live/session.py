@@ -365,11 +365,15 @@ class LiveSession:
                         self._pending.extendleft(reversed(rest))
                 if self._finished():
                     break
-        except Exception as exc:  # recorded, never swallowed silently
+        except Exception as exc:  # the scoring loop died: recorded with the traceback, never silent
+            import traceback
+
             self.state = "failed"
             self.error = f"{type(exc).__name__}: {exc}"
-            self.writer.append("stream", t=time.time(), event="failed", detail=self.error)
-            raise
+            self.writer.append("failed", t=time.time(), error=self.error, traceback=traceback.format_exc(),
+                               hint=f"frames received but not scored stay in the record; resume with "
+                                    f"`hypotest session resume {self.dir}`")  # fmt: skip
+            self._log(f"the scoring loop failed: {self.error}; resume with `hypotest session resume {self.dir}`")
         finally:
             if self.state == "running":
                 self.state = "decided" if self.decision else "stopped"
@@ -604,8 +608,8 @@ class LiveSession:
         if self.decision is None and rec.decision is not None and rec.steps and self.stop_on_decision:
             self.decision = {k: v for k, v in rec.decision.items() if k != "kind"}
         queued = 0
-        for f in rec.frames:
-            if f["fate"] is None:
+        for f in rec.frames:  # in flight at a crash (no fate), or left queued at a stop
+            if f["fate"] in (None, "unscored"):
                 fl = rec.frame_lines[f["index"]]
                 self._pending.append(_Pending(f["index"], fl["source_id"], rec.frame(f["index"]), fl["beam"],
                                               fl["beam_label"], fl["t_source"], fl["t_received"]))  # fmt: skip

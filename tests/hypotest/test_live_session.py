@@ -351,3 +351,42 @@ def test_zeromq_stream_at_a_high_rate_every_frame_scored_or_coalesced(tmp_path, 
     assert st_["frames"]["scored"] + st_["frames"]["coalesced"] == 400
     assert sum(len(x["frames"]) for x in rec.steps) == 400
     assert st_["frames"]["coalesced"] > 0  # 400 frames arrive far faster than scoring
+
+
+def test_scoring_loop_killed_mid_session_then_resumed_loses_nothing(tmp_path, mos2_waves):
+    """The scoring loop dies on its 4th step (a crashed scorer): the session says so, every frame
+    received is still in the record, and a resumed session scores the ones left in flight."""
+    s = make_demo_session(tmp_path / "w", seed=3, dose=40.0, exit_waves=mos2_waves, frame_rate_hz=20.0,
+                          max_frames=30, stop_on_decision=False, auto_apply=False)  # fmt: skip
+    real, calls = s._score, []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:  # the warm-up call, then steps 0..2 succeed
+            raise RuntimeError("scoring worker killed")
+        return real(*a, **k)
+
+    s._score = dying
+    s.start(warm_up=True)
+    assert s.wait(120)
+    time.sleep(0.5)  # the ingest thread keeps recording frames after the loop died
+    st = s.status()
+    s.stop()
+    assert st["state"] == "failed" and "scoring worker killed" in st["error"]
+    rec = load_record(tmp_path / "w")
+    failed = [e for e in rec.events if e["kind"] == "failed"]
+    assert failed and "RuntimeError: scoring worker killed" in failed[0]["error"] and "resume" in failed[0]["hint"]
+    assert len(rec.steps) == 3
+    n = len(rec.frames)
+    in_flight = [f["index"] for f in rec.frames if f["fate"] is None]  # the batch the loop died on
+    queued = [f["index"] for f in rec.frames if f["fate"] == "unscored"]  # received after it died
+    assert n > 5 and in_flight and queued and len(in_flight) + len(queued) + 3 <= n
+    assert sorted(rec.unscored_frames()) == sorted(in_flight + queued)
+    # resume: every frame not scored before the crash is scored first, then the microscope goes on
+    s2 = resume_session(tmp_path / "w", stop_on_decision=False)
+    s2.source.max_frames = 2
+    s2.run_sync()
+    after = load_record(tmp_path / "w")
+    assert [x["step"] for x in after.steps] == list(range(len(after.steps)))
+    assert all(after.frames[i]["fate"] in ("scored", "coalesced") for i in range(n)), "a frame was lost"
+    assert replay_record(tmp_path / "w").ok
