@@ -390,3 +390,30 @@ def test_scoring_loop_killed_mid_session_then_resumed_loses_nothing(tmp_path, mo
     assert [x["step"] for x in after.steps] == list(range(len(after.steps)))
     assert all(after.frames[i]["fate"] in ("scored", "coalesced") for i in range(n)), "a frame was lost"
     assert replay_record(tmp_path / "w").ok
+
+
+def test_hypotest_live_cli_on_a_replayed_file(tmp_path, mos2_waves, capsys):
+    """`hypotest live --library LIB --source FILE --beam BEAM.json`: frames replayed from a file
+    with the built-in library file, until the file ends; the record says what happened."""
+    from hypotest.live.sessions import demo_beams
+
+    st = LIBRARY_SETTINGS["mos2_defects"]
+    hyps = load_builtin_hypotheses("mos2_defects")
+    model = HRTEMImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
+    beam = demo_beams(st, model.pixel_sampling, 200.0)[2][1]
+    lam = model.images(beam)[6] * 200.0 * np.prod(model.pixel_sampling)
+    np.save(tmp_path / "frames.npy", np.random.default_rng(5).poisson(lam, (6, *lam.shape)).astype(np.uint16))
+    (tmp_path / "beam.json").write_text(json.dumps(beam))
+    out = tmp_path / "live"
+    rc = main(["live", "--library", "mos2_defects", "--source", str(tmp_path / "frames.npy"), "--beam",
+               str(tmp_path / "beam.json"), "--out", str(out), "--no-dashboard", "--no-auto-apply"])  # fmt: skip
+    assert rc == 0
+    rec = load_record(out)
+    assert len(rec.frames) == 6 and {f["fate"] for f in rec.frames} <= {"scored", "coalesced"}
+    assert rec.config["source"]["kind"] == "replay"
+    assert rec.ids[int(np.nanargmax(rec.posterior[-1]))] == hyps[6].id
+    assert "stopped:" in capsys.readouterr().out
+    # a second run into the same directory is refused (the record is never overwritten)
+    assert main(["live", "--library", "mos2_defects", "--source", str(tmp_path / "frames.npy"), "--beam",
+                 str(tmp_path / "beam.json"), "--out", str(out), "--no-dashboard"]) == 2  # fmt: skip
+    assert "already holds a session record" in capsys.readouterr().err
