@@ -102,7 +102,10 @@ def serve(view: SessionView, *, host: str = "127.0.0.1", port: int = 0, token: s
             f"cannot listen on {host}:{port} ({exc.strerror}); choose another port or port=0 for a free one"
         ) from None
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="websockets-sansio", ws_ping_interval=20.0)
+    # log_config=None: an embedded server must not reconfigure the process's logging (uvicorn's
+    # dictConfig closes every existing handler, including those of the host program).
+    config = uvicorn.Config(app, log_level="warning", log_config=None, lifespan="off", ws="websockets-sansio",
+                            ws_ping_interval=20.0)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"dashboard:{bound_port}", daemon=True)
     thread.start()
