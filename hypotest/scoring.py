@@ -26,7 +26,7 @@ from forward.constants import scherzer_defocus
 from hypotest.beamfile import BeamFile
 from inference import ScoreResult, noise_from_detector, rank_conditions, score_frames
 
-__all__ = ["ScoringInput", "load_hypotheses_for_scoring", "read_frames", "run_score", "CELL_RTOL"]
+__all__ = ["ScoringInput", "library_file_entries", "load_hypotheses_for_scoring", "read_frames", "run_score", "CELL_RTOL"]
 
 #: Relative tolerance for "the frame spans the cell" and "the hypotheses share a cell".
 CELL_RTOL = 2e-3
@@ -40,16 +40,22 @@ class ScoringInput:
     priors: np.ndarray
 
 
+def library_file_entries(p: Path) -> list:
+    """Every entry of a library file (:mod:`library.format`); an empty library is an error."""
+    from library.format import open_library
+
+    with open_library(p) as f:
+        entries = f.entries()
+    if not entries:
+        raise InputError(f"{p}: the library is empty; add hypotheses with `hypotest library add`")
+    return entries
+
+
 def load_hypotheses_for_scoring(lib: str) -> ScoringInput:
     """Hypotheses from a library file or a directory/glob of structure files (id = file stem)."""
     p = Path(lib)
     if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"):
-        from library.format import open_library
-
-        with open_library(p) as f:
-            entries = f.entries()
-        if not entries:
-            raise InputError(f"{p}: the library is empty; add hypotheses with `hypotest library add`")
+        entries = library_file_entries(p)
         return ScoringInput(
             ids=tuple(e.id for e in entries),
             names=tuple(e.name for e in entries),

@@ -138,12 +138,9 @@ def load_hypotheses(library: str) -> list[Hypothesis]:
         return load_builtin_hypotheses(library)
     p = Path(library)
     if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"):
-        from library.format import open_library
+        from hypotest.scoring import library_file_entries
 
-        with open_library(p) as f:
-            entries = f.entries()
-        if not entries:
-            raise InputError(f"{p}: the library is empty; add hypotheses with `hypotest library add`")
+        entries = library_file_entries(p)
         return [make_hypothesis(e.specimen, name=e.name, family=e.family, prior=float(e.prior), provenance=e.provenance)
                 for e in entries]  # fmt: skip
     raise InputError(
