@@ -46,11 +46,11 @@ from forward.noise import pixel_area
 from hypotest.beamfile import parse_beam
 from hypotest.live.events import BadMessage, FrameSource, RawFrame, StreamEvent
 from hypotest.live.model import beam_key
+from hypotest.live.queries import SessionQueries
 from hypotest.live.record import SessionWriter
 from hypotest.live.scoring import make_step_scorer, register_shift
 from hypotest.live.tracking import SegmentTracker
 from inference import make_nuisance_prior, noise_from_detector, rank_conditions
-from inference.evidence import fourier_shift
 from inference.noise import _check_counts
 
 __all__ = ["LiveSession", "STAGES"]
@@ -71,7 +71,7 @@ class _Pending:
     t_received: float
 
 
-class LiveSession:
+class LiveSession(SessionQueries):
     """A running session (module docstring). Use :func:`hypotest.live.sessions.make_demo_session`
     or ``hypotest live`` to build one.
 
@@ -617,88 +617,7 @@ class LiveSession:
         self.writer.append("resumed", t=time.time(), steps=self._step, frames=self._next_index, requeued=queued)
         return queued
 
-    # ---------------------------------------------------------------- SessionView
-    def status(self) -> dict:
-        with self._lock:
-            now = time.monotonic()
-            recent = [t for t in self._received_times if now - t <= 10.0]
-            rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
-            lat = {s: ({"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))} if v else None)
-                   for s, v in self._latency.items()}  # fmt: skip
-            return {
-                "state": self.state, "session_dir": str(self.dir), "library": self.config.get("library", ""),
-                "source": getattr(self.source, "name", type(self.source).__name__), "connection": self.connection,
-                "frames": dict(self.counters), "frame_rate_hz": rate, "latency_s": lat,
-                "beam": dict(self._beam), "beam_label": self._beam_label, "dose_used_e_per_A2": self._dose_used,
-                "decision": None if self.decision is None else dict(self.decision), "auto_apply": self.auto_apply,
-                "step": self._step, "error": self.error,
-            }  # fmt: skip
-
-    def _index(self, hypothesis_id: str) -> int:
-        for i, h in enumerate(self.hyps):
-            if h.id == hypothesis_id:
-                return i
-        raise InputError(f"unknown hypothesis id {hypothesis_id!r}; GET /api/hypotheses lists the ids")
-
-    def hypotheses(self) -> list[dict]:
-        with self._lock:
-            v = self.tracker.view()
-            out = []
-            for i, h in enumerate(self.hyps):
-                state = "dropped" if i in self._dropped else ("rejected" if i in self._rejected else "surviving")
-                l10 = float(v["log10_bayes_factor"][i])
-                out.append({
-                    "id": h.id, "name": h.name, "family": h.family, "prior": float(h.prior),
-                    "posterior": float(v["posterior"][i]), "log10_bayes_factor": l10 if math.isfinite(l10) else None,
-                    "rejected": i in self._rejected, "reason": self._rejected.get(i, ""), "dropped": i in self._dropped,
-                    "state": state,
-                })  # fmt: skip
-            return out
-
-    def hypothesis(self, hypothesis_id: str) -> dict:
-        i = self._index(hypothesis_id)
-        h = self.hyps[i]
-        d = next(x for x in self.hypotheses() if x["id"] == hypothesis_id)
-        with self._lock:
-            refinement = None
-            if self._latest is not None and i in self._latest["active"]:
-                ev = self._latest["ev"]
-                k = int(np.flatnonzero(self._latest["active"] == i)[0])
-                sx, sy = (float(v) for v in np.asarray(ev.shift[k]))
-                ssx, ssy = (float(v) for v in np.asarray(ev.shift_sd[k]))
-                refinement = {
-                    "method": "Laplace around the MAP of the latest step (shift, scale, background)",
-                    "frames": len(self._history[-1]["frames"]),
-                    "parameters": {
-                        "scale": {"value": float(ev.scale[k]), "sd": float(ev.scale_sd[k]), "unit": ""},
-                        "background": {"value": float(ev.background[k]), "sd": float(ev.background_sd[k]), "unit": "intensity"},
-                        "shift_x": {"value": sx, "sd": ssx, "unit": "px"},
-                        "shift_y": {"value": sy, "sd": ssy, "unit": "px"},
-                    },
-                }  # fmt: skip
-            return {**d, "n_atoms": int(h.specimen.n_atoms), "provenance": dataclasses.asdict(h.provenance),
-                    "refinement": refinement, "rejections": list(self._rejection_log.get(i, []))}  # fmt: skip
-
-    def history(self) -> dict:
-        with self._lock:
-            ids = [h.id for h in self.hyps]
-            col = {h: k for k, h in enumerate(ids)}
-            post = []
-            for e in self._history:
-                row = [None] * len(ids)
-                for h, p in zip(e["ids"], e["posterior"]):
-                    row[col[h]] = p
-                post.append(row)
-            cps = [e["segment_start"] for e in self._history if e.get("change_point")]
-            return {"steps": [e["step"] for e in self._history], "frame_ids": [e["source_ids"] for e in self._history],
-                    "ids": ids, "names": [h.name for h in self.hyps], "posterior": post,
-                    "map_state": [e["map_state"] for e in self._history], "change_points": cps,
-                    "beams": [e["beam_label"] for e in self._history]}  # fmt: skip
-
-    def proposals(self) -> list[dict]:
-        with self._lock:
-            return list(self._proposals)
-
+    # ---------------------------------------------------------------- SessionView (control)
     def apply_proposal(self, index: int) -> dict:
         with self._lock:
             props = list(self._proposals)
@@ -723,33 +642,6 @@ class LiveSession:
             self.auto_apply = bool(on)
         self.writer.append("auto_apply", t=time.time(), on=bool(on))
         return self.status()
-
-    def latest_frame(self) -> np.ndarray | None:
-        with self._lock:
-            return None if self._latest is None else np.array(self._latest["counts"])
-
-    def simulated_image(self, hypothesis_id: str) -> np.ndarray:
-        i = self._index(hypothesis_id)
-        with self._lock:
-            latest = self._latest
-            beam = dict(self._beam) if latest is None else latest["beam"]
-        img = self.model.images(beam)[i]
-        if latest is None or i not in latest["active"]:
-            bc = parse_beam(beam).beam
-            return img * float(bc.dose) * pixel_area(self.model.pixel_sampling)
-        ev = latest["ev"]
-        k = int(np.flatnonzero(latest["active"] == i)[0])
-        shifted = np.asarray(fourier_shift(img, np.asarray(ev.shift[k])))
-        return latest["exposure"] * (float(ev.scale[k]) * shifted + float(ev.background[k]))
-
-    def residual(self) -> np.ndarray | None:
-        with self._lock:
-            if self._latest is None:
-                return None
-            counts = self._latest["counts"]
-            best = self.hyps[int(self.tracker.view()["best"])].id
-        mu = self.simulated_image(best)
-        return (counts - mu) / np.sqrt(np.maximum(mu, 1e-3))
 
     def add_hypothesis(self, structure: dict) -> dict:
         from hypotest.hypothesis import make_hypothesis

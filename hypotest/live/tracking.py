@@ -134,8 +134,3 @@ class SegmentTracker:
 
     def drop(self, index: int) -> None:
         self._active[index] = False
-
-    def restore_steps(self, rows, log_run=None, segment_start: int | None = None) -> None:
-        """Rebuild from recorded per-step log evidence (a resumed session): replays :meth:`update`."""
-        for row in rows:
-            self.update(row)
