@@ -38,6 +38,7 @@ resumed session scores it, so nothing received is lost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -138,11 +139,11 @@ class SessionWriter:
     def close(self) -> None:
         with self._lock:
             for fd in (self._rec, self._bin):
-                try:
+                if fd < 0:  # already closed
+                    continue
+                with contextlib.suppress(OSError):  # a full or read-only disk must not keep the fd open
                     os.fsync(fd)
-                    os.close(fd)
-                except OSError:
-                    pass
+                os.close(fd)
             self._rec = self._bin = -1
 
 
@@ -217,16 +218,13 @@ def load_record(directory) -> SessionData:
     lines, truncated = [], None
     text = (d / "record.jsonl").read_text() if (d / "record.jsonl").exists() else ""
     raw = text.split("\n")
-    for k, ln in enumerate(raw):
+    for ln in raw:
         if not ln.strip():
             continue
         try:
             lines.append(json.loads(ln))
         except json.JSONDecodeError:
-            if k >= len(raw) - 2 or not any(x.strip() for x in raw[k + 1 :]):
-                truncated = ln  # the writer was killed mid-line
-                continue
-            # a line cut by a crash, followed by lines of the resumed session
+            # a line cut by a crash: the last line, or followed by the lines of a resumed session
             truncated = ln
     steps, rejections, events, frame_lines = [], [], [], []
     fate: dict[int, dict] = {}

@@ -264,8 +264,7 @@ class LiveSession(SessionQueries):
                     self._proposals = self._propose(*req)
                     self._latency["propose"].append(time.perf_counter() - t)
                     self.writer.append("proposals", t=time.time(), step=req[0], proposals=self._proposals)
-                    if self.auto_apply and self._proposals and beam_key(self._proposals[0]["beam"]) != beam_key(self._beam):
-                        self._set_beam(self._proposals[0]["beam"], self._proposals[0]["label"], by="auto")
+                    self._auto_apply(self._proposals)
         finally:
             if self.state == "running":
                 self.state = "decided" if self.decision else "stopped"
@@ -513,10 +512,12 @@ class LiveSession(SessionQueries):
                 self._latency["propose"].append(seconds)
             self.writer.append("proposals", t=time.time(), step=step, seconds=seconds, proposals=proposals)
             self._publish({"type": "proposals", "step": step})
-            if self.auto_apply and proposals:
-                top = proposals[0]
-                if beam_key(top["beam"]) != beam_key(self._beam):
-                    self._set_beam(top["beam"], top["label"], by="auto")
+            self._auto_apply(proposals)
+
+    def _auto_apply(self, proposals: list[dict]) -> None:
+        """With auto-apply on, switch to the best proposal if it is not the beam in use."""
+        if self.auto_apply and proposals and beam_key(proposals[0]["beam"]) != beam_key(self._beam):
+            self._set_beam(proposals[0]["beam"], proposals[0]["label"], by="auto")
 
     def _update_rejections(self, step, l10, best, frames) -> tuple[list[str], list[str]]:
         thr = math.log10(self.rule_threshold)
