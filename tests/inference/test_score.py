@@ -91,3 +91,22 @@ def test_score_bad_input(rng_key):
         score_frames([frames[0], other], IMAGES, np.ones(6))
     with pytest.raises(InputError, match="no frames given"):
         score_frames([], IMAGES, np.ones(6), beam, M.SAMPLING)
+
+
+def test_fast_scorer_matches_the_linear_scorer(rng_key):
+    beam = make_beam(300e3, defocus=0.0, dose=300.0, detector=make_detector("hrtem"))
+    mu = M.exposure(300.0) * (1.05 * IMAGES[2] + 0.03)  # registered frames: no shift
+    keys = jax.random.split(rng_key, 2)
+    frames = [make_frame(np.asarray(sample_counts(k, make_noise_model("poisson"), mu)), beam, M.SAMPLING) for k in keys]
+    lin = score_frames(frames, IMAGES, np.ones(6), ids=IDS, scorer="linear")
+    fast = score_frames(frames, IMAGES, np.ones(6), ids=IDS, scorer="fast")
+    assert fast.best == lin.best == "h2"
+    # within the screen's margin the evidence is the exact scorer's; beyond it, the screen's Bayes
+    # factor (an approximation that only decides hypotheses far below the rejection rule)
+    near = lin.log10_bayes_factor > -10
+    np.testing.assert_allclose(fast.log10_bayes_factor[near], lin.log10_bayes_factor[near], atol=0.01 / np.log(10))
+    assert np.all(fast.log10_bayes_factor[~near] < -10)
+    np.testing.assert_array_equal(fast.rejected, lin.rejected)
+    np.testing.assert_allclose(fast.posterior, lin.posterior, atol=1e-4)
+    assert "screen" in fast.method and "per frame" in fast.method
+    assert fast.nuisance[2]["scale"] == pytest.approx(lin.nuisance[2]["scale"], rel=1e-3)
