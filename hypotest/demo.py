@@ -35,9 +35,9 @@ load_hypotheses = load_builtin_hypotheses
 def _exit_waves_task(specimens, settings: dict, energy: float):
     """Ray task body: exit waves of a batch of specimens (simulator built inside the worker)."""
     from forward import make_beam
-    from hypotest.live.model import HRTEMImageModel
+    from hypotest.live.model import ImageModel
 
-    model = HRTEMImageModel(specimens, **settings)
+    model = ImageModel(specimens, **settings)
     beam = make_beam(energy)
     return [np.asarray(model.sim.exit_wave(s, beam)) for s in specimens]
 

@@ -126,9 +126,9 @@ def load_session(session_dir: str | os.PathLike):
 
 def session_image_model(session):
     """The expected-image model of a recorded session, rebuilt from its config (library and
-    imaging settings, ``session.json``): :class:`hypotest.live.model.HRTEMImageModel` over the
+    imaging settings, ``session.json``): :class:`hypotest.live.model.ImageModel` over the
     hypotheses the session started with. Its exit waves are simulated on first use (seconds)."""
-    from hypotest.live.model import HRTEMImageModel
+    from hypotest.live.model import ImageModel
 
     config = getattr(session, "config", None)
     if not isinstance(config, dict) or "library" not in config or "model" not in config:
@@ -145,7 +145,7 @@ def session_image_model(session):
             "since the session was recorded: pass the library file it used"
         )
     specimens = [by_id[h["id"]].specimen for h in config["hypotheses"]]
-    return HRTEMImageModel(specimens, **config["model"])
+    return ImageModel(specimens, **config["model"])
 
 
 def step_fit(session, step: int, model=None) -> dict:

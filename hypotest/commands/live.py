@@ -66,7 +66,7 @@ def _session_for_library_file(args, source_spec):
     from forward import InputError
     from forward.constants import scherzer_defocus
     from hypotest.beamfile import parse_beam
-    from hypotest.live.model import HRTEMImageModel
+    from hypotest.live.model import ImageModel
     from hypotest.live.session import LiveSession
     from hypotest.live.sessions import load_hypotheses
 
@@ -79,7 +79,7 @@ def _session_for_library_file(args, source_spec):
     bf = parse_beam(beam, where=str(args.beam))
     hyps = load_hypotheses(args.library)
     binning = max(1, round(bf.sampling[0] / bf.sim_sampling))
-    model = HRTEMImageModel([h.specimen for h in hyps], sampling=bf.sim_sampling, binning=binning,
+    model = ImageModel([h.specimen for h in hyps], sampling=bf.sim_sampling, binning=binning,
                             slice_thickness=bf.slice_thickness)  # fmt: skip
     got = np.asarray(model.pixel_sampling)
     if not np.allclose(got, bf.sampling, rtol=0.05):

@@ -4,28 +4,50 @@ HRTEM splits into an exit wave, which depends on the specimen, the energy and th
 imaging step (CTF, partial coherence, MTF, camera binning), which depends on the lens. The model
 keeps one exit wave per hypothesis and (energy, tilt) and one image stack per beam condition, so
 a defocus change costs one FFT pair per hypothesis, and only a new energy or tilt re-runs the
-multislice (counted in :attr:`HRTEMImageModel.resimulations`).
+multislice (counted in :attr:`ImageModel.resimulations`).
+
+Annular-detector STEM (``detector.mode = "stem_annular"``) is simulated by PRISM
+(:mod:`forward.prism`, interpolation 1, i.e. the full multislice of every plane wave of the probe
+aperture) on the coarsest scan that samples the image without aliasing, then interpolated onto
+the frame's pixel grid in Fourier space. That interpolation is exact: the STEM intensity is
+bilinear in the probe's plane-wave coefficients ``c_k c*_k'``, so the scanned image holds no
+spatial frequency beyond ``|k - k'| <= 2 alpha / lambda`` (Kirkland, *Advanced Computing in
+Electron Microscopy*, 2nd ed. (2010), sec. 5.5), and the cell is periodic. The finite source
+(``source_size``, Gaussian sigma [Å]) is applied as the exact Gaussian transfer
+``exp(-2 pi² sigma² k²)`` on that spectrum. A frame's STEM pixel is a scan position: its expected
+counts are dose x pixel area x the detected fraction of the beam, as for HRTEM.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import threading
 
 import numpy as np
 
 from forward import InputError, Specimen, make_grid
+from forward.constants import wavelength
 from forward.hrtem import make_hrtem_simulator
 from hypotest.beamfile import parse_beam
 from library.provenance import content_id
 
-__all__ = ["HRTEMImageModel", "CachedImageModel", "beam_key"]
+__all__ = ["ImageModel", "CachedImageModel", "beam_key"]
 
 #: Exit waves shared by every model in the process (a resumed session, the simulated microscope
 #: and the session look at the same structures), keyed by structure content id, simulation
 #: settings, energy and tilt; oldest evicted first. Read-only arrays.
 _WAVE_CACHE: dict[tuple, np.ndarray] = {}
 _WAVE_CACHE_SIZE = 256
+#: STEM images shared the same way, keyed by structure, simulation settings, frame shape and the
+#: beam without its dose.
+_STEM_CACHE: dict[tuple, np.ndarray] = {}
+_STEM_CACHE_SIZE = 4096
+#: Scan oversampling beyond the Nyquist rate of the band limit 2 alpha / lambda (the soft
+#: aperture edge reaches slightly past alpha).
+_SCAN_MARGIN = 1.15
+MODES = ("hrtem", "stem_annular")
 
 
 def beam_key(beam: dict) -> str:
@@ -33,8 +55,9 @@ def beam_key(beam: dict) -> str:
     return json.dumps(beam, sort_keys=True)
 
 
-class HRTEMImageModel:
-    """Expected HRTEM images ``[H, mx, my]`` (intensity relative to the beam) per beam condition.
+class ImageModel:
+    """Expected images ``[H, mx, my]`` per beam condition: HRTEM intensity relative to the beam,
+    or the fraction of the beam an annular STEM detector collects at each scan position.
 
     Args:
         specimens: one per hypothesis, all in one shared orthogonal cell.
@@ -71,6 +94,7 @@ class HRTEMImageModel:
                 _WAVE_CACHE[(content_id(s), tuple(sorted(self.settings.items())), key)] = w
         self._images: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
+        self._prism: dict[tuple, object] = {}
         self.resimulations = 0
 
     @property
@@ -108,12 +132,60 @@ class HRTEMImageModel:
             if imgs is not None and imgs.shape[0] == len(self.specimens):
                 return imgs
             bc = self._parsed(beam)
-            waves = self._exit_waves(bc)
             done = 0 if imgs is None else imgs.shape[0]
-            new = [np.asarray(self.sim.image_from_exit_wave(w, bc)) for w in waves[done:]]
+            mode = bc.detector.mode
+            if mode == "hrtem":
+                waves = self._exit_waves(bc)
+                new = [np.asarray(self.sim.image_from_exit_wave(w, bc)) for w in waves[done:]]
+            elif mode == "stem_annular":
+                new = [self._stem_image(s, bc, beam) for s in self.specimens[done:]]
+            else:
+                raise InputError(
+                    f"the live image model simulates detector modes {list(MODES)}, got {mode!r}: "
+                    "segmented and 4D-STEM frames are scored through the Python API (inference.score_frames)"
+                )
             imgs = np.stack(new) if imgs is None else np.concatenate([imgs, np.stack(new)])
             self._images[key] = imgs.astype(np.float32)
             return self._images[key]
+
+    def scan_gpts(self, bc) -> tuple[int, int]:
+        """Probe positions simulated for an annular STEM frame: the fewest that sample the band
+        limit ``2 alpha / lambda`` with margin, and never more than the frame's pixels."""
+        kmax = 2.0 * float(bc.semiangle_cutoff) * 1e-3 / float(wavelength(bc.energy))
+        need = [math.ceil(2.0 * _SCAN_MARGIN * kmax * float(L)) for L in self.cell[:2]]
+        return (min(need[0], self.camera_gpts[0]), min(need[1], self.camera_gpts[1]))
+
+    def _stem_image(self, specimen: Specimen, bc, beam: dict) -> np.ndarray:
+        key = (content_id(specimen), tuple(sorted(self.settings.items())), self.camera_gpts,
+               beam_key({k: v for k, v in beam.items() if k != "dose"}))  # fmt: skip
+        img = _STEM_CACHE.get(key)
+        if img is not None:
+            return img
+        from forward.prism import make_prism
+        from forward.stem import make_scan
+
+        cut = float(bc.semiangle_cutoff)
+        if cut <= 0:
+            raise InputError("an annular STEM beam needs a probe semiangle_cutoff > 0 [mrad]")
+        pk = (float(bc.energy), cut)
+        prism = self._prism.get(pk)
+        if prism is None:
+            prism = make_prism(self.grid, float(self.cell[2]), self.settings["slice_thickness"], energy=float(bc.energy),
+                               expansion_cutoff=cut + 1.0)  # fmt: skip
+            self._prism[pk] = prism
+        gpts = self.scan_gpts(bc)
+        scan = make_scan(start=(0.0, 0.0), end=tuple(float(v) for v in self.cell[:2]), gpts=gpts)
+        coarse = np.asarray(prism.apply(prism.build(specimen), dataclasses.replace(bc, source_size=0.0), scan), np.float64)
+        self.resimulations += 1
+        img = _fourier_resample(coarse, self.camera_gpts, self.cell[:2], float(bc.source_size))
+        # Interpolation rounding can leave values a hair below zero far from any atom; the expected
+        # counts of a Poisson model must stay positive.
+        img = np.maximum(img, 1e-6 * max(float(img.mean()), 1e-12)).astype(np.float32)
+        img.setflags(write=False)
+        if len(_STEM_CACHE) >= _STEM_CACHE_SIZE:
+            _STEM_CACHE.pop(next(iter(_STEM_CACHE)))
+        _STEM_CACHE[key] = img
+        return img
 
     def add(self, specimen: Specimen) -> int:
         """Add a hypothesis; its images are simulated on the next :meth:`images` call."""
@@ -125,6 +197,22 @@ class HRTEMImageModel:
         with self._lock:
             self.specimens.append(specimen)
             return len(self.specimens) - 1
+
+
+def _fourier_resample(image: np.ndarray, shape, extent, source_size: float = 0.0) -> np.ndarray:
+    """A periodic, band-limited ``image`` sampled on ``shape`` pixels over ``extent`` [Å] by
+    zero-padding its spectrum, blurred by a Gaussian source of sigma ``source_size`` [Å]."""
+    n = image.shape
+    f = np.fft.fft2(image)
+    kx = np.fft.fftfreq(n[0], d=extent[0] / n[0])
+    ky = np.fft.fftfreq(n[1], d=extent[1] / n[1])
+    if source_size > 0:
+        f = f * np.exp(-2.0 * np.pi**2 * source_size**2 * (kx[:, None] ** 2 + ky[None, :] ** 2))
+    out = np.zeros(tuple(shape), complex)
+    ix = np.mod(np.round(np.fft.fftfreq(n[0]) * n[0]).astype(int), shape[0])
+    iy = np.mod(np.round(np.fft.fftfreq(n[1]) * n[1]).astype(int), shape[1])
+    out[np.ix_(ix, iy)] = f
+    return np.real(np.fft.ifft2(out)) * (shape[0] * shape[1]) / (n[0] * n[1])
 
 
 class CachedImageModel:

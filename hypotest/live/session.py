@@ -21,7 +21,7 @@ is lost but time resolution); the step lists the frames it holds and each frame'
 "coalesced". Frames that fail validation get the fate "rejected" with the reason. Every frame
 received therefore has exactly one fate in the record.
 
-**Re-simulation.** Images are cached per beam condition (:class:`hypotest.live.model.HRTEMImageModel`);
+**Re-simulation.** Images are cached per beam condition (:class:`hypotest.live.model.ImageModel`);
 only an energy or tilt change re-runs the multislice.
 
 The session implements :class:`hypotest.live.view.SessionView` for the dashboard.
@@ -78,7 +78,7 @@ class LiveSession(SessionQueries):
     Args:
         directory: the session record directory (:mod:`hypotest.live.record`).
         hypotheses: :class:`hypotest.hypothesis.Hypothesis` list, session order.
-        model: expected images per beam (:class:`hypotest.live.model.HRTEMImageModel`).
+        model: expected images per beam (:class:`hypotest.live.model.ImageModel`).
         source: the frame source.
         candidate_beams: ``[(label, beam dict)]`` the design step chooses from.
         beam: the initial beam (BEAM.json form); ``config``: extra session.json fields

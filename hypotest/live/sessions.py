@@ -4,7 +4,9 @@ resuming a recorded session.
 Per built-in library the imaging settings are fixed here (energy, spherical aberration, dose per
 frame); the candidate beams the design step chooses from are a defocus series in multiples of the
 Scherzer defocus (Scherzer, J. Appl. Phys. 20 (1949) 20), where the exit waves are reused and a
-new condition costs one FFT pair per hypothesis.
+new condition costs one FFT pair per hypothesis, and, where the settings name detectors, annular
+dark-field STEM with an aberration-corrected probe (Z-contrast: it tells heavy substituents apart
+where phase contrast at the same dose cannot; Krivanek et al., Nature 464 (2010) 571).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from forward import InputError
 from forward.constants import scherzer_defocus
 from hypotest.hypothesis import Hypothesis, make_hypothesis
-from hypotest.live.model import HRTEMImageModel
+from hypotest.live.model import ImageModel
 from hypotest.live.session import LiveSession
 from hypotest.live.simscope import SimulatedMicroscopeSource
 
@@ -39,6 +41,10 @@ class ImagingSettings:
     semiangle_cutoff: float = 25.0  # [mrad]
     focal_spread: float = 20.0  # [Å]
     angular_spread: float = 0.1  # [mrad]
+    #: annular STEM detectors offered to the design step, (inner, outer) [mrad]; () for none
+    stem_detectors: tuple[tuple[float, float], ...] = ()
+    probe_semiangle: float = 25.0  # STEM probe convergence [mrad]
+    source_size: float = 0.2  # STEM effective source, Gaussian sigma [Å]
 
 
 #: Imaging settings per built-in library: 80 kV for MoS2 (below the S knock-on threshold), 300 kV
@@ -47,8 +53,12 @@ class ImagingSettings:
 #: depths of one 13.8 Å column, which differ by only ~0.05 nats of KL divergence per frame at
 #: 2000 e-/Å² at every candidate defocus (the depth of field, ~lambda/alpha² = 30 Å, exceeds the
 #: 4 Å depth step), so telling them apart takes ~1e5-1e6 e-/Å².
+#: MoS2 also offers medium- and high-angle annular dark field at 80 kV: its W_Mo substituent and
+#: the pristine lattice differ by 3e-3 nats of Kullback-Leibler divergence per e-/Å² in HRTEM at
+#: Scherzer defocus but 1.3e-2 in 40-200 mrad ADF, while the light-atom defects (V_S, O_S) are
+#: better separated by phase contrast (``benchmarks/design_mos2.py`` measures what the choice buys).
 LIBRARY_SETTINGS = {
-    "mos2_defects": ImagingSettings(energy=80e3, c30=-1.5e5, dose=40.0),
+    "mos2_defects": ImagingSettings(energy=80e3, c30=-1.5e5, dose=40.0, stem_detectors=((40.0, 200.0), (60.0, 200.0))),
     "pt111_adsorbates": ImagingSettings(energy=300e3, c30=-1.5e5, dose=200.0),
     "srtio3_vacancy": ImagingSettings(energy=300e3, c30=-1.5e5, dose=1e4),
 }
@@ -69,8 +79,10 @@ def load_builtin_hypotheses(name: str = "mos2_defects") -> list[Hypothesis]:
 
 
 def demo_beams(settings: ImagingSettings, pixel_sampling, dose: float | None = None) -> list[tuple[str, dict]]:
-    """The candidate beams (BEAM.json form): a defocus series around Scherzer."""
+    """The candidate beams (BEAM.json form): a defocus series around Scherzer, then the annular
+    STEM detectors of ``settings`` (probe at Gaussian focus, aberrations corrected)."""
     f0 = float(scherzer_defocus(settings.c30, settings.energy))
+    sim = {"sampling": settings.sampling, "slice_thickness": settings.slice_thickness}
     out = []
     for k in DEFOCUS_FACTORS:
         out.append((
@@ -78,8 +90,14 @@ def demo_beams(settings: ImagingSettings, pixel_sampling, dose: float | None = N
             {"energy": settings.energy, "dose": float(dose or settings.dose), "sampling": [float(s) for s in pixel_sampling],
              "semiangle_cutoff": settings.semiangle_cutoff, "aberrations": {"C30": settings.c30, "defocus": k * f0},
              "focal_spread": settings.focal_spread, "angular_spread": settings.angular_spread,
-             "detector": {"mode": "hrtem"},
-             "simulation": {"sampling": settings.sampling, "slice_thickness": settings.slice_thickness}},
+             "detector": {"mode": "hrtem"}, "simulation": dict(sim)},
+        ))  # fmt: skip
+    for inner, outer in settings.stem_detectors:
+        out.append((
+            f"ADF-STEM {inner:g}-{outer:g} mrad ({settings.probe_semiangle:g} mrad probe)",
+            {"energy": settings.energy, "dose": float(dose or settings.dose), "sampling": [float(s) for s in pixel_sampling],
+             "semiangle_cutoff": settings.probe_semiangle, "aberrations": {}, "source_size": settings.source_size,
+             "detector": {"mode": "stem_annular", "inner": inner, "outer": outer}, "simulation": dict(sim)},
         ))  # fmt: skip
     return out
 
@@ -101,7 +119,7 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
         raise InputError(f"unknown built-in library {library!r}: expected one of {sorted(LIBRARY_SETTINGS)}")
     st = LIBRARY_SETTINGS[library]
     hyps = load_builtin_hypotheses(library)
-    model = HRTEMImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
+    model = ImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
                             slice_thickness=st.slice_thickness, exit_waves=exit_waves, energy=st.energy)  # fmt: skip
     candidates = demo_beams(st, model.pixel_sampling, dose)
     rng = np.random.default_rng(seed)
@@ -111,7 +129,7 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
             raise InputError(f"hidden state {s} is not a hypothesis index of {library} (0..{len(hyps) - 1})")
     # The microscope has its own model of the true states (it shares the library's exit waves:
     # the truth is one of the candidates here, which is what the demo tests).
-    scope_model = HRTEMImageModel([hyps[s].specimen for s in states], sampling=st.sampling, binning=st.binning,
+    scope_model = ImageModel([hyps[s].specimen for s in states], sampling=st.sampling, binning=st.binning,
                                   slice_thickness=st.slice_thickness,
                                   exit_waves=None if exit_waves is None else [exit_waves[s] for s in states],
                                   energy=st.energy)  # fmt: skip
@@ -149,7 +167,7 @@ def load_hypotheses(library: str) -> list[Hypothesis]:
     )
 
 
-def _session_hypotheses(rec) -> tuple[list[Hypothesis], HRTEMImageModel]:
+def _session_hypotheses(rec) -> tuple[list[Hypothesis], ImageModel]:
     """The session's hypotheses (library + added during the session) and image model, from its record."""
     from forward import make_specimen
     from library.provenance import Provenance
@@ -163,7 +181,7 @@ def _session_hypotheses(rec) -> tuple[list[Hypothesis], HRTEMImageModel]:
             f"(ids differ); restore the library file the session was started with"
         )
     m = cfg["model"]
-    model = HRTEMImageModel([h.specimen for h in hyps], sampling=m["sampling"], binning=m["binning"],
+    model = ImageModel([h.specimen for h in hyps], sampling=m["sampling"], binning=m["binning"],
                             slice_thickness=m["slice_thickness"])  # fmt: skip
     for e in rec.events:
         if e["kind"] == "hypothesis_added":
@@ -183,7 +201,7 @@ def _source_from_config(rec, model_states_from, start_frame: int):
         st = LIBRARY_SETTINGS[lib]
         hyps = model_states_from
         states = cfg["states"]
-        scope_model = HRTEMImageModel([hyps[s].specimen for s in states], sampling=st.sampling, binning=st.binning,
+        scope_model = ImageModel([hyps[s].specimen for s in states], sampling=st.sampling, binning=st.binning,
                                       slice_thickness=st.slice_thickness)  # fmt: skip
         remaining = None if cfg["max_frames"] is None else max(cfg["max_frames"] - start_frame, 0)
         return SimulatedMicroscopeSource(

@@ -30,7 +30,7 @@ import numpy as np
 from forward.noise import expected_electrons, pixel_area, sample_frame
 from hypotest.beamfile import parse_beam
 from hypotest.live.events import RawFrame, StreamEvent
-from hypotest.live.model import HRTEMImageModel
+from hypotest.live.model import ImageModel
 
 __all__ = ["SimulatedMicroscopeSource", "state_sequence"]
 
@@ -56,7 +56,7 @@ class SimulatedMicroscopeSource:
     """A :class:`hypotest.live.events.FrameSource` with a hidden truth.
 
     Args:
-        model: an :class:`HRTEMImageModel` of the true states (its specimens are the states).
+        model: an :class:`ImageModel` of the true states (its specimens are the states).
         state_names: a name and an id per state, ``[(id, name), ...]``.
         beam: the initial beam condition, BEAM.json form (its ``dose`` is the dose per frame).
         seed: noise and switching seed.
@@ -69,7 +69,7 @@ class SimulatedMicroscopeSource:
 
     name = "simulated microscope"
 
-    def __init__(self, model: HRTEMImageModel, state_names, beam: dict, *, seed: int = 0, rate_hz: float | None = None,
+    def __init__(self, model: ImageModel, state_names, beam: dict, *, seed: int = 0, rate_hz: float | None = None,
                  max_frames: int | None = None, schedule=(), switch_rate_hz: float = 0.0, initial: int = 0,
                  truth_path=None, start_frame: int = 0):  # fmt: skip
         self._model = model

@@ -73,13 +73,13 @@ def _write_session(directory, *, shift=(0.0, 0.0), scale=1.0, background=0.0):
     """A small session record written with the session's own writer: the first three MoS2
     hypotheses on a coarse model, three steps of frames drawn from hypothesis 1, the last step
     coalescing two frames; returns the model and the beam."""
-    from hypotest.live.model import HRTEMImageModel
+    from hypotest.live.model import ImageModel
     from hypotest.live.record import SessionWriter
     from inference import fourier_shift
 
     hyps = ex.load_library("mos2_defects")[:3]
     settings = {"sampling": 0.2, "binning": 1, "slice_thickness": 2.0}
-    model = HRTEMImageModel([h.specimen for h in hyps], **settings)
+    model = ImageModel([h.specimen for h in hyps], **settings)
     beam = {"energy": 80e3, "dose": 50.0, "sampling": list(model.pixel_sampling), "aberrations": {"defocus": 50.0},
             "detector": {"mode": "hrtem"}}  # fmt: skip
     config = {

@@ -16,7 +16,7 @@ import pytest
 from forward import InputError, make_beam
 from hypotest.cli import main
 from hypotest.live.events import BadMessage, RawFrame, StreamEvent
-from hypotest.live.model import HRTEMImageModel
+from hypotest.live.model import ImageModel
 from hypotest.live.record import load_record
 from hypotest.live.sessions import (
     LIBRARY_SETTINGS,
@@ -30,7 +30,7 @@ from hypotest.live.sessions import (
 def _waves(library):
     st = LIBRARY_SETTINGS[library]
     hyps = load_builtin_hypotheses(library)
-    model = HRTEMImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
+    model = ImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
                             slice_thickness=st.slice_thickness)  # fmt: skip
     beam = make_beam(st.energy)
     return [np.asarray(model.sim.exit_wave(h.specimen, beam)) for h in hyps]
@@ -170,7 +170,7 @@ def _scripted_session(tmp_path, mos2_waves, script, **kw):
 
     st = LIBRARY_SETTINGS["mos2_defects"]
     hyps = load_builtin_hypotheses("mos2_defects")
-    model = HRTEMImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
+    model = ImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
     cands = demo_beams(st, model.pixel_sampling, 200.0)
     return LiveSession(tmp_path, hypotheses=hyps, model=model, source=_ListSource(script), candidate_beams=cands,
                        beam=cands[2][1], config={"library": "mos2_defects", "model": model.settings,
@@ -325,7 +325,7 @@ def test_zeromq_stream_at_a_high_rate_every_frame_scored_or_coalesced(tmp_path, 
 
     st = LIBRARY_SETTINGS["mos2_defects"]
     hyps = load_builtin_hypotheses("mos2_defects")
-    model = HRTEMImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
+    model = ImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
     cands = demo_beams(st, model.pixel_sampling, 40.0)
     lam = model.images(cands[2][1])[5] * 40.0 * np.prod(model.pixel_sampling)
     frames = np.random.default_rng(1).poisson(lam, (400, *lam.shape)).astype(np.uint16)
@@ -399,7 +399,7 @@ def test_hypotest_live_cli_on_a_replayed_file(tmp_path, mos2_waves, capsys):
 
     st = LIBRARY_SETTINGS["mos2_defects"]
     hyps = load_builtin_hypotheses("mos2_defects")
-    model = HRTEMImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
+    model = ImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
     beam = demo_beams(st, model.pixel_sampling, 200.0)[2][1]
     lam = model.images(beam)[6] * 200.0 * np.prod(model.pixel_sampling)
     np.save(tmp_path / "frames.npy", np.random.default_rng(5).poisson(lam, (6, *lam.shape)).astype(np.uint16))
