@@ -8,7 +8,10 @@ pixel area [Å²] (see :mod:`inference.noise`).
 
 from inference.changepoint import Segment, bocpd, segment, sum_segments
 from inference.design import (
+    Allocation,
     Proposal,
+    allocate_conditions,
+    decision_dose_bound,
     design_images,
     expected_information_gain,
     pairwise_kl,
@@ -93,6 +96,9 @@ __all__ = [
     "Segment",
     "bocpd",
     "crlb",
+    "Allocation",
+    "allocate_conditions",
+    "decision_dose_bound",
     "design_images",
     "expected_electrons",
     "expected_information_gain",

@@ -1,4 +1,4 @@
-"""Experiment design: expected information gain, separation, D-optimality."""
+"""Experiment design: expected information gain, separation, D-optimality, Chernoff's allocation."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +7,8 @@ import pytest
 
 from forward import InputError
 from inference import (
+    allocate_conditions,
+    decision_dose_bound,
     design_images,
     expected_information_gain,
     make_noise_model,
@@ -82,3 +84,82 @@ def test_design_bad_input(rng_key):
         expected_information_gain(rng_key, IMGS, [1.0] * 3, UNIFORM[:3], NOISE)
     with pytest.raises(InputError, match=r"doses must be finite and > 0"):
         rank_conditions(rng_key, IMGS, [5.0, 0.0, 5.0], M.pixel_area(), UNIFORM, NOISE)
+
+
+# Two complementary conditions for three hypotheses on a flat background: condition A shows the
+# feature of h1 strongly and that of h2 weakly, condition B the reverse; h0 has neither.
+_R1 = np.zeros((16, 16))
+_R1[3:6, 3:6] = 1.0
+_R2 = np.zeros((16, 16))
+_R2[10:13, 9:12] = 1.0
+PA = 0.01  # pixel area [Å²]
+
+
+def _complementary(strong=0.4, weak=0.05):
+    a = np.stack([np.ones((16, 16)), 1 + strong * _R1, 1 + weak * _R2])
+    b = np.stack([np.ones((16, 16)), 1 + weak * _R1, 1 + strong * _R2])
+    return np.stack([a, b]).astype(np.float32)  # [C=2, H=3, 16, 16]
+
+
+def test_allocation_solves_the_chernoff_programme():
+    imgs = _complementary()
+    dose = 100.0
+    r = np.stack([np.asarray(pairwise_kl(imgs[c], dose * PA, NOISE)) / dose for c in range(2)])  # per e-/Å²
+    lp = np.log(np.array([0.98, 0.01, 0.01]))
+    alloc = allocate_conditions(imgs, [dose, dose], PA, lp, NOISE, target=0.99, min_prob=0.5)  # the MAP only
+    # by symmetry the optimal mixture is half and half, and the dose to decision is closed form
+    tau = np.log(0.99 / 0.01) + np.log(2)
+    need = tau - np.log(98.0)
+    np.testing.assert_allclose(alloc.weights, [0.5, 0.5], atol=1e-6)
+    assert alloc.expected_dose == pytest.approx(need / (0.5 * (r[0, 0, 1] + r[1, 0, 1])), rel=1e-6)
+    # one condition alone: limited by the pair it shows weakly
+    np.testing.assert_allclose(alloc.expected_dose_alone, need / np.array([r[0, 0, 2], r[1, 0, 1]]), rtol=1e-6)
+    assert alloc.expected_dose < 0.5 * alloc.expected_dose_alone.min()
+    # when h1 is already excluded, only B (which shows h2) is worth its electrons
+    lp2 = np.log(np.array([0.9, 1e-9, 0.1]))
+    assert allocate_conditions(imgs, [dose, dose], PA, lp2, NOISE).order[0] == 1
+    # a decided posterior needs nothing more
+    done = allocate_conditions(imgs, [dose, dose], PA, np.log(np.array([1 - 2e-6, 1e-6, 1e-6])), NOISE, min_prob=0.5)
+    assert done.expected_dose == 0.0 and np.all(done.weights == 0.0)
+
+
+def test_allocation_policy_reaches_the_decision_with_fewer_electrons():
+    """Sequential decisions on simulated counts, fixed seeds: following the allocation needs
+    fewer electrons than either condition alone, approaches the asymptotic bound, and decides
+    correctly."""
+    imgs = _complementary().astype(np.float64)
+    dose, e = 50.0, 50.0 * PA
+    bound = decision_dose_bound(imgs, [dose, dose], PA, NOISE)
+    alone = [decision_dose_bound(imgs, [dose, dose], PA, NOISE, conditions=[c]) for c in (0, 1)]
+    assert np.all(bound < 0.6 * np.minimum(alone[0], alone[1])[0])  # the truth h0 needs both conditions
+
+    def run(truth, seed, policy):
+        rng = np.random.default_rng(seed)
+        lp, c, used = np.log(np.ones(3) / 3), 0, 0.0
+        while lp.max() < np.log(0.99) and used < 5e4:
+            y = rng.poisson(e * imgs[c, truth])
+            lp = lp + np.sum(y * np.log(imgs[c]) - e * imgs[c], axis=(1, 2))
+            lp -= np.logaddexp.reduce(lp)
+            used += dose
+            if policy == "allocation":
+                c = allocate_conditions(imgs, [dose, dose], PA, lp, NOISE).order[0]
+        return used, int(np.argmax(lp)) == truth
+
+    out = {p: [run(0, s, p) for s in range(12)] for p in ("fixed", "allocation")}
+    fixed = np.mean([d for d, _ in out["fixed"]])
+    adaptive = np.mean([d for d, _ in out["allocation"]])
+    assert all(ok for _, ok in out["allocation"])
+    assert adaptive < 0.7 * fixed
+    assert adaptive < 2.0 * bound[0]
+
+
+def test_allocation_bad_input():
+    imgs = _complementary()
+    with pytest.raises(InputError, match=r"target posterior must be in \[0.5, 1\), got 1.5"):
+        allocate_conditions(imgs, [10.0, 10.0], PA, np.zeros(3), NOISE, target=1.5)
+    with pytest.raises(InputError, match=r"doses must be finite and > 0"):
+        allocate_conditions(imgs, [10.0, -1.0], PA, np.zeros(3), NOISE)
+    with pytest.raises(InputError, match=r"log_posterior must be \[H\] with H=3"):
+        allocate_conditions(imgs, [10.0, 10.0], PA, np.zeros(4), NOISE)
+    with pytest.raises(InputError, match=r"images must be \[C, H, nx, ny\]"):
+        decision_dose_bound(imgs[0], [10.0], PA, NOISE)
