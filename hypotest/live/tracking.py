@@ -11,13 +11,16 @@ included),
     P(r_t = 1,     y_1..t) = sum_r P(r_{t-1} = r, y_1..t-1) p(y_t | prior) H
     p(y_t | run r) = sum_h p(h | last r-1 steps) p(y_t | h)
 
-The current segment starts ``argmax_r P(r_t = r) - 1`` steps back (MAP run length). The posterior
-shown and acted on is the library posterior over the segment:
+The current segment starts ``argmax_r P(r_t = r) - 1`` steps back (MAP run length; shown and
+recorded). The posterior shown and acted on is that of the current state, the library posterior
+of each candidate segment averaged over the run-length posterior:
 
-    log p(h | segment) = log prior(h) + sum_{s in segment} e_s[h] - log Z
+    log p(h | last r steps) = log prior(h) + sum_{s in the last r steps} e_s[h] - log Z_r
+    p(h | y_1..t) = sum_r P(r_t = r | y_1..t) p(h | last r steps)
 
-so the frames of one state are pooled, and after a switch the old evidence stops counting: a
-hypothesis rejected in one state comes back when the data say so. The rejection rule is that of
+so the frames of one state are pooled, and after a switch the old evidence stops counting as
+soon as the run-length posterior moves to the new segment: a hypothesis rejected in one state
+comes back when the data say so. The rejection rule is that of
 :mod:`inference.posterior` (Bayes factor against the best below a threshold).
 
 Run lengths are kept up to ``max_run`` steps; the mass beyond is merged into the longest run
@@ -109,14 +112,28 @@ class SegmentTracker:
         return np.sum(le, axis=0)
 
     def view(self) -> dict:
-        """Posterior over the current segment, log10 Bayes factors against the best, MAP index."""
+        """Posterior of the current state, log10 Bayes factors against the best, MAP index.
+
+        The posterior is the BOCPD predictive of the current state, averaged over run lengths
+        (Adams & MacKay 2007, sec. 2): ``p(h | y_1..t) = sum_r P(r_t = r | y) p(h | last r steps)``.
+        Acting on the MAP segment alone would be overconfident: a run of frames that happens to
+        favour another state would be read as a switch and decided on, while the run-length
+        posterior still gives the long segment most of its weight. The log10 Bayes factors are
+        the posterior odds against the best divided by the prior odds."""
         lp = self._lp_active()
-        lpost = lp + self.segment_log_evidence()
+        if self._lj.size == 0:
+            lpost = lp
+        else:
+            stats = self._run_stats(self._lj.size + 1)[1:]  # runs r = 1..n, this step included
+            with np.errstate(invalid="ignore"):
+                cond = stats - logsumexp(stats, axis=1, keepdims=True)
+            cond = np.where(self._active[None, :], cond, -np.inf)
+            lpost = logsumexp(self._lj[:, None] + cond, axis=0)
         lpost = np.where(self._active, lpost, -np.inf)
         lpost = lpost - logsumexp(lpost)
         best = int(np.argmax(lpost))
         with np.errstate(invalid="ignore"):
-            l10 = (self.segment_log_evidence() - self.segment_log_evidence()[best]) / math.log(10)
+            l10 = ((lpost - lp) - (lpost[best] - lp[best])) / math.log(10)
         l10 = np.where(self._active, l10, -np.inf)
         return {"log_posterior": lpost, "posterior": np.exp(lpost), "log10_bayes_factor": l10, "best": best,
                 "segment_start": self.segment_start}  # fmt: skip
