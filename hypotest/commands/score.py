@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", required=True, help="BEAM.json (energy eV, dose e-/Å², sampling Å/pixel, ...)")
     p.add_argument("--out", required=True, type=Path, help="RESULT.json to write")
     p.add_argument("--seed", type=int, default=0, help="key of the Monte Carlo in the design step")
+    p.add_argument("--scorer", choices=("laplace", "linear", "fast"), default="laplace",
+                   help="laplace: shift, scale, background marginalised per hypothesis (default); linear: registered "
+                        "frames, scale and background; fast: as linear with a binned screen first (large libraries)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     def progress(xs):
         return tqdm(xs, desc="simulating hypotheses", unit="hyp", disable=args.no_progress)
 
-    result = run_score(hyps, counts, bf, seed=args.seed, progress=progress)
+    result = run_score(hyps, counts, bf, seed=args.seed, progress=progress, scorer=args.scorer)
     out = result.to_json_dict()
     names = dict(zip(hyps.ids, hyps.names))
     for h in out["hypotheses"]:
