@@ -237,6 +237,12 @@ class Proposal(_Open):
     beam: dict[str, Any]
     expected_gain_bits: float | None = Field(description="expected information gain about the identity [bits]")
     gain_bits_per_electron: float | None = Field(description="[bits per e-/Å²]")
+    dose_share: float | None = Field(
+        None, description="its share of the remaining dose in Chernoff's allocation (proposals are ordered by it)"
+    )
+    expected_dose_to_decision: float | None = Field(
+        None, description="expected dose to reach the decision using only this beam from now on [e-/Å²]"
+    )
     separates: list[list[str]] = Field(description="pairs of hypothesis names it discriminates")
 
 

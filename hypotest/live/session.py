@@ -11,8 +11,10 @@ Two threads share one session:
   (:mod:`hypotest.live.scoring`: shift, scale and background marginalised per hypothesis, or,
   for large libraries, a registered frame scored by a binned screen plus exact survivors) ->
   posterior and change points (:class:`hypotest.live.tracking.SegmentTracker`) -> rejections
-  and returns -> proposals by expected information gain per electron
-  (:func:`inference.design.rank_conditions`) -> apply (automatically, or when the operator
+  and returns -> proposals (a design thread: the candidate beams ordered by Chernoff's
+  allocation of the dose still needed to decide, :func:`inference.design.allocate_conditions`,
+  each also with its expected information gain per electron,
+  :func:`inference.design.rank_conditions`) -> apply (automatically, or when the operator
   clicks) -> record the step.
 
 **Coalescing.** When scoring falls behind, every frame queued under the same beam condition is
@@ -22,7 +24,7 @@ is lost but time resolution); the step lists the frames it holds and each frame'
 received therefore has exactly one fate in the record.
 
 **Re-simulation.** Images are cached per beam condition (:class:`hypotest.live.model.ImageModel`);
-only an energy or tilt change re-runs the multislice.
+only an energy or tilt change re-runs the HRTEM multislice; a new STEM condition runs PRISM.
 
 The session implements :class:`hypotest.live.view.SessionView` for the dashboard.
 """
@@ -50,7 +52,7 @@ from hypotest.live.queries import SessionQueries
 from hypotest.live.record import SessionWriter
 from hypotest.live.scoring import make_step_scorer, register_shift
 from hypotest.live.tracking import SegmentTracker
-from inference import make_nuisance_prior, noise_from_detector, rank_conditions
+from inference import allocate_conditions, make_nuisance_prior, noise_from_detector, rank_conditions
 from inference.noise import _check_counts
 
 __all__ = ["LiveSession", "STAGES"]
@@ -58,6 +60,7 @@ __all__ = ["LiveSession", "STAGES"]
 STAGES = ("ingest", "preprocess", "score", "update", "propose", "total")
 #: Proposals are ranked over at most this many most probable surviving hypotheses.
 PROPOSAL_HYPOTHESES = 16
+DESIGNS = ("allocation", "eig")
 
 
 @dataclasses.dataclass
@@ -89,6 +92,10 @@ class LiveSession(SessionQueries):
         stop_on_decision: stop the loop at the decision (the demo) or keep watching (live).
         max_steps: stop after this many steps (None: until the source ends).
         expected_run_length: steps between metastable switches (change-point hazard).
+        design: how proposals are ordered: ``"allocation"`` (Chernoff's allocation of the
+            remaining dose, :func:`inference.allocate_conditions`) or ``"eig"`` (one-frame
+            expected information gain per electron, :func:`inference.rank_conditions`); both
+            figures are recorded with every proposal either way.
         resume: continue the record in ``directory`` (see :meth:`resume_from_record`).
     """
 
@@ -96,7 +103,10 @@ class LiveSession(SessionQueries):
                  config: dict | None = None, rule_threshold: float = 1e-3, target: float = 0.99,
                  auto_apply: bool = True, stop_on_decision: bool = True, max_steps: int | None = None,
                  expected_run_length: float = 200.0, fsync: bool = False, resume: bool = False,
-                 log: Callable[[str], None] | None = None, seed: int = 0, scorer: str = "laplace"):  # fmt: skip
+                 log: Callable[[str], None] | None = None, seed: int = 0, scorer: str = "laplace",
+                 design: str = "allocation"):  # fmt: skip
+        if design not in DESIGNS:
+            raise InputError(f"unknown design {design!r}: expected one of {DESIGNS}")
         if not hypotheses:
             raise InputError("the library is empty: the session needs at least one hypothesis")
         if not 0 < rule_threshold < 1:
@@ -116,6 +126,7 @@ class LiveSession(SessionQueries):
         self.noise = noise_from_detector(parsed.beam.detector)
         self._nprior = make_nuisance_prior()
         self.scorer_kind = scorer
+        self.design = design
         self._score = make_step_scorer(scorer, self.noise, self._nprior, tuple(model.frame_shape))
         self.rule_threshold = float(rule_threshold)
         self.target = float(target)
@@ -130,7 +141,7 @@ class LiveSession(SessionQueries):
             "hypotheses": [{"id": h.id, "name": h.name, "family": h.family, "prior": float(h.prior)} for h in self.hyps],
             "candidate_beams": [{"label": lbl, "beam": b} for lbl, b in self.candidates],
             "beam": self._beam, "rule": f"Bayes factor vs best < {self.rule_threshold:g}", "rule_threshold": self.rule_threshold,
-            "target": self.target, "noise": {"kind": self.noise.kind}, "scorer": scorer, "expected_run_length": expected_run_length,
+            "target": self.target, "noise": {"kind": self.noise.kind}, "scorer": scorer, "design": design, "expected_run_length": expected_run_length,
             "created": time.time(), "seed": self._seed, **(config or {}),
         }  # fmt: skip
         self.config = cfg
@@ -557,13 +568,21 @@ class LiveSession(SessionQueries):
         imgs = np.stack([self.model.images(b)[live] for _, b in self.candidates])
         doses = [float(b["dose"]) for _, b in self.candidates]
         key = jax.random.fold_in(jax.random.key(self._seed + 1), step)
-        ranked = rank_conditions(key, imgs, doses, pixel_area(self.model.pixel_sampling), lp[live], self.noise,
-                                 n_samples=32, labels=[lbl for lbl, _ in self.candidates])  # fmt: skip
+        pa = pixel_area(self.model.pixel_sampling)
+        ranked = rank_conditions(key, imgs, doses, pa, lp[live], self.noise, n_samples=32,
+                                 labels=[lbl for lbl, _ in self.candidates])  # fmt: skip
+        alloc = allocate_conditions(imgs, doses, pa, lp[live], self.noise, target=self.target)
+        by_index = {p.index: p for p in ranked}
+        order = alloc.order if self.design == "allocation" else [p.index for p in ranked]
         out = []
-        for p in ranked:
+        for c in order:
+            p = by_index[c]
+            alone = float(alloc.expected_dose_alone[c])
             out.append({
                 "index": p.index, "label": p.label, "beam": self.candidates[p.index][1],
                 "expected_gain_bits": p.expected_gain_bits, "gain_bits_per_electron": p.gain_bits_per_electron,
+                "dose_share": float(alloc.weights[c]),
+                "expected_dose_to_decision": alone if math.isfinite(alone) else None,
                 "separates": [[self.hyps[live[a]].name, self.hyps[live[b]].name] for a, b in p.separates],
             })  # fmt: skip
         return out

@@ -107,7 +107,7 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
                       hidden: int | list[int] | None = None, schedule=(), switch_rate_hz: float = 0.0,
                       dose: float | None = None, exit_waves=None, expected_run_length: float = 200.0,
                       log: Callable[[str], None] | None = None, start_beam: int = 2,
-                      scorer: str = "laplace") -> LiveSession:  # fmt: skip
+                      scorer: str = "laplace", design: str = "allocation") -> LiveSession:  # fmt: skip
     """The embedded default: built-in ``library``, a simulated microscope hiding ``hidden`` (by
     default one hypothesis chosen by ``seed``; a list = metastable states, switching by
     ``schedule`` or ``switch_rate_hz``), frames at ``frame_rate_hz`` (None: as fast as scored).
@@ -146,7 +146,7 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
         out, hypotheses=hyps, model=model, source=source, candidate_beams=candidates, beam=candidates[start_beam][1],
         config={"library": library, "model": model.settings, "source": source_cfg, "dose": dose},
         auto_apply=auto_apply, stop_on_decision=stop_on_decision, expected_run_length=expected_run_length,
-        log=log, seed=seed, scorer=scorer,
+        log=log, seed=seed, scorer=scorer, design=design,
     )  # fmt: skip
 
 
@@ -241,7 +241,7 @@ def resume_session(directory, *, source=None, log: Callable[[str], None] | None 
         candidate_beams=[(c["label"], c["beam"]) for c in cfg["candidate_beams"]], beam=cfg["beam"],
         rule_threshold=cfg["rule_threshold"], target=cfg["target"], auto_apply=True, stop_on_decision=stop_on_decision,
         expected_run_length=cfg["expected_run_length"], resume=True, log=log, seed=cfg.get("seed", 0),
-        scorer=cfg.get("scorer", "laplace"),
+        scorer=cfg.get("scorer", "laplace"), design=cfg.get("design", "allocation"),
     )  # fmt: skip
     session.config = cfg
     session.restore(rec)

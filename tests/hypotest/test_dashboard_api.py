@@ -434,8 +434,9 @@ def test_history_and_refinement_after_frames(live_client, live):
 def test_apply_a_proposal(live_client, live):
     props = live_client.get("/api/proposals").json()
     assert props, "the undecided demo proposes beams"
-    gains = [p["gain_bits_per_electron"] for p in props]
-    assert gains == sorted(gains, reverse=True)  # best first (bits per electron)
+    shares = [p["dose_share"] for p in props]
+    assert shares == sorted(shares, reverse=True)  # best first: share of the remaining dose (allocation)
+    assert all(p["expected_gain_bits"] is not None for p in props)
     current = live_client.get("/api/status").json()["beam"]
     target = next(p for p in props if p["beam"] != current)
     r = live_client.post(f"/api/proposals/{target['index']}/apply", json={"label": "not what is there"}, headers=AUTH)

@@ -287,12 +287,14 @@ function renderTimeline() {
 function renderProposals() {
   const tb = $("#proposals tbody");
   if (!S.proposals.length) {
-    tb.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "muted" },
+    tb.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "muted" },
       S.status && S.status.decision ? "decided: no proposals" : "no proposals yet")));
     return;
   }
   tb.replaceChildren(...S.proposals.map((p) => el("tr", { "data-index": p.index },
     el("td", { title: JSON.stringify(p.beam) }, p.label),
+    el("td", {}, p.dose_share == null ? "–" : `${Math.round(100 * p.dose_share)}%`),
+    el("td", {}, p.expected_dose_to_decision == null ? "–" : fmt(p.expected_dose_to_decision, 3)),
     el("td", {}, fmt(p.expected_gain_bits, 3)),
     el("td", {}, fmt(p.gain_bits_per_electron, 2)),
     el("td", { class: "separates" }, (p.separates || []).slice(0, 3).map((s) => s.join(" | ")).join("; ")),
