@@ -11,16 +11,20 @@ included),
     P(r_t = 1,     y_1..t) = sum_r P(r_{t-1} = r, y_1..t-1) p(y_t | prior) H
     p(y_t | run r) = sum_h p(h | last r-1 steps) p(y_t | h)
 
-The current segment starts ``argmax_r P(r_t = r) - 1`` steps back (MAP run length; shown and
-recorded). The posterior shown and acted on is that of the current state, the library posterior
-of each candidate segment averaged over the run-length posterior:
+A change point is declared only when the run-length posterior puts at least ``confidence``
+(default 0.99, the decision target) on runs shorter than the current segment; the new segment then
+starts at the most probable of those run lengths. Declaring a switch at the most probable run
+length alone (without that confidence) decided on chance runs of weak frames: five frames of
+sparse annular dark-field counts that happen to favour another state make a short run the most
+probable one while the run-length posterior still gives the long segment ~5-10%. Averaging the
+state over run lengths instead would cap the confidence in any state near ``1 - H x`` (the
+frames needed to tell the states apart), below the decision target for weak frames. The posterior
+shown and acted on is the library posterior over the declared segment:
 
-    log p(h | last r steps) = log prior(h) + sum_{s in the last r steps} e_s[h] - log Z_r
-    p(h | y_1..t) = sum_r P(r_t = r | y_1..t) p(h | last r steps)
+    log p(h | segment) = log prior(h) + sum_{s in segment} e_s[h] - log Z
 
-so the frames of one state are pooled, and after a switch the old evidence stops counting as
-soon as the run-length posterior moves to the new segment: a hypothesis rejected in one state
-comes back when the data say so. The rejection rule is that of
+so the frames of one state are pooled, and after a switch the old evidence stops counting: a
+hypothesis rejected in one state comes back when the data say so. The rejection rule is that of
 :mod:`inference.posterior` (Bayes factor against the best below a threshold).
 
 Run lengths are kept up to ``max_run`` steps; the mass beyond is merged into the longest run
@@ -44,12 +48,18 @@ class SegmentTracker:
         log_prior: ``[H]`` log prior weights (normalised here).
         expected_run_length: ``lambda`` [steps] between switches (hazard ``1/lambda``).
         max_run: longest run length kept.
+        confidence: run-length posterior mass on runs shorter than the current segment needed to
+            declare a change point.
     """
 
-    def __init__(self, log_prior, *, expected_run_length: float = 200.0, max_run: int = 400):
+    def __init__(self, log_prior, *, expected_run_length: float = 200.0, max_run: int = 400,
+                 confidence: float = 0.99):  # fmt: skip
         lp = np.asarray(log_prior, dtype=np.float64)
         self._lp = lp - logsumexp(lp)
         self._hazard = 1.0 / float(expected_run_length)
+        if not 0.5 <= confidence < 1.0:
+            raise ValueError(f"change-point confidence must be in [0.5, 1), got {confidence!r}")
+        self._confidence = float(confidence)
         self._max_run = int(max_run)
         self._le: list[np.ndarray] = []  # per step [H]; -inf for a dropped hypothesis
         self._lj = np.zeros(0)  # log P(r_t = r + 1 | y_1..t), r = 0..len-1
@@ -100,9 +110,13 @@ class SegmentTracker:
         self._lj = lj
         self._le.append(e)
         t = len(self._le) - 1
-        r = int(np.argmax(lj))
         previous = self.segment_start
-        self.segment_start = t - r
+        current = t - previous + 1  # steps in the declared segment, this one included
+        # runs r = 1..current-1: a change inside the segment (the last kept entry merges every run
+        # >= max_run, the current one included, so it never counts as shorter)
+        shorter = lj[: min(current - 1, self._max_run - 1)]
+        if shorter.size and logsumexp(shorter) >= math.log(self._confidence):
+            self.segment_start = t - int(np.argmax(shorter))
         return {**self.view(), "change_point": self.segment_start > previous}
 
     def segment_log_evidence(self) -> np.ndarray:
@@ -112,28 +126,14 @@ class SegmentTracker:
         return np.sum(le, axis=0)
 
     def view(self) -> dict:
-        """Posterior of the current state, log10 Bayes factors against the best, MAP index.
-
-        The posterior is the BOCPD predictive of the current state, averaged over run lengths
-        (Adams & MacKay 2007, sec. 2): ``p(h | y_1..t) = sum_r P(r_t = r | y) p(h | last r steps)``.
-        Acting on the MAP segment alone would be overconfident: a run of frames that happens to
-        favour another state would be read as a switch and decided on, while the run-length
-        posterior still gives the long segment most of its weight. The log10 Bayes factors are
-        the posterior odds against the best divided by the prior odds."""
+        """Posterior over the current segment, log10 Bayes factors against the best, MAP index."""
         lp = self._lp_active()
-        if self._lj.size == 0:
-            lpost = lp
-        else:
-            stats = self._run_stats(self._lj.size + 1)[1:]  # runs r = 1..n, this step included
-            with np.errstate(invalid="ignore"):
-                cond = stats - logsumexp(stats, axis=1, keepdims=True)
-            cond = np.where(self._active[None, :], cond, -np.inf)
-            lpost = logsumexp(self._lj[:, None] + cond, axis=0)
+        lpost = lp + self.segment_log_evidence()
         lpost = np.where(self._active, lpost, -np.inf)
         lpost = lpost - logsumexp(lpost)
         best = int(np.argmax(lpost))
         with np.errstate(invalid="ignore"):
-            l10 = ((lpost - lp) - (lpost[best] - lp[best])) / math.log(10)
+            l10 = (self.segment_log_evidence() - self.segment_log_evidence()[best]) / math.log(10)
         l10 = np.where(self._active, l10, -np.inf)
         return {"log_posterior": lpost, "posterior": np.exp(lpost), "log10_bayes_factor": l10, "best": best,
                 "segment_start": self.segment_start}  # fmt: skip
