@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scorer", choices=("laplace", "fast"), default="laplace",
                    help="laplace: shift marginalised per hypothesis (tens of hypotheses); fast: registered frame, "
                         "binned screen + exact survivors (hundreds to thousands)")
+    p.add_argument("--design", choices=("allocation", "eig"), default="allocation",
+                   help="order proposals by Chernoff's allocation of the dose to the decision (default) or by "
+                        "one-frame expected information gain per electron")
     p.set_defaults(func=run)
 
 
@@ -103,6 +106,7 @@ def _session_for_library_file(args, source_spec):
                 "source": {"kind": "zmq" if source_spec.startswith("zmq") else "replay", "spec": source_spec,
                            "address": getattr(source, "address", None), "control_address": args.control}},
         auto_apply=not args.no_auto_apply, stop_on_decision=args.stop_on_decision, log=print, scorer=args.scorer,
+        design=args.design,
     )  # fmt: skip
 
 
@@ -118,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         seed = int(args.source.split(":", 1)[1]) if ":" in args.source else 0
         session = make_demo_session(args.out, seed=seed, library=args.library, frame_rate_hz=args.rate or 4.0,
                                     auto_apply=not args.no_auto_apply, stop_on_decision=args.stop_on_decision,
-                                    max_frames=None, log=print, scorer=args.scorer)  # fmt: skip
+                                    max_frames=None, log=print, scorer=args.scorer,
+                                    design=args.design)  # fmt: skip
     elif args.library in LIBRARY_SETTINGS and args.beam is None:
         raise SystemExit("hypotest live: a built-in library on a real source needs --beam BEAM.json for the frames")
     else:
