@@ -88,6 +88,8 @@ def main() -> None:
     print(f"asymptotic bound, mean over the library [e-/Å²]: Scherzer alone {at_s.mean():.0f}, best HRTEM mixture "
           f"{hrtem.mean():.0f}, best mixture of all candidates {bound.mean():.0f}: no policy beats "
           f"{at_s.mean() / bound.mean():.2f}x against Scherzer ({at_s.mean() / hrtem.mean():.2f}x without STEM)")
+    print("  per hidden structure, Scherzer / best mixture: " + ", ".join(
+        f"{h.name.split()[0]} {a / b:.2f}x" for h, a, b in zip(hyps, at_s, bound)))
     if args.extended_bound:
         extra = []
         for k in (0, 2, 3):  # -1, 1, 1.5 x Scherzer with a 40 mrad objective aperture
