@@ -103,13 +103,14 @@ def _percentiles_ms(times):
     return round(float(1e3 * p50), 1), round(float(1e3 * p99), 1)
 
 
-def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3, 1e4), n_exact_frames: int = 3, n_laplace_frames: int = 0) -> list[dict]:
+def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3, 1e4), n_exact_frames: int = 3, n_laplace_frames: int = 0,
+                  n_refine: int = 1) -> list[dict]:
     sampling = 0.1
     images = _lattice_library(n_hyp, size, sampling)
     noise = make_noise_model("poisson")
     prior = make_nuisance_prior(scale_sd=0.1, background_mean=0.02, background_sd=0.05)
     t_prep, cache = _timed(lambda: prepare_screen_cache(images, bin_factor=4))
-    fast = make_fast_scorer(noise, prior)
+    fast = make_fast_scorer(noise, prior, n_refine=n_refine)
     exact = make_linear_scorer(noise, prior)
     rows = []
     for dose in doses:
@@ -153,6 +154,7 @@ def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3,
             "dose_e_per_A2": dose,
             "hypotheses": n_hyp,
             "frame": f"{size}x{size}",
+            "n_refine": n_refine,
             "fast_p50_ms": p50,
             "fast_p99_ms": p99,
             "fast_first_pass_max_s": round(max(warm), 2),
@@ -270,7 +272,11 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=50)
     ap.add_argument("--laplace-frames", type=int, default=1, help="frames for the Laplace scorer at the first dose (0: skip)")
     ap.add_argument("--only", choices=("scoring", "fast", "refine", "design"), default=None)
+    ap.add_argument("--n-refine", type=int, default=1, help="Newton steps of the fast scorer's exact stage from the screen's MAP")
+    ap.add_argument("--exact-frames", type=int, default=3, help="frames compared with the exact scorer per dose")
+    ap.add_argument("--doses", default="10,100,1e3,1e4", help="comma-separated doses [e-/Å²] for the scoring rows")
     args = ap.parse_args()
+    doses = tuple(float(d) for d in args.doses.split(","))
     print("devices:", jax.devices())
     if args.small:
         bench_scoring(64, 64, 6, doses=(10.0, 1e3), n_exact_frames=2, n_laplace_frames=1)
@@ -280,7 +286,8 @@ def main() -> None:
             print("design:", bench_design(4, 4))
         return
     if args.only in (None, "scoring", "fast"):
-        bench_scoring(1000, 256, args.frames, n_laplace_frames=0 if args.only == "fast" else args.laplace_frames)
+        bench_scoring(1000, 256, args.frames, doses, n_exact_frames=args.exact_frames, n_laplace_frames=0 if args.only == "fast" else args.laplace_frames,
+                      n_refine=args.n_refine)
         bench_fast_shift(1000, 256, min(args.frames, 20))
     if args.only in (None, "refine"):
         print("refine:", bench_refine(300, 300))

@@ -274,5 +274,5 @@ def test_fast_scorer_bad_input():
         make_fast_scorer(POISSON, PRIOR, alpha=0)
     with pytest.raises(InputError, match=r"min_exact must be >= 1"):
         make_fast_scorer(POISSON, PRIOR, min_exact=0)
-    with pytest.raises(InputError, match=r"n_newton, n_screen and n_refine must be >= 1"):
-        make_fast_scorer(POISSON, PRIOR, n_refine=0)
+    with pytest.raises(InputError, match=r"n_newton and n_screen must be >= 1 Newton iterations and n_refine >= 0"):
+        make_fast_scorer(POISSON, PRIOR, n_refine=-1)
