@@ -62,9 +62,11 @@ class SessionView(Protocol):
         ...
 
     def proposals(self) -> list[dict]:
-        """Current proposals, best first: ``{"index" (the candidate beam's index: an id, not the
-        rank), "label", "beam" (BEAM.json form),
-        "expected_gain_bits", "gain_bits_per_electron", "separates": [[name, name], ...]}``."""
+        """Current proposals, best first (by the session's design order: the allocation's dose
+        share, or expected information gain): ``{"index" (the candidate beam's index: an id, not
+        the rank), "label", "beam" (BEAM.json form), "expected_gain_bits",
+        "gain_bits_per_electron", "dose_share", "expected_dose_to_decision" (e-/Å², or None),
+        "separates": [[name, name], ...]}``."""
         ...
 
     def apply_proposal(self, index: int) -> dict:
