@@ -24,7 +24,14 @@ import numpy as np
 from forward import InputError, Specimen, make_grid, replace
 from forward.constants import scherzer_defocus
 from hypotest.beamfile import BeamFile
-from inference import ScoreResult, make_nuisance_prior, noise_from_detector, rank_conditions, score_frames
+from inference import (
+    ScoreResult,
+    make_nuisance_prior,
+    noise_from_detector,
+    rank_conditions,
+    score_frames,
+    signal_relative_prior,
+)
 
 __all__ = ["ScoringInput", "library_file_entries", "load_hypotheses_for_scoring", "read_frames", "run_score", "CELL_RTOL"]
 
@@ -179,10 +186,7 @@ def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int
             "score segmented or 4D-STEM data through the Python API (inference.score_frames)"
         )
     noise = noise_from_detector(bf.beam.detector)
-    # The background prior is relative to the signal level of the beam condition (0.1 of the mean
-    # image: ~0.1 of the beam in HRTEM, of the detected fraction in annular STEM), as in the
-    # live session (hypotest.live.scoring).
-    nprior = make_nuisance_prior(background_sd=0.1 * max(float(np.mean(images)), 1e-12))
+    nprior = signal_relative_prior(make_nuisance_prior(), images)  # as in the live session
     result = score_frames(
         counts, images, hyps.priors, bf.beam, bf.sampling, ids=hyps.ids, noise=noise, nuisance_prior=nprior, scorer=scorer
     )

@@ -25,6 +25,7 @@ from inference.evidence import (
     make_laplace_scorer,
     make_linear_scorer,
     make_nuisance_prior,
+    signal_relative_prior,
 )
 from inference.fisher import crlb, fisher_information, log_det_fisher
 from inference.frame import Frame, make_frame
@@ -121,6 +122,7 @@ __all__ = [
     "make_map_refiner",
     "make_noise_model",
     "make_nuisance_prior",
+    "signal_relative_prior",
     "make_rejection_rule",
     "make_transition_matrix",
     "map_refine",

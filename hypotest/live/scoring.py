@@ -17,14 +17,9 @@ Registration: the shift ``s`` maximising the cross-correlation of the frame with
 the contrast is small: ``log mu = log(scale I) ~ const + I / <I>``), found by FFT with sub-pixel
 refinement by a parabola through the peak and its neighbours.
 
-Units of the background. Both scorers see the images divided by their mean level ``m`` (over
-hypotheses and pixels) and the exposure multiplied by it, which leaves the expected counts
-unchanged, so the nuisance prior's background (:func:`inference.make_nuisance_prior`, sd 0.1)
-is relative to the signal of the beam condition: 0.1 of the beam in HRTEM (``m`` ~ 1), 0.1 of
-the mean detected fraction in annular STEM (``m`` ~ 1e-2). A prior in units of the incident beam
-would let an ADF background wander over ten times the whole signal, where the Laplace
-approximation breaks down (negative expected counts). Reported backgrounds are in intensity
-relative to the beam again.
+Units of the background: both scorers take the nuisance prior relative to the signal of the
+beam condition (:func:`inference.signal_relative_prior`): 0.1 of the beam in HRTEM, 0.1 of the
+mean detected fraction in annular STEM.
 """
 
 from __future__ import annotations
@@ -89,11 +84,6 @@ def _bin_factor(shape) -> int:
     return next(f for f in (4, 2, 1) if all(n % f == 0 for n in shape))
 
 
-def _level(images) -> float:
-    """The mean level of the images (module docstring), floored so it is never 0."""
-    return max(float(np.mean(images)), 1e-12)
-
-
 def make_step_scorer(kind: str, noise, prior, frame_shape):
     """``score(counts, images [H, mx, my], exposure, drift, cache_key=None) -> StepEvidence``.
 
@@ -101,21 +91,19 @@ def make_step_scorer(kind: str, noise, prior, frame_shape):
     once per beam condition and active set.
     """
     from forward import InputError
+    from inference.evidence import signal_relative_prior
 
     if kind not in SCORER_KINDS:
         raise InputError(f"unknown scorer {kind!r}: expected one of {SCORER_KINDS}")
     if kind == "laplace":
         from inference.evidence import make_laplace_scorer
 
-        lap = make_laplace_scorer(noise, prior)
-
         def score(counts, images, exposure, drift, cache_key=None) -> StepEvidence:
-            m = _level(images)
-            ev = lap(counts, np.asarray(images, np.float32) / np.float32(m), exposure * m)
+            ev = make_laplace_scorer(noise, signal_relative_prior(prior, images))(counts, images, exposure)
             n = int(np.asarray(ev.log_evidence).shape[0])
             return StepEvidence(
                 np.asarray(ev.log_evidence, np.float64), np.asarray(ev.scale), np.asarray(ev.scale_sd),
-                m * np.asarray(ev.background), m * np.asarray(ev.background_sd), np.asarray(ev.shift),
+                np.asarray(ev.background), np.asarray(ev.background_sd), np.asarray(ev.shift),
                 np.asarray(ev.shift_sd), np.ones(n, bool), 0.0,
             )  # fmt: skip
 
@@ -124,25 +112,24 @@ def make_step_scorer(kind: str, noise, prior, frame_shape):
     from inference.screen import make_fast_scorer, prepare_screen_cache
 
     f = _bin_factor(frame_shape)
-    fast = make_fast_scorer(noise, prior, bin_factor=f)
     caches: dict = {}
 
     def score(counts, images, exposure, drift, cache_key=None) -> StepEvidence:
         hit = caches.get(cache_key) if cache_key is not None else None
         if hit is None:
-            m = _level(images)
-            hit = (prepare_screen_cache(np.asarray(images, np.float32) / np.float32(m), bin_factor=f), m)
+            hit = (prepare_screen_cache(images, bin_factor=f),
+                   make_fast_scorer(noise, signal_relative_prior(prior, images), bin_factor=f))  # fmt: skip
             if cache_key is not None:
                 if len(caches) >= 8:
                     caches.pop(next(iter(caches)))
                 caches[cache_key] = hit
-        cache, m = hit
-        fs = fast(counts, cache, exposure * m, shift=np.asarray(drift, np.float32))
+        cache, fast = hit
+        fs = fast(counts, cache, exposure, shift=np.asarray(drift, np.float32))
         n = int(np.asarray(fs.log_evidence).shape[0])
         sh = np.broadcast_to(np.asarray(fs.shift, np.float32)[None, :], (n, 2))
         return StepEvidence(
             np.asarray(fs.log_evidence, np.float64), np.asarray(fs.scale), np.asarray(fs.scale_sd),
-            m * np.asarray(fs.background), m * np.asarray(fs.background_sd), sh, np.zeros((n, 2), np.float32),
+            np.asarray(fs.background), np.asarray(fs.background_sd), sh, np.zeros((n, 2), np.float32),
             np.asarray(fs.exact_mask), float(fs.screen_error_bound),
         )  # fmt: skip
 

@@ -7,7 +7,15 @@ import pytest
 import scipy.stats as st
 
 from forward import InputError
-from inference import fourier_shift, make_laplace_scorer, make_linear_scorer, make_noise_model, make_nuisance_prior, sample_counts
+from inference import (
+    fourier_shift,
+    make_laplace_scorer,
+    make_linear_scorer,
+    make_noise_model,
+    make_nuisance_prior,
+    sample_counts,
+    signal_relative_prior,
+)
 from inference.noise import log_likelihood
 from tests.inference import _model as M
 from tests.pytree_checks import check_pickle
@@ -162,3 +170,25 @@ def test_high_dose_is_numerically_stable(rng_key, dose):
         assert np.all(np.isfinite(np.asarray(ev.log_evidence))) and int(jnp.argmax(ev.log_evidence)) == 5
     assert abs(float(lap.scale[5]) - 1.02) < 4 * float(lap.scale_sd[5])
     assert np.all(np.abs(np.asarray(lap.shift[5] - truth)) < 4 * np.asarray(lap.shift_sd[5]))
+
+
+def test_laplace_evidence_does_not_depend_on_the_image_units(rng_key):
+    """The same expected counts written as images x 1e-2 (an annular-detector level) and
+    exposure x 100, with the background prior scaled alike (:func:`signal_relative_prior`):
+    the same evidence, scale and (rescaled) background. With the prior in beam units instead,
+    the evidence differs: the prior's meaning changed."""
+    noise = make_noise_model("poisson")
+    prior = make_nuisance_prior()
+    e = M.exposure(200.0)
+    y = np.asarray(sample_counts(rng_key, noise, e * (1.05 * IMAGES[2] + 0.02)))
+    imgs = np.asarray(IMAGES)
+    small = imgs * 1e-2
+    ref = make_laplace_scorer(noise, signal_relative_prior(prior, imgs))(y, imgs, e)
+    got = make_laplace_scorer(noise, signal_relative_prior(prior, small))(y, small, e * 100)
+    np.testing.assert_allclose(got.log_evidence, ref.log_evidence, atol=0.02)
+    np.testing.assert_allclose(got.scale, ref.scale, rtol=1e-3)
+    np.testing.assert_allclose(got.background, 1e-2 * np.asarray(ref.background), rtol=1e-2, atol=1e-7)
+    np.testing.assert_allclose(got.laplace_term - ref.laplace_term, np.log(1e-2), atol=0.02)
+    beam_units = make_laplace_scorer(noise, prior)(y, small, e * 100)
+    assert np.max(np.abs(np.asarray(beam_units.log_evidence) - np.asarray(ref.log_evidence))) > 1.0
+    assert float(signal_relative_prior(prior, imgs).background_sd) == pytest.approx(0.1 * float(np.mean(imgs)), rel=1e-5)
