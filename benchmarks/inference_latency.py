@@ -104,13 +104,13 @@ def _percentiles_ms(times):
 
 
 def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3, 1e4), n_exact_frames: int = 3, n_laplace_frames: int = 0,
-                  n_refine: int = 1) -> list[dict]:
+                  n_refine: int = 1, backend: str = "auto") -> list[dict]:
     sampling = 0.1
     images = _lattice_library(n_hyp, size, sampling)
     noise = make_noise_model("poisson")
     prior = make_nuisance_prior(scale_sd=0.1, background_mean=0.02, background_sd=0.05)
     t_prep, cache = _timed(lambda: prepare_screen_cache(images, bin_factor=4))
-    fast = make_fast_scorer(noise, prior, n_refine=n_refine)
+    fast = make_fast_scorer(noise, prior, n_refine=n_refine, backend=backend)
     exact = make_linear_scorer(noise, prior)
     rows = []
     for dose in doses:
@@ -155,6 +155,7 @@ def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3,
             "hypotheses": n_hyp,
             "frame": f"{size}x{size}",
             "n_refine": n_refine,
+            "backend": backend,
             "fast_p50_ms": p50,
             "fast_p99_ms": p99,
             "fast_first_pass_max_s": round(max(warm), 2),
@@ -181,14 +182,14 @@ def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3,
     return rows
 
 
-def bench_fast_shift(n_hyp: int, size: int, n_frames: int, dose: float = 1e3) -> dict:
+def bench_fast_shift(n_hyp: int, size: int, n_frames: int, dose: float = 1e3, backend: str = "auto") -> dict:
     """The fast scorer with a known sub-pixel shift (screen and exact stage shift the images)."""
     sampling = 0.1
     images = _lattice_library(n_hyp, size, sampling)
     noise = make_noise_model("poisson")
     prior = make_nuisance_prior(scale_sd=0.1, background_mean=0.02, background_sd=0.05)
     cache = prepare_screen_cache(images, bin_factor=4)
-    fast = make_fast_scorer(noise, prior)
+    fast = make_fast_scorer(noise, prior, backend=backend)
     e = dose * sampling * sampling
     shift = np.array([0.3, -0.2], np.float32)
     keys = jax.random.split(jax.random.key(5), n_frames)
@@ -197,7 +198,7 @@ def bench_fast_shift(n_hyp: int, size: int, n_frames: int, dose: float = 1e3) ->
     for y in frames:
         _timed(run, y)
     p50, p99 = _percentiles_ms([_timed(run, y)[0] for y in frames])
-    row = {"dose_e_per_A2": dose, "hypotheses": n_hyp, "frame": f"{size}x{size}", "shift_px": [0.3, -0.2], "fast_p50_ms": p50, "fast_p99_ms": p99}
+    row = {"dose_e_per_A2": dose, "hypotheses": n_hyp, "frame": f"{size}x{size}", "shift_px": [0.3, -0.2], "backend": backend, "fast_p50_ms": p50, "fast_p99_ms": p99}
     print("scoring with known shift:", row, flush=True)
     return row
 
@@ -275,20 +276,26 @@ def main() -> None:
     ap.add_argument("--n-refine", type=int, default=1, help="Newton steps of the fast scorer's exact stage from the screen's MAP")
     ap.add_argument("--exact-frames", type=int, default=3, help="frames compared with the exact scorer per dose")
     ap.add_argument("--doses", default="10,100,1e3,1e4", help="comma-separated doses [e-/Å²] for the scoring rows")
+    ap.add_argument("--backend", choices=("both", "cpu", "jax", "auto"), default="both",
+                    help="fast scorer backend(s): the CPU kernel and the jitted XLA stages, side by side with 'both'")
     args = ap.parse_args()
     doses = tuple(float(d) for d in args.doses.split(","))
     print("devices:", jax.devices())
     if args.small:
-        bench_scoring(64, 64, 6, doses=(10.0, 1e3), n_exact_frames=2, n_laplace_frames=1)
-        bench_fast_shift(64, 64, 4)
+        for backend in ("jax", "cpu"):
+            bench_scoring(64, 64, 6, doses=(10.0, 1e3), n_exact_frames=2, n_laplace_frames=1, backend=backend)
+            bench_fast_shift(64, 64, 4, backend=backend)
         if args.only is None:
             print("refine:", bench_refine(50, 50))
             print("design:", bench_design(4, 4))
         return
+    backends = ("jax", "cpu") if args.backend == "both" else (args.backend,)
     if args.only in (None, "scoring", "fast"):
-        bench_scoring(1000, 256, args.frames, doses, n_exact_frames=args.exact_frames, n_laplace_frames=0 if args.only == "fast" else args.laplace_frames,
-                      n_refine=args.n_refine)
-        bench_fast_shift(1000, 256, min(args.frames, 20))
+        for i, backend in enumerate(backends):
+            bench_scoring(1000, 256, args.frames, doses, n_exact_frames=args.exact_frames,
+                          n_laplace_frames=0 if args.only == "fast" or i else args.laplace_frames, n_refine=args.n_refine, backend=backend)
+        for backend in backends:
+            bench_fast_shift(1000, 256, min(args.frames, 20), backend=backend)
     if args.only in (None, "refine"):
         print("refine:", bench_refine(300, 300))
     if args.only in (None, "design"):

@@ -38,6 +38,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from forward import InputError, pytree_dataclass
 from forward._validate import finite_scalar, in_range
@@ -131,15 +132,34 @@ class Evidence:
     grad_norm: jax.Array
 
 
+def shift_phase(shape, shift, xp=jnp):
+    """The phase ramp ``[nx, ny // 2 + 1]`` of :func:`fourier_shift` on the ``rfft2`` grid.
+
+    ``exp(-2 pi i (kx sx + ky sy))`` per frequency (``kx`` from ``fftfreq``, ``ky`` from
+    ``rfftfreq``), except at the Nyquist frequency of an even axis, where the factor is
+    ``cos(pi s)``: the real band-limited interpolant's Nyquist term ``a cos(pi (x - s))`` sampled
+    at integer ``x`` (``sin(pi x) = 0``). This keeps the product Hermitian, so the shifted image
+    is real and the same for the full and the real FFT (``xp``: numpy or jax.numpy)."""
+    nx, ny = shape
+
+    def axis(freq, n, s):
+        ramp = xp.exp(-2j * xp.pi * freq * s)
+        if n % 2:
+            return ramp
+        nyq = xp.abs(freq) == 0.5
+        return xp.where(nyq, xp.cos(xp.pi * s) + 0j, ramp)
+
+    px = axis(xp.asarray(np.fft.fftfreq(nx), np.float32), nx, shift[0])
+    py = axis(xp.asarray(np.fft.rfftfreq(ny), np.float32), ny, shift[1])
+    return (px[:, None] * py[None, :]).astype(xp.complex64)
+
+
 def fourier_shift(image, shift):
-    """``image(x - shift)`` for a periodic ``[nx, ny]`` image, ``shift`` ``[2]`` [pixels], by an
-    exact Fourier phase ramp (the shift theorem); differentiable in ``shift``."""
+    """``image(x - shift)`` for a periodic ``[..., nx, ny]`` image, ``shift`` ``[2]`` [pixels], by an
+    exact Fourier phase ramp (the shift theorem; :func:`shift_phase`); differentiable in ``shift``."""
     image = jnp.asarray(image)
     nx, ny = image.shape[-2:]
-    kx = jnp.fft.fftfreq(nx)[:, None]
-    ky = jnp.fft.fftfreq(ny)[None, :]
-    phase = jnp.exp(-2j * jnp.pi * (kx * shift[0] + ky * shift[1]))
-    return jnp.real(jnp.fft.ifft2(jnp.fft.fft2(image) * phase))
+    return jnp.fft.irfft2(jnp.fft.rfft2(image) * shift_phase((nx, ny), shift), s=(nx, ny))
 
 
 def _gauss_logpdf(x, mean, sd):

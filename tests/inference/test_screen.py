@@ -236,7 +236,7 @@ def test_compiles_once_per_bucket(rng_key):
     from inference import screen as S
 
     dose = 1e4
-    fast = make_fast_scorer(POISSON, PRIOR)
+    fast = make_fast_scorer(POISSON, PRIOR, backend="jax")
     cache = prepare_screen_cache(IMAGES)
     frames = [_frame(k, POISSON, 9, dose) for k in jax.random.split(rng_key, 4)]
     fast(frames[0], cache, _exposure(dose))
@@ -245,6 +245,77 @@ def test_compiles_once_per_bucket(rng_key):
         fs = fast(y, cache, _exposure(dose))
         assert int(fs.n_within_margin) <= 16  # the same bucket K = min_exact
     assert (S._screen_stage._cache_size(), S._exact_stage._cache_size(), S._merge._cache_size()) == sizes
+
+
+def _assert_same_scores(a: FastScore, b: FastScore, tol=EXACT_TOL):
+    """Two backends' scores of one frame: the same screen decisions and evidences. (The jitted
+    stages round the number of exactly scored hypotheses up to a power of two, the CPU path
+    does not, so the exact sets may differ beyond the hypotheses within the margin.)"""
+    assert bool(a.screened) == bool(b.screened)
+    assert int(a.n_within_margin) == int(b.n_within_margin)
+    np.testing.assert_allclose(float(a.margin_nats), float(b.margin_nats), atol=tol)
+    np.testing.assert_allclose(np.asarray(a.screen_log_evidence), np.asarray(b.screen_log_evidence), atol=tol)
+    ma, mb = np.asarray(a.exact_mask), np.asarray(b.exact_mask)
+    scr = np.asarray(a.screen_log_evidence)
+    within = scr >= scr.max() - float(a.margin_nats) + tol
+    assert np.all(ma[within]) and np.all(mb[within])
+    both = ma & mb
+    assert both.sum() >= within.sum()
+    for field in ("log_evidence", "laplace_term"):
+        np.testing.assert_allclose(np.asarray(getattr(a, field))[both], np.asarray(getattr(b, field))[both], atol=tol, err_msg=field)
+    for field in ("scale", "background", "scale_sd", "background_sd"):
+        x, y = np.asarray(getattr(a, field))[both], np.asarray(getattr(b, field))[both]
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5, err_msg=field)
+
+
+@pytest.mark.parametrize(
+    "noise, dose, shift",
+    [
+        (POISSON, 1e3, None),  # dense
+        (POISSON, 30.0, (0.3, -0.2)),  # dense, shifted
+        (POISSON, 2.5, None),  # sparse, screen skipped
+        (POISSON, 2.5, (0.25, 0.4)),  # sparse, screened
+        (make_noise_model("poisson_gaussian", gain=2.0, read_noise=1.5), 200.0, (1.4, 0.6)),
+    ],
+    ids=["dense", "dense-shift", "sparse-skip", "sparse-shift", "poisson_gaussian-shift"],
+)
+def test_cpu_kernel_matches_jax_stages(rng_key, noise, dose, shift):
+    """The CPU kernel path (``backend="cpu"``) and the jitted XLA stages (``backend="jax"``)
+    give the same scores: same survivors, evidences within float32 rounding."""
+    y = _frame(jax.random.fold_in(rng_key, int(dose)), noise, 5, dose, shift=shift)
+    cache = prepare_screen_cache(IMAGES)
+    a = make_fast_scorer(noise, PRIOR, backend="jax")(y, cache, _exposure(dose), shift=shift)
+    b = make_fast_scorer(noise, PRIOR, backend="cpu")(y, cache, _exposure(dose), shift=shift)
+    _assert_same_scores(a, b)
+    exact = make_linear_scorer(noise, PRIOR)(y, IMAGES, _exposure(dose), shift=(0.0, 0.0) if shift is None else shift)
+    _check_against_exact(b, exact, 5)
+
+
+def test_cpu_kernel_sums_match_float64_reference():
+    """:func:`inference._kernels.lik_sums` against the float64 formulas of
+    :func:`inference.evidence._mu_derivs` on dense and gathered pixels, with and without the
+    read-noise shift and the 1e-6 electron floor (an image with zeros and no background)."""
+    from inference._kernels import lik_sums
+
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0.0, 2.0, (5, 1300)).astype(np.float32)
+    images[:, :50] = 0.0
+    z = rng.poisson(3.0, 1300).astype(np.float32) + np.float32(0.25) * (rng.uniform(size=1300) < 0.5)
+    theta = np.array([[1.1, 0.0], [0.9, 0.05], [1.0, 0.2]])
+    rows = np.array([4, 0, 2])
+    for pix, shift in [(np.zeros(0, np.int64), 0.0), (np.flatnonzero(z > 2), 0.7)]:
+        zz = z if pix.size == 0 else z[pix]
+        out = lik_sums(images, rows, pix, zz, theta, 2.5, shift, True)
+        for k, h in enumerate(rows):
+            x = images[h].astype(np.float64) if pix.size == 0 else images[h, pix].astype(np.float64)
+            m = np.maximum(2.5 * (theta[k, 0] * x + theta[k, 1]) + shift, 1e-6)
+            r = zz / m
+            ea, ew = 2.5 * (r - 1), 2.5**2 * r / m
+            data = np.where(zz > 0, -zz * np.log(np.maximum(r, 1e-30)), 0.0) - (m - zz)
+            ref = [np.sum(ea * x), np.sum(ea), np.sum(ew * x * x), np.sum(ew * x), np.sum(ew), np.sum(data), np.sum(x)]
+            np.testing.assert_allclose(out[k], ref, rtol=2e-6, atol=2e-3 * np.sqrt(x.size) * 1e-3 + 1e-6)
+    no_data = lik_sums(images, rows, np.zeros(0, np.int64), z, theta, 2.5, 0.0, False)
+    np.testing.assert_array_equal(no_data[:, 5], 0.0)
 
 
 def test_fast_scorer_bad_input():
@@ -276,3 +347,7 @@ def test_fast_scorer_bad_input():
         make_fast_scorer(POISSON, PRIOR, min_exact=0)
     with pytest.raises(InputError, match=r"n_newton and n_screen must be >= 1 Newton iterations and n_refine >= 0"):
         make_fast_scorer(POISSON, PRIOR, n_refine=-1)
+    with pytest.raises(InputError, match=r"backend must be 'auto', 'jax' or 'cpu', got 'gpu'"):
+        make_fast_scorer(POISSON, PRIOR, backend="gpu")
+    with pytest.raises(InputError, match=r"the cpu kernels cover the poisson and poisson_gaussian noise models"):
+        make_fast_scorer(make_noise_model("gaussian", read_noise=3.0), PRIOR, backend="cpu")
