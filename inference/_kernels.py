@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba as nb
 import numpy as np
 
-__all__ = ["lik_sums", "n_workers", "N_SUMS"]
+__all__ = ["lik_sums", "gather", "n_workers", "N_SUMS"]
 
 #: Pixels per chunk (float32 partial sums; buffers stay in L1).
 _CHUNK = 512
@@ -157,6 +157,36 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _split_rows(kernel, k: int, args_for):
+    """Run ``kernel(*args_for(a, c))`` over row ranges ``[a, c)`` of ``k`` rows on the pool."""
+    n_work = min(n_workers(), max(1, k // 8))
+    if n_work == 1:
+        kernel(*args_for(0, k))
+        return
+    bounds = np.linspace(0, k, n_work + 1).astype(int)
+    futures = [_pool().submit(kernel, *args_for(a, c)) for a, c in zip(bounds[:-1], bounds[1:]) if c > a]
+    for f in futures:
+        f.result()
+
+
+@_jit
+def _gather(images, rows, pix, out):
+    for k in range(rows.shape[0]):
+        h = rows[k]
+        for j in range(pix.shape[0]):
+            out[k, j] = images[h, pix[j]]
+
+
+def gather(images, rows, pix) -> np.ndarray:
+    """``images[rows][:, pix]`` as a new ``[K, len(pix)]`` float32 array (threads over rows)."""
+    images = np.ascontiguousarray(images, np.float32)
+    rows = np.ascontiguousarray(rows, np.int64)
+    pix = np.ascontiguousarray(pix, np.int64)
+    out = np.empty((rows.shape[0], pix.shape[0]), np.float32)
+    _split_rows(_gather, rows.shape[0], lambda a, c: (images, rows[a:c], pix, out[a:c]))
+    return out
+
+
 def lik_sums(images, rows, pix, z, theta, exposure: float, shift: float, with_data: bool) -> np.ndarray:
     """Per-hypothesis sums of the shifted-Poisson log-likelihood at ``theta``, ``[K, 7]`` float64.
 
@@ -169,7 +199,9 @@ def lik_sums(images, rows, pix, z, theta, exposure: float, shift: float, with_da
     sum -z log r - (m - z) (with_data; else 0), sum x]``
 
     (:func:`inference.evidence._mu_derivs`: gradient, minus the Hessian, data part). The rows are
-    split over the CPUs this process may use; the kernel releases the GIL.
+    split over the CPUs this process may use; the kernel releases the GIL. Gathering ``pix``
+    inside the loop is slower than a dense pass: for repeated passes over the same subset,
+    :func:`gather` it once.
     """
     images = np.ascontiguousarray(images, np.float32)
     rows = np.ascontiguousarray(rows, np.int64)
@@ -177,19 +209,6 @@ def lik_sums(images, rows, pix, z, theta, exposure: float, shift: float, with_da
     z = np.ascontiguousarray(z, np.float32)
     theta = np.ascontiguousarray(theta, np.float64)
     out = np.zeros((rows.shape[0], N_SUMS), np.float64)
-    k = rows.shape[0]
-    n_work = min(n_workers(), max(1, k // 8))
-    if n_work == 1:
-        _rows(images, rows, pix, z, theta, float(exposure), float(shift), bool(with_data), out)
-        return out
-    bounds = np.linspace(0, k, n_work + 1).astype(int)
-    futures = [
-        _pool().submit(
-            _rows, images, rows[a:c], pix, z, theta[a:c], float(exposure), float(shift), bool(with_data), out[a:c]
-        )
-        for a, c in zip(bounds[:-1], bounds[1:])
-        if c > a
-    ]
-    for f in futures:
-        f.result()
+    e, sh, wd = float(exposure), float(shift), bool(with_data)
+    _split_rows(_rows, rows.shape[0], lambda a, c: (images, rows[a:c], pix, z, theta[a:c], e, sh, wd, out[a:c]))
     return out

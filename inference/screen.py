@@ -110,7 +110,7 @@ from inference.evidence import (
     fourier_shift,
     shift_phase,
 )
-from inference._kernels import lik_sums, n_workers
+from inference._kernels import gather, lik_sums, n_workers
 from inference.noise import NoiseModel, _check_counts, _saturated_part
 
 __all__ = ["ScreenCache", "prepare_screen_cache", "FastScore", "make_fast_scorer", "screen_margin"]
@@ -567,10 +567,13 @@ def _exact_cpu(c, pix, sparse, cache: ScreenCache, order, theta_screen, ex, sh, 
         rows = idx
     z_all = _z_host(noise, c).reshape(-1)
     sums = np.asarray(cache.sums, np.float64)[idx]
+    zeros, z, pixels = None, z_all, _NO_PIX
     if sparse:
-        z, pixels, zeros = z_all[pix], pix.astype(np.int64), (sums, float(n_pix - pix.size), float(ex))
-    else:
-        z, pixels, zeros = z_all, _NO_PIX, None
+        z, zeros = z_all[pix], (sums, float(n_pix - pix.size), float(ex))
+        if n_newton >= 2:  # the counted pixels, gathered once for the 3+ passes (measured faster)
+            ims, rows = gather(ims, rows, pix), np.arange(k)
+        else:
+            pixels = pix.astype(np.int64)
     if from_screen:
         theta0 = np.asarray(theta_screen, np.float64)[idx]
     else:
