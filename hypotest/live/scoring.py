@@ -12,10 +12,15 @@ Two scorers (``scorer=`` of :class:`hypotest.live.session.LiveSession`):
   marginalised), with a bound on the probability of screening out the truth: for hundreds to
   thousands of hypotheses.
 
-Registration: the shift ``s`` maximising the cross-correlation of the frame with the model image,
-``sum_x y(x) I(x - s)`` (the matched filter, the maximum-likelihood shift for Poisson counts when
-the contrast is small: ``log mu = log(scale I) ~ const + I / <I>``), found by FFT with sub-pixel
-refinement by a parabola through the peak and its neighbours.
+Registration: the MAP shift. For Poisson counts ``y`` and a periodic model image ``I`` the
+log-likelihood of a shift ``s`` (scale and background held) is ``sum_x y(x) log I(x - s)`` up to
+a constant (``sum_x I(x - s)`` does not depend on ``s``): the cross-correlation of the frame with
+``log I``, computed for every integer shift by one FFT pair. The Gaussian prior of the nuisance
+prior (``shift_sd`` pixels per axis, mean 0; the one the Laplace scorer marginalises with) is
+added, the maximum taken over ``|s| <= max_drift_px``, and refined to sub-pixel by a parabola
+through the peak and its neighbours. On a bright frame the prior is negligible; on a sparse one
+(tens of counts in an ADF frame) the likelihood is flat and the MAP stays near zero instead of
+following the noise. ``log I`` is floored at 1% of the mean image (a dark-count level).
 
 Units of the background: both scorers take the nuisance prior relative to the signal of the
 beam condition (:func:`inference.signal_relative_prior`): 0.1 of the beam in HRTEM, 0.1 of the
@@ -33,35 +38,39 @@ __all__ = ["register_shift", "StepEvidence", "make_step_scorer", "SCORER_KINDS"]
 SCORER_KINDS = ("laplace", "fast")
 
 
-def register_shift(frame: np.ndarray, image: np.ndarray, max_drift_px: float = 3.0) -> tuple[float, float]:
-    """Drift [pixels] of ``frame`` against ``image`` (module docstring): ``image(x - s)``
+def register_shift(
+    frame: np.ndarray, image: np.ndarray, max_drift_px: float = 3.0, shift_sd: float | None = None
+) -> tuple[float, float]:
+    """MAP drift [pixels] of ``frame`` against ``image`` (module docstring): ``image(x - s)``
     matches the frame, the convention of :func:`inference.evidence.fourier_shift`.
 
-    Only ``|s| <= max_drift_px`` per axis is searched: the frame spans the cell with pixel (0, 0)
-    at its origin, so drift is small, and a crystal's cross-correlation has equal peaks at every
-    lattice translation, where a defect on another site would fit as well (the wrong structure).
+    ``shift_sd``: the prior standard deviation per axis [pixels] (``None``: a flat prior, the
+    maximum-likelihood shift). Only ``|s| <= max_drift_px`` per axis is searched: the frame spans
+    the cell with pixel (0, 0) at its origin, so drift is small, and a crystal's correlation has
+    equal peaks at every lattice translation, where a defect on another site would fit as well
+    (the wrong structure).
     """
-    f = np.fft.fft2(np.asarray(frame, np.float64) - np.mean(frame))
-    g = np.fft.fft2(np.asarray(image, np.float64) - np.mean(image))
-    c = np.fft.ifft2(f * np.conj(g)).real
+    img = np.asarray(image, np.float64)
+    y = np.asarray(frame, np.float64)
+    log_i = np.log(np.maximum(img, 0.01 * max(float(np.mean(img)), 1e-30)))
+    c = np.fft.irfft2(np.fft.rfft2(y) * np.conj(np.fft.rfft2(log_i)), s=img.shape)
+    nx, ny = c.shape
     r = int(np.ceil(max_drift_px))
-    window = np.full(c.shape, -np.inf)
-    for ii in range(-r, r + 1):
-        for jj in range(-r, r + 1):
-            window[ii % c.shape[0], jj % c.shape[1]] = c[ii % c.shape[0], jj % c.shape[1]]
-    i, j = np.unravel_index(int(np.argmax(window)), c.shape)
+    d = np.arange(-r - 1, r + 2)
+    # the log posterior on the (2r+3)^2 integer shifts around 0 (one ring more for the parabola)
+    post = c[np.ix_(d % nx, d % ny)]
+    if shift_sd is not None:
+        post = post - (d[:, None] ** 2 + d[None, :] ** 2) / (2.0 * float(shift_sd) ** 2)
+    inner = np.full(post.shape, -np.inf)
+    inner[1:-1, 1:-1] = post[1:-1, 1:-1]
+    i, j = np.unravel_index(int(np.argmax(inner)), inner.shape)
     out = []
     for axis, k in ((0, i), (1, j)):
-        n = c.shape[axis]
-        idx = [i, j]
-        idx[axis] = (k - 1) % n
-        cm = c[tuple(idx)]
-        idx[axis] = (k + 1) % n
-        cp = c[tuple(idx)]
-        denom = cm - 2 * c[i, j] + cp
-        d = 0.5 * (cm - cp) / denom if denom < 0 else 0.0
-        s = k + d
-        out.append(float(s - n if s > n / 2 else s))
+        lo = post[i - 1, j] if axis == 0 else post[i, j - 1]
+        hi = post[i + 1, j] if axis == 0 else post[i, j + 1]
+        denom = lo - 2 * post[i, j] + hi
+        step = 0.5 * (lo - hi) / denom if denom < 0 else 0.0
+        out.append(float(d[k] + np.clip(step, -0.5, 0.5)))
     return (out[0], out[1])
 
 

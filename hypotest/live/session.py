@@ -430,7 +430,7 @@ class LiveSession(SessionQueries):
         with self._lock:
             best_prev = int(self.tracker.view()["best"])
         ref = self.model.images(beam)[best_prev]
-        drift = register_shift(counts, ref)
+        drift = register_shift(counts, ref, shift_sd=float(self._nprior.shift_sd))
         mean_expected = float(np.mean(ref)) * exposure * float(bc.detector.gain)
         dose_ratio = float(np.mean(counts)) / mean_expected if mean_expected > 0 else float("nan")
         t1 = time.perf_counter()

@@ -276,7 +276,8 @@ def replay_record(directory, log: Callable[[str], None] | None = None) -> Replay
     hyps, model = _session_hypotheses(rec)
     n_lib = len(rec.config["hypotheses"])
     noise = noise_from_detector(parse_beam(rec.config["beam"]).beam.detector)
-    scorer = make_step_scorer(rec.config.get("scorer", "laplace"), noise, make_nuisance_prior(), model.frame_shape)
+    nprior = make_nuisance_prior()
+    scorer = make_step_scorer(rec.config.get("scorer", "laplace"), noise, nprior, model.frame_shape)
     tracker = SegmentTracker(np.log([float(h.prior) for h in hyps[:n_lib]]),
                              expected_run_length=rec.config["expected_run_length"])  # fmt: skip
     col = {h.id: i for i, h in enumerate(hyps)}
@@ -301,7 +302,7 @@ def replay_record(directory, log: Callable[[str], None] | None = None) -> Replay
         counts = np.sum([rec.frame(j).astype(np.float32) for j in st["frames"]], axis=0)
         active = np.asarray([col[h] for h, v in zip(st["ids"], st["log_evidence"]) if v is not None], dtype=int)
         exposure = st["dose_e_per_A2"] * pixel_area(model.pixel_sampling)
-        drift = register_shift(counts, model.images(st["beam"])[int(tracker.view()["best"])])
+        drift = register_shift(counts, model.images(st["beam"])[int(tracker.view()["best"])], shift_sd=float(nprior.shift_sd))
         ev = scorer(counts, model.images(st["beam"])[active], exposure, drift)
         le = np.full(len(st["ids"]), -np.inf)
         le[active] = np.asarray(ev.log_evidence, dtype=np.float64)

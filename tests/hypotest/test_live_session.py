@@ -91,9 +91,32 @@ def test_registration_recovers_a_small_drift_and_ignores_lattice_translations():
     frame = np.asarray(fourier_shift(img, np.array([1.3, -0.6], np.float32)))
     sx, sy = register_shift(rng.poisson(frame * 50.0).astype(np.float32), img)
     assert abs(sx - 1.3) < 0.25 and abs(sy + 0.6) < 0.25
+    assert register_shift(rng.poisson(frame * 50.0), img, shift_sd=0.5) == pytest.approx((sx, sy), abs=0.05)
     moved = np.roll(img, (16, 0), axis=(0, 1))  # a whole lattice period: outside the drift window
     sx, sy = register_shift(moved, img, max_drift_px=3.0)
     assert abs(sx) <= 3.0 and abs(sy) <= 3.0
+
+
+def test_registration_of_sparse_frames_follows_the_prior_not_the_noise():
+    """ADF-like frames with ~15 counts (Gaussian columns on a dark field, no drift): the
+    maximum-likelihood shift wanders by about half a pixel, the MAP with the nuisance prior's
+    0.5-pixel sd stays near zero; on bright frames the two agree (previous test)."""
+    from hypotest.live.scoring import register_shift
+
+    rng = np.random.default_rng(1)
+    xx, yy = np.meshgrid(np.arange(96), np.arange(112), indexing="ij")
+    img = np.full((96, 112), 1e-3)
+    for cx in range(8, 96, 16):
+        for cy in range(8, 112, 16):
+            img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 1.5**2))
+    lam = img * 15.0 / img.sum()
+    flat, prior = [], []
+    for _ in range(60):
+        y = rng.poisson(lam).astype(np.float32)
+        flat.append(register_shift(y, img))
+        prior.append(register_shift(y, img, shift_sd=0.5))
+    rms = lambda v: float(np.sqrt(np.mean(np.square(v))))  # noqa: E731
+    assert rms(prior) < 0.3 and rms(prior) < 0.7 * rms(flat), (rms(prior), rms(flat))
 
 
 @pytest.mark.slow
