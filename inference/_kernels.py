@@ -142,6 +142,16 @@ def _rows(images, rows, pix, z, theta, exposure, shift, with_data, out):
 _POOL: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    """A forked child inherits the pool object but not its threads: start a new one there."""
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def n_workers() -> int:
     """CPUs this process may use (the kernel's and the host FFTs' threads)."""
     try:

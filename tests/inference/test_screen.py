@@ -351,3 +351,36 @@ def test_fast_scorer_bad_input():
         make_fast_scorer(POISSON, PRIOR, backend="gpu")
     with pytest.raises(InputError, match=r"the cpu kernels cover the poisson and poisson_gaussian noise models"):
         make_fast_scorer(make_noise_model("gaussian", read_noise=3.0), PRIOR, backend="cpu")
+
+
+def _kernel_in_child(queue, images, z, theta):
+    from inference._kernels import lik_sums
+
+    queue.put(lik_sums(images, np.arange(images.shape[0]), np.zeros(0, np.int64), z, theta, 1.0, 0.0, True))
+
+
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork\\(\\):DeprecationWarning")
+def test_cpu_kernel_pool_survives_fork():
+    """A process forked after the kernel's thread pool started gets a pool of its own (the
+    inherited pool object has no threads in the child, where a submit would wait forever)."""
+    import multiprocessing as mp
+
+    from inference._kernels import lik_sums
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.5, 1.5, (64, 4096)).astype(np.float32)
+    z = rng.poisson(1.0, 4096).astype(np.float32)
+    theta = np.tile([1.0, 0.01], (64, 1))
+    parent = lik_sums(images, np.arange(64), np.zeros(0, np.int64), z, theta, 1.0, 0.0, True)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_kernel_in_child, args=(queue, images, z, theta))
+    proc.start()
+    try:
+        child = queue.get(timeout=120)
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+    np.testing.assert_array_equal(child, parent)
