@@ -182,6 +182,14 @@ def prepare_screen_cache(images, *, bin_factor: int = 4) -> ScreenCache:
         )
     ims = jnp.asarray(images, jnp.float32)
     binned, sums = _prepare(ims, f)
+    if not isinstance(sums, jax.core.Tracer):  # NaN or inf anywhere in an image makes its sum non-finite
+        bad = np.flatnonzero(~np.isfinite(np.asarray(sums)))
+        if bad.size:
+            raise InputError(
+                f"cached images must be finite: hypothesis {int(bad[0])} has NaN or infinite pixels"
+                + (f" (and {bad.size - 1} more)" if bad.size > 1 else "")
+                + "; re-simulate it"
+            )
     return ScreenCache(images=ims, binned=binned, sums=sums, bin_factor=f)
 
 

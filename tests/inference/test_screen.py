@@ -329,6 +329,8 @@ def test_fast_scorer_bad_input():
         prepare_screen_cache(jnp.zeros((0, 32, 32)))
     with pytest.raises(InputError, match=r"images must be \[H, nx, ny\]"):
         prepare_screen_cache(IMAGES[0])
+    with pytest.raises(InputError, match=r"cached images must be finite: hypothesis 4 has NaN or infinite pixels \(and 1 more\)"):
+        prepare_screen_cache(IMAGES.at[4, 3, 3].set(jnp.nan).at[7, 0, 0].set(jnp.inf))
     with pytest.raises(InputError, match=r"prepared with bin_factor 2, this scorer uses 4"):
         fast(y, prepare_screen_cache(IMAGES, bin_factor=2), 1.0)
     with pytest.raises(InputError, match=r"frame shape \[32, 16\] does not match the cached images \[32, 32\]"):
