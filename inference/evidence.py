@@ -162,8 +162,9 @@ def fourier_shift(image, shift):
     return jnp.fft.irfft2(jnp.fft.rfft2(image) * shift_phase((nx, ny), shift), s=(nx, ny))
 
 
-def _gauss_logpdf(x, mean, sd):
-    return -0.5 * ((x - mean) / sd) ** 2 - jnp.log(sd) - 0.5 * _LOG_2PI
+def _gauss_logpdf(x, mean, sd, xp=jnp):
+    """log N(x; mean, sd²) (``xp``: jax.numpy or numpy)."""
+    return -0.5 * ((x - mean) / sd) ** 2 - xp.log(sd) - 0.5 * _LOG_2PI
 
 
 def _mu_derivs(noise: NoiseModel, counts, mu):

@@ -303,7 +303,7 @@ def _newton_laplace(lik_fn, theta0, prior: NuisancePrior, sat, n_newton: int) ->
     return _laplace_at(jnp, theta, g, h, data + sat, prior)
 
 
-def _with_prior(xp, theta, g, h, prior: NuisancePrior):
+def _with_prior(theta, g, h, prior: NuisancePrior):
     """Gradient ``[..., 2]`` and Hessian ``(H_ss, H_sb, H_bb)`` of the log joint: the
     log-likelihood's plus the Gaussian prior's on (scale, background)."""
     sv, bv = prior.scale_sd**2, prior.background_sd**2
@@ -314,15 +314,11 @@ def _with_prior(xp, theta, g, h, prior: NuisancePrior):
 
 def _newton_step(xp, theta, g, h, prior: NuisancePrior):
     """One Newton step on the log joint from ``theta [..., 2]`` (scale kept positive)."""
-    g0, g1, hss, hsb, hbb = _with_prior(xp, theta, g, h, prior)
+    g0, g1, hss, hsb, hbb = _with_prior(theta, g, h, prior)
     det = hss * hbb - hsb * hsb
     s = theta[..., 0] - (hbb * g0 - hsb * g1) / det
     b = theta[..., 1] - (hss * g1 - hsb * g0) / det
     return xp.stack([xp.maximum(s, 1e-6 * prior.scale_mean), b], axis=-1)
-
-
-def _gauss_lp(xp, x, mean, sd):
-    return -0.5 * ((x - mean) / sd) ** 2 - xp.log(sd) - 0.5 * _LOG_2PI
 
 
 def _laplace_at(xp, theta, g, h, ll, prior: NuisancePrior) -> tuple[Evidence, jax.Array]:
@@ -334,14 +330,16 @@ def _laplace_at(xp, theta, g, h, ll, prior: NuisancePrior) -> tuple[Evidence, ja
     electrons. The returned MAP is the Newton-updated point; ``delta`` is returned as the
     convergence diagnostic. Works on one hypothesis or a batch ``[K]`` (``xp``: numpy or
     jax.numpy)."""
-    g0, g1, hss, hsb, hbb = _with_prior(xp, theta, g, h, prior)
+    g0, g1, hss, hsb, hbb = _with_prior(theta, g, h, prior)
     a, c, d = -hss, -hsb, -hbb  # -H
     det = a * d - c * c
     c00, c01, c11 = d / det, -c / det, a / det  # (-H)^-1
     d0, d1 = c00 * g0 + c01 * g1, c01 * g0 + c11 * g1
     decrement = 0.5 * (g0 * d0 + g1 * d1)
     s, b = theta[..., 0], theta[..., 1]
-    lp = _gauss_lp(xp, s, prior.scale_mean, prior.scale_sd) + _gauss_lp(xp, b, prior.background_mean, prior.background_sd)
+    lp = _gauss_logpdf(s, prior.scale_mean, prior.scale_sd, xp) + _gauss_logpdf(
+        b, prior.background_mean, prior.background_sd, xp
+    )
     lap = _LOG_2PI - 0.5 * xp.where(det > 0, xp.log(xp.where(det > 0, det, 1.0)), xp.inf)
     zeros = xp.zeros(xp.shape(s) + (2,), theta.dtype)
     ev = Evidence(
