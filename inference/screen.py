@@ -232,17 +232,22 @@ class FastScore:
     screened: jax.Array
 
 
-def screen_margin(n_hypotheses, alpha, occam):
+def screen_margin(n_hypotheses, alpha, occam, xp=jnp):
     """Margin [nats] with ``P(truth screened out) <= alpha``:
     ``log((H - 1) / alpha) - min(0, occam)``, ``occam`` the truth's Occam term [nats] or a
-    lower bound on it (module docstring; 0 for nuisance drawn from its prior)."""
-    h1 = jnp.maximum(jnp.asarray(n_hypotheses, jnp.float32) - 1.0, 1.0)
-    return jnp.log(h1) - jnp.log(alpha) - jnp.minimum(0.0, occam)
+    lower bound on it (module docstring; 0 for nuisance drawn from its prior). ``xp``: jax.numpy
+    (float32) or numpy (float64)."""
+    h1 = xp.maximum(xp.asarray(n_hypotheses, _real(xp)) - 1.0, 1.0)
+    return xp.log(h1) - xp.log(alpha) - xp.minimum(0.0, occam)
 
 
-def _screen_bound(n_hypotheses, margin, occam):
-    h1 = jnp.maximum(jnp.asarray(n_hypotheses, jnp.float32) - 1.0, 0.0)
-    return jnp.minimum(1.0, h1 * jnp.exp(-(margin + jnp.minimum(0.0, occam))))
+def _screen_bound(n_hypotheses, margin, occam, xp=jnp):
+    h1 = xp.maximum(xp.asarray(n_hypotheses, _real(xp)) - 1.0, 0.0)
+    return xp.minimum(1.0, h1 * xp.exp(-(margin + xp.minimum(0.0, occam))))
+
+
+def _real(xp):
+    return np.float64 if xp is np else jnp.float32
 
 
 def _log_prior_at_3sd(prior: NuisancePrior):
@@ -555,9 +560,9 @@ def _screen_cpu(c, cache: ScreenCache, ex, sh, noise_b: NoiseModel, prior, hprio
     )
     best = int(np.argmax(ev.log_evidence))
     occam = float(ev.laplace_term[best]) + float(_log_prior_at_3sd(prior))
-    margin = float(screen_margin(h, alpha, occam))
+    margin = float(screen_margin(h, alpha, occam, xp=np))
     n_keep = int(np.sum(ev.log_evidence >= ev.log_evidence[best] - margin))
-    return ev, margin, n_keep, float(_screen_bound(h, margin, occam))
+    return ev, margin, n_keep, float(_screen_bound(h, margin, occam, xp=np))
 
 
 def _exact_cpu(c, pix, sparse, cache: ScreenCache, order, theta_screen, ex, sh, noise, hprior, k, n_newton, from_screen):

@@ -287,6 +287,7 @@ def test_cpu_kernel_matches_jax_stages(rng_key, noise, dose, shift):
     a = make_fast_scorer(noise, PRIOR, backend="jax")(y, cache, _exposure(dose), shift=shift)
     b = make_fast_scorer(noise, PRIOR, backend="cpu")(y, cache, _exposure(dose), shift=shift)
     _assert_same_scores(a, b)
+    assert float(b.screen_error_bound) <= 1e-6  # float64 margin and bound: alpha itself
     exact = make_linear_scorer(noise, PRIOR)(y, IMAGES, _exposure(dose), shift=(0.0, 0.0) if shift is None else shift)
     _check_against_exact(b, exact, 5)
 
