@@ -111,7 +111,7 @@ from inference.evidence import (
     shift_phase,
 )
 from inference._kernels import gather, lik_sums, n_workers
-from inference.noise import NoiseModel, _check_counts, _saturated_part
+from inference.noise import NoiseModel, _check_counts, _saturated_part, _shift, _z
 
 __all__ = ["ScreenCache", "prepare_screen_cache", "FastScore", "make_fast_scorer", "screen_margin"]
 
@@ -488,12 +488,11 @@ def _host_prior(prior: NuisancePrior) -> NuisancePrior:
 
 
 def _noise_shift(noise: NoiseModel) -> float:
-    """The shifted-Poisson offset (:func:`inference.noise._shift`) as a float."""
-    return 0.0 if noise.kind == "poisson" else float((noise.read_noise / noise.gain) ** 2)
+    return float(_shift(noise))
 
 
 def _z_host(noise: NoiseModel, counts: np.ndarray) -> np.ndarray:
-    return np.maximum(counts / np.float32(noise.gain) + np.float32(_noise_shift(noise)), 0.0).astype(np.float32)
+    return np.asarray(_z(noise, counts), np.float32)
 
 
 @jax.jit
@@ -774,11 +773,8 @@ def make_fast_scorer(
 
     def _score_cpu(c, pix, sparse, skip, cache, ex, sh, h) -> FastScore:
         if skip:
-            idx, ev, conv = _exact_cpu(
-                c, pix, sparse, cache, np.zeros(h), None, ex, sh, noise, hprior, h, n_new, False
-            )
-            order = np.argsort(idx)
-            ev, conv = jax.tree.map(lambda x: x[order], (ev, conv))
+            # equal order keys: the stable sort keeps hypothesis order, so the result is already [H]
+            _, ev, conv = _exact_cpu(c, pix, sparse, cache, np.zeros(h), None, ex, sh, noise, hprior, h, n_new, False)
             scr, margin, n_keep, bound, screened = ev, np.inf, h, 0.0, False
             log_ev, mask = ev.log_evidence, conv
             rest = (ev.scale, ev.background, ev.scale_sd, ev.background_sd, ev.laplace_term, ev.grad_norm)
