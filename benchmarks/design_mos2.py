@@ -8,7 +8,8 @@ turn), noise keys and frames of 40 e-/Å²:
   for the heavy substituents, reported so the gain of adapting is not mistaken for the gain of a
   better fixed condition);
 - ``allocation``: start at Scherzer, then after every frame the live session's design step picks
-  the next condition among the candidates (HRTEM defocus series and two ADF detectors) by
+  the next condition among the candidates (HRTEM defocus series, two ADF detectors and 4D-STEM
+  with a pixelated camera to 40 mrad; ``--no-4dstem`` leaves 4D-STEM out) by
   Chernoff's allocation (:func:`inference.allocate_conditions`, the session's default) and
   applies it;
 - ``eig``: the same, picking by one-frame expected information gain per electron
@@ -40,10 +41,10 @@ POLICIES = ("scherzer", "adf", "allocation", "eig")
 ADAPTIVE = ("allocation", "eig")
 
 
-def run_session(waves, seed: int, policy: str, max_frames: int, n_hyps: int, start: dict) -> dict:
+def run_session(waves, seed: int, policy: str, max_frames: int, n_hyps: int, start: dict, pixelated: bool) -> dict:
     with tempfile.TemporaryDirectory() as d:
         s = make_demo_session(d, seed=seed, exit_waves=waves, auto_apply=policy in ADAPTIVE, max_frames=max_frames,
-                              hidden=seed % n_hyps, start_beam=start[policy],
+                              hidden=seed % n_hyps, start_beam=start[policy], pixelated=pixelated,
                               design=policy if policy in ADAPTIVE else "allocation")  # fmt: skip
         st = s.run_sync()
         truth = s.source.reveal()[-1]
@@ -57,8 +58,8 @@ def _pixelated_bound(model, hyps, st, adf_beam: dict, noise, target: float = 0.9
     """The asymptotic bound (:func:`inference.decision_dose_bound`) of a 4D-STEM condition: the
     ADF beam's probe with a pixelated detector, every diffraction pixel of every probe position a
     Poisson channel; probe positions on the coarsest scan that samples the band limit 2 alpha /
-    lambda (as the live model's ADF images). Not a candidate of the live session: its frames are
-    images, and a 4D-STEM frame is not."""
+    lambda (as the live model's ADF images), a point source. The idealised limit of the live
+    session's 4D-STEM candidate (which has a 40 mrad camera and the 0.2 Å source)."""
     import dataclasses
     import math
 
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--max-frames", type=int, default=80)
     ap.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated subset of {POLICIES}")
     ap.add_argument("--json", help="write the per-session results here")
+    ap.add_argument("--no-4dstem", action="store_true", help="leave the 4D-STEM candidate out (the candidates before it)")
     ap.add_argument("--extended-bound", action="store_true",
                     help="also print the bound for a wider candidate set (40 mrad objective aperture; 30 mrad ADF probe) and "
                          "for 4D-STEM")
@@ -106,22 +108,28 @@ def main() -> None:
                        slice_thickness=st.slice_thickness)
     beam = make_beam(st.energy)
     waves = [np.asarray(model.sim.exit_wave(h.specimen, beam)) for h in hyps]
-    labels = [lbl for lbl, _ in demo_beams(st, model.pixel_sampling)]
+    cands = demo_beams(st, model.pixel_sampling, cell=None if args.no_4dstem else model.cell)
+    labels = [lbl for lbl, _ in cands]
     start = {"scherzer": 2, "allocation": 2, "eig": 2, "adf": next(i for i, lbl in enumerate(labels) if lbl.startswith("ADF"))}
     print(f"prepared {len(hyps)} exit waves in {time.perf_counter() - t0:.1f} s; candidates: {labels}")
-    cands = demo_beams(st, model.pixel_sampling)
-    imgs = np.stack([model.images(b) for _, b in cands])
-    pa = model.pixel_sampling[0] * model.pixel_sampling[1]
+    imgs = [model.images(b) for _, b in cands]
+    pa = [model.pixel_area_of(b) for _, b in cands]
     doses = [b["dose"] for _, b in cands]
     noise = make_noise_model("poisson")
     bound = decision_dose_bound(imgs, doses, pa, noise)
     at_s = decision_dose_bound(imgs, doses, pa, noise, conditions=[start["scherzer"]])
-    hrtem = decision_dose_bound(imgs, doses, pa, noise, conditions=[i for i, lbl in enumerate(labels) if not lbl.startswith("ADF")])
+    hrtem = decision_dose_bound(imgs, doses, pa, noise, conditions=[i for i, lbl in enumerate(labels) if lbl.startswith("defocus")])
     print(f"asymptotic bound, mean over the library [e-/Å²]: Scherzer alone {at_s.mean():.0f}, best HRTEM mixture "
           f"{hrtem.mean():.0f}, best mixture of all candidates {bound.mean():.0f}: no policy beats "
           f"{at_s.mean() / bound.mean():.2f}x against Scherzer ({at_s.mean() / hrtem.mean():.2f}x without STEM)")
     print("  per hidden structure, Scherzer / best mixture: " + ", ".join(
         f"{h.name.split()[0]} {a / b:.2f}x" for h, a, b in zip(hyps, at_s, bound)))
+    four = [i for i, lbl in enumerate(labels) if lbl.startswith("4D-STEM")]
+    if four:
+        no4 = decision_dose_bound(imgs, doses, pa, noise, conditions=[i for i in range(len(labels)) if i not in four])
+        alone = decision_dose_bound(imgs, doses, pa, noise, conditions=four)
+        print(f"  4D-STEM alone {alone.mean():.0f} e-/Å² ({at_s.mean() / alone.mean():.2f}x); all candidates but "
+              f"4D-STEM {no4.mean():.0f} e-/Å² ({at_s.mean() / no4.mean():.2f}x)")
     if args.extended_bound:
         extra = []
         for k in (0, 2, 3):  # -1, 1, 1.5 x Scherzer with a 40 mrad objective aperture
@@ -133,19 +141,19 @@ def main() -> None:
             b["semiangle_cutoff"] = 30.0
             b["detector"]["inner"] = inner
             extra.append(b)
-        wide = np.concatenate([imgs, np.stack([model.images(b) for b in extra])])
-        wb = decision_dose_bound(wide, doses + [b["dose"] for b in extra], pa, noise)
+        wide = imgs + [model.images(b) for b in extra]
+        wb = decision_dose_bound(wide, doses + [b["dose"] for b in extra], pa + [model.pixel_area_of(b) for b in extra], noise)
         print(f"with a 40 mrad objective aperture at -1, 1, 1.5 x Scherzer and a 30 mrad ADF probe (40-200, 60-200 mrad) "
               f"added: best mixture {wb.mean():.0f} e-/Å², no policy beats {at_s.mean() / wb.mean():.2f}x against Scherzer")
         b4 = _pixelated_bound(model, hyps, st, cands[start["adf"]][1], noise)
-        print(f"4D-STEM (25 mrad probe, pixelated detector to the antialias cutoff, Nyquist scan) alone: {b4.mean():.0f} "
+        print(f"4D-STEM, idealised (25 mrad probe, point source, pixelated detector to the antialias cutoff, Nyquist scan) alone: {b4.mean():.0f} "
               f"e-/Å², {at_s.mean() / b4.mean():.2f}x against Scherzer; per hidden structure: " + ", ".join(
                   f"{h.name.split()[0]} {a / b:.2f}x" for h, a, b in zip(hyps, at_s, b4)))  # fmt: skip
     print(f"prepared the candidates' images and the bound in {time.perf_counter() - t0:.1f} s", flush=True)
 
     rows = []
     for seed in range(args.seeds):
-        out = {p: run_session(waves, seed, p, args.max_frames, len(hyps), start) for p in policies}
+        out = {p: run_session(waves, seed, p, args.max_frames, len(hyps), start, not args.no_4dstem) for p in policies}
         truth = out[policies[0]]["truth"]
         rows.append({"seed": seed, "truth": truth, **{f"{p}_{f}": out[p][f] for p in out for f in
                                                        ("frames", "dose_used_e_per_A2", "correct", "decision", "beams")}})

@@ -188,7 +188,12 @@ def make_prism(
     window_grid = Grid(gpts=window, sampling=ds_grid.sampling)
     # abTEM 1.0.11 crops PRISM patterns with the window gpts at the *simulation* sampling
     # (``adjusted_antialias_cutoff_gpts``); kept so 4D-STEM agrees with it.
-    cbed_shape = cbed_gpts(Grid(gpts=window, sampling=grid.sampling), cbed_crop)
+    # A crop given as an angle [mrad] counts the window's own diffraction pixels (lambda / window
+    # extent) within it.
+    if isinstance(cbed_crop, str):
+        cbed_shape = cbed_gpts(Grid(gpts=window, sampling=grid.sampling), cbed_crop)
+    else:
+        cbed_shape = cbed_gpts(window_grid, cbed_crop, energy=e)
     kvec = prism_wave_vectors(grid, e, cut, f, soft=soft_aperture)
     n_waves = kvec.shape[0]
     nb = -(-n_waves // (int(build_batch) * n_dev)) * n_dev

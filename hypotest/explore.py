@@ -164,10 +164,11 @@ def step_fit(session, step: int, model=None) -> dict:
             several steps).
 
     Returns:
-        ``{"counts", "expected"}`` (``[mx, my]`` float64), ``"sampling"`` (camera pixel [Å]),
+        ``{"counts", "expected"}`` (``[mx, my]`` float64; a 4D-STEM step as its virtual annular
+        dark-field image ``[sx, sy]``), ``"sampling"`` (camera pixel or scan step [Å]),
         ``"hypothesis"`` (id), ``"name"``, ``"frames"`` (record indices), ``"beam_label"``.
     """
-    from forward import pixel_area
+    from hypotest.beamfile import parse_beam
     from inference import fourier_shift
 
     by_step = {int(st["step"]): st for st in getattr(session, "steps", [])}
@@ -180,13 +181,16 @@ def step_fit(session, step: int, model=None) -> dict:
     ids = [h["id"] for h in session.config["hypotheses"]]
     if hid not in ids:
         raise InputError(f"the best hypothesis {hid} of step {step} was added during the session; its image is not in the model")
-    counts = np.sum([np.asarray(session.frame(i), dtype=np.float64) for i in st["frames"]], axis=0)
-    image = model.images(st["beam"])[ids.index(hid)]
-    exposure = float(st["dose_e_per_A2"]) * pixel_area(model.pixel_sampling)
+    beam = st["beam"]
+    counts = model.model_layout(beam, np.sum([np.asarray(session.frame(i), dtype=np.float64) for i in st["frames"]], axis=0))
+    image = model.images(beam)[ids.index(hid)]
+    exposure = float(st["dose_e_per_A2"]) * model.pixel_area_of(beam)
     shifted = np.asarray(fourier_shift(image, np.asarray(fit["shift_px"], dtype=np.float32)), dtype=np.float64)
     expected = exposure * (float(fit["scale"]) * shifted + float(fit["background"]))
+    # a 4D-STEM step as its virtual annular dark-field image (sums of counts stay Poisson)
+    counts, expected = (np.asarray(model.virtual_image(beam, a), np.float64) for a in (counts, expected))
     return {
-        "counts": counts, "expected": expected, "sampling": model.pixel_sampling, "hypothesis": hid,
+        "counts": counts, "expected": expected, "sampling": tuple(parse_beam(beam).sampling), "hypothesis": hid,
         "name": session.names[session.ids.index(hid)], "frames": list(st["frames"]), "beam_label": st.get("beam_label", ""),
     }  # fmt: skip
 

@@ -28,6 +28,10 @@ Two scorers:
   gradient and Hessian, one fused pass over the pixels per iteration. The real-time path.
 - :func:`make_laplace_scorer`: ``(shift_x, shift_y, scale, background)`` marginalised, shift by
   exact Fourier phase ramps, Hessian by autodiff. One FFT pair per hypothesis and iteration.
+
+Both take frames with detector channels (4D-STEM, one image over the scan per diffraction pixel)
+as ``[..., nx, ny]``, channels leading: a drift moves the last two (scan) axes of every channel
+alike, and every pixel of every channel is one count of the likelihood.
 """
 
 from __future__ import annotations
@@ -159,7 +163,9 @@ def fourier_shift(image, shift):
     exact Fourier phase ramp (the shift theorem; :func:`shift_phase`); differentiable in ``shift``."""
     image = jnp.asarray(image)
     nx, ny = image.shape[-2:]
-    return jnp.fft.irfft2(jnp.fft.rfft2(image) * shift_phase((nx, ny), shift), s=(nx, ny))
+    phase = shift_phase((nx, ny), shift)
+    phase = phase.reshape((1,) * (image.ndim - 2) + phase.shape)  # leading (channel) axes explicit
+    return jnp.fft.irfft2(jnp.fft.rfft2(image) * phase, s=(nx, ny))
 
 
 def _gauss_logpdf(x, mean, sd, xp=jnp):
@@ -188,8 +194,11 @@ def _mu_derivs(noise: NoiseModel, counts, mu):
 def _check_inputs(counts, images, exposure):
     """Concrete shape and exposure checks (shapes only: no copy of the cached images)."""
     cs, ims = tuple(jnp.shape(counts)), tuple(jnp.shape(images))
-    if len(ims) != 3:
-        raise InputError(f"images must be [H, nx, ny] (one cached image per hypothesis), got shape {list(ims)}")
+    if len(ims) < 3:
+        raise InputError(
+            f"images must be [H, nx, ny] (one cached image per hypothesis) or [H, ..., nx, ny] (detector channels "
+            f"first, e.g. 4D-STEM [H, kx, ky, sx, sy]), got shape {list(ims)}"
+        )
     if ims[0] == 0:
         raise InputError("the library is empty: got 0 hypothesis images; add at least one hypothesis")
     if cs != ims[1:]:

@@ -16,6 +16,17 @@ Electron Microscopy*, 2nd ed. (2010), sec. 5.5), and the cell is periodic. The f
 (``source_size``, Gaussian sigma [Å]) is applied as the exact Gaussian transfer
 ``exp(-2 pi² sigma² k²)`` on that spectrum. A frame's STEM pixel is a scan position: its expected
 counts are dose x pixel area x the detected fraction of the beam, as for HRTEM.
+
+4D-STEM (``detector.mode = "4dstem"``): a pixelated detector records the diffraction pattern at
+every probe position. The frame is ``[sx, sy, kx, ky]``: the scan spans the cell with step
+``beam["sampling"]`` (pixel (0, 0) at the cell origin), and the detector is the square of
+reciprocal-space pixels within ``detector.outer`` [mrad] of the optic axis (the camera's reach;
+pixel size = the simulation grid's angular sampling, lambda / cell). The model simulates it with
+the same PRISM S-matrix as annular STEM and keeps it as ``[H, kx, ky, sx, sy]`` (every detector
+pixel an image over the scan, the last two axes spatial), the layout the scorers and the design
+take: a drift moves the scan, not the pattern, and :meth:`ImageModel.model_layout` turns a frame
+into it. The scan must sample the band limit ``2 alpha / lambda`` of the data (step
+<= ``lambda / (4 alpha)``); the source size enters as the same Gaussian transfer over the scan.
 """
 
 from __future__ import annotations
@@ -47,7 +58,7 @@ _STEM_CACHE_SIZE = 4096
 #: Scan oversampling beyond the Nyquist rate of the band limit 2 alpha / lambda (the soft
 #: aperture edge reaches slightly past alpha).
 _SCAN_MARGIN = 1.15
-MODES = ("hrtem", "stem_annular")
+MODES = ("hrtem", "stem_annular", "4dstem")
 
 
 def beam_key(beam: dict) -> str:
@@ -95,6 +106,7 @@ class ImageModel:
         self._images: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
         self._prism: dict[tuple, object] = {}
+        self._last_smatrix: tuple | None = None  # (key, S-matrix) of the last hypothesis built
         self.resimulations = 0
 
     @property
@@ -139,14 +151,164 @@ class ImageModel:
                 new = [np.asarray(self.sim.image_from_exit_wave(w, bc)) for w in waves[done:]]
             elif mode == "stem_annular":
                 new = [self._stem_image(s, bc, beam) for s in self.specimens[done:]]
+            elif mode == "4dstem":
+                new = [self._stem4d_image(s, bc, beam) for s in self.specimens[done:]]
             else:
                 raise InputError(
                     f"the live image model simulates detector modes {list(MODES)}, got {mode!r}: "
-                    "segmented and 4D-STEM frames are scored through the Python API (inference.score_frames)"
+                    "segmented-detector frames are scored through the Python API (inference.score_frames)"
                 )
             imgs = np.stack(new) if imgs is None else np.concatenate([imgs, np.stack(new)])
             self._images[key] = imgs.astype(np.float32)
             return self._images[key]
+
+    def frame_shape_of(self, beam: dict) -> tuple[int, ...]:
+        """Shape of a frame taken under ``beam`` as the microscope sends it: the camera
+        ``(mx, my)`` for HRTEM and annular STEM, ``(sx, sy, kx, ky)`` for 4D-STEM."""
+        bc = self._parsed(beam)
+        if bc.detector.mode == "4dstem":
+            return self._scan4d(beam, bc) + self._cbed_shape(bc)
+        return self.camera_gpts
+
+    def pixel_area_of(self, beam: dict) -> float:
+        """Area [Å²] of one spatial pixel of a frame under ``beam`` (camera pixel or scan step):
+        expected counts = dose x this area x the image value."""
+        bc = self._parsed(beam)
+        if bc.detector.mode == "4dstem":
+            g = self._scan4d(beam, bc)
+            return float(self.cell[0] / g[0] * self.cell[1] / g[1])
+        return float(self.pixel_sampling[0] * self.pixel_sampling[1])
+
+    def model_layout(self, beam: dict, frame: np.ndarray) -> np.ndarray:
+        """A frame (or a stack/sum of them, trailing axes the frame) in the layout of
+        :meth:`images`: 4D-STEM ``[..., sx, sy, kx, ky]`` -> ``[..., kx, ky, sx, sy]``."""
+        a = np.asarray(frame)
+        if self._parsed(beam).detector.mode != "4dstem":
+            return a
+        return np.ascontiguousarray(np.moveaxis(a, (-4, -3), (-2, -1)))
+
+    def frame_layout(self, beam: dict, image: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`model_layout`."""
+        a = np.asarray(image)
+        if self._parsed(beam).detector.mode != "4dstem":
+            return a
+        return np.ascontiguousarray(np.moveaxis(a, (-2, -1), (-4, -3)))
+
+    def virtual_image(self, beam: dict, data: np.ndarray) -> np.ndarray:
+        """A 2D picture of ``data`` in the layout of :meth:`images` (for display): the data itself
+        for images; for 4D-STEM the virtual annular dark-field image (detector pixels beyond the
+        probe semiangle summed; the whole pattern if the camera sees only the bright field)."""
+        a = np.asarray(data)
+        bc = self._parsed(beam)
+        if bc.detector.mode != "4dstem":
+            return a
+        kx, ky = self._cbed_angles(bc)
+        dark = np.hypot(kx[:, None], ky[None, :]) > float(bc.semiangle_cutoff)
+        mask = dark if dark.any() else np.ones_like(dark)
+        return np.tensordot(mask.astype(a.dtype), a, axes=([0, 1], [-4, -3]))
+
+    def _cbed_angles(self, bc) -> tuple[np.ndarray, np.ndarray]:
+        """Scattering angles [mrad] of the 4D-STEM detector pixels, zero at the centre pixel."""
+        from forward.detectors import angular_sampling
+
+        d = angular_sampling(self.grid, float(bc.energy))
+        n = self._cbed_shape(bc)
+        return ((np.arange(n[0]) - n[0] // 2) * d[0], (np.arange(n[1]) - n[1] // 2) * d[1])
+
+    def _cbed_shape(self, bc) -> tuple[int, int]:
+        from forward.detectors import cbed_gpts
+
+        outer = float(bc.detector.outer)
+        if outer <= 0:
+            raise InputError(
+                "a 4D-STEM beam needs detector 'outer' > 0: the camera's reach [mrad] (the frame holds the "
+                "square of diffraction pixels within it)"
+            )
+        return tuple(int(v) for v in cbed_gpts(self.grid, outer, energy=float(bc.energy)))
+
+    def _scan4d(self, beam: dict, bc) -> tuple[int, int]:
+        """Probe positions of a 4D-STEM frame from the beam's scan step; the scan spans the cell
+        and samples the band limit ``2 alpha / lambda`` (module docstring)."""
+        cut = float(bc.semiangle_cutoff)
+        if cut <= 0:
+            raise InputError("a 4D-STEM beam needs a probe semiangle_cutoff > 0 [mrad]")
+        step = parse_beam(beam, where="beam condition").sampling
+        gpts = tuple(max(1, int(round(float(L) / s))) for L, s in zip(self.cell[:2], step))
+        for L, s, n in zip(self.cell[:2], step, gpts):
+            if abs(n * s - float(L)) > 1e-3 * float(L):
+                raise InputError(
+                    f"4D-STEM scan step {s:g} Å does not divide the cell ({float(L):.4f} Å): the frame spans the cell "
+                    f"exactly; use {float(L) / n:.5g} Å ({n} positions)"
+                )
+        nyq = float(wavelength(bc.energy)) / (4.0 * cut * 1e-3)
+        if max(step) > nyq * (1 + 1e-6):
+            raise InputError(
+                f"4D-STEM scan step {max(step):.4g} Å undersamples the data's band limit 2 alpha / lambda "
+                f"({cut:g} mrad probe at {float(bc.energy) / 1e3:g} kV): use a step <= {nyq:.4g} Å"
+            )
+        return gpts
+
+    def _stem4d_image(self, specimen: Specimen, bc, beam: dict) -> np.ndarray:
+        key = (content_id(specimen), tuple(sorted(self.settings.items())), "4d",
+               beam_key({k: v for k, v in beam.items() if k != "dose"}))  # fmt: skip
+        img = _STEM_CACHE.get(key)
+        if img is not None:
+            return img
+        from forward.prism import make_prism
+        from forward.stem import make_scan
+
+        gpts = self._scan4d(beam, bc)
+        shape = self._cbed_shape(bc)
+        cut, outer = float(bc.semiangle_cutoff), float(bc.detector.outer)
+        pk = (float(bc.energy), cut, "4d", outer)
+        prism = self._prism.get(pk)
+        if prism is None:
+            prism = make_prism(self.grid, float(self.cell[2]), self.settings["slice_thickness"], energy=float(bc.energy),
+                               expansion_cutoff=cut + 1.0, cbed_crop=outer)  # fmt: skip
+            self._prism[pk] = prism
+        scan = make_scan(start=(0.0, 0.0), end=tuple(float(v) for v in self.cell[:2]), gpts=gpts)
+        data = np.asarray(prism.apply(self._smatrix(prism, specimen, bc), dataclasses.replace(bc, source_size=0.0), scan),
+                          np.float64)  # fmt: skip
+        self.resimulations += 1
+        if data.shape != gpts + shape:
+            raise RuntimeError(f"PRISM returned a 4D-STEM frame of shape {data.shape}, expected {gpts + shape}")
+        img = np.moveaxis(data, (0, 1), (2, 3))  # [kx, ky, sx, sy]
+        if float(bc.source_size) > 0:
+            img = _fourier_resample(img, gpts, self.cell[:2], float(bc.source_size))
+        img = np.maximum(img, 1e-6 * max(float(img.mean()), 1e-12)).astype(np.float32)
+        img = np.ascontiguousarray(img)
+        img.setflags(write=False)
+        if len(_STEM_CACHE) >= _STEM_CACHE_SIZE:
+            _STEM_CACHE.pop(next(iter(_STEM_CACHE)))
+        _STEM_CACHE[key] = img
+        return img
+
+    def _smatrix(self, prism, specimen: Specimen, bc):
+        """The PRISM S-matrix of ``specimen`` (depends on the energy and the expansion cutoff only,
+        not on the detector), reused while consecutive calls ask for the same one."""
+        k = (content_id(specimen), float(bc.energy), float(bc.semiangle_cutoff))
+        if self._last_smatrix is not None and self._last_smatrix[0] == k:
+            return self._last_smatrix[1]
+        sm = prism.build(specimen)
+        self._last_smatrix = (k, sm)
+        return sm
+
+    def prepare(self, beams) -> None:
+        """Simulate the images of ``beams`` for every hypothesis. STEM beams go hypothesis by
+        hypothesis, so those of one energy and probe (annular detectors, 4D-STEM) share each
+        hypothesis' S-matrix, built once instead of once per beam."""
+        beams = list(beams)
+        with self._lock:
+            for s in self.specimens:
+                for b in beams:
+                    bc = self._parsed(b)
+                    if bc.detector.mode == "stem_annular":
+                        self._stem_image(s, bc, b)
+                    elif bc.detector.mode == "4dstem":
+                        self._stem4d_image(s, bc, b)
+            self._last_smatrix = None  # ~20 MB each: not kept beyond the warm-up
+        for b in beams:
+            self.images(b)
 
     def scan_gpts(self, bc) -> tuple[int, int]:
         """Probe positions simulated for an annular STEM frame: the fewest that sample the band
@@ -175,7 +337,8 @@ class ImageModel:
             self._prism[pk] = prism
         gpts = self.scan_gpts(bc)
         scan = make_scan(start=(0.0, 0.0), end=tuple(float(v) for v in self.cell[:2]), gpts=gpts)
-        coarse = np.asarray(prism.apply(prism.build(specimen), dataclasses.replace(bc, source_size=0.0), scan), np.float64)
+        coarse = np.asarray(prism.apply(self._smatrix(prism, specimen, bc), dataclasses.replace(bc, source_size=0.0), scan),
+                            np.float64)  # fmt: skip
         self.resimulations += 1
         img = _fourier_resample(coarse, self.camera_gpts, self.cell[:2], float(bc.source_size))
         # Interpolation rounding can leave values a hair below zero far from any atom; the expected
@@ -200,18 +363,19 @@ class ImageModel:
 
 
 def _fourier_resample(image: np.ndarray, shape, extent, source_size: float = 0.0) -> np.ndarray:
-    """A periodic, band-limited ``image`` sampled on ``shape`` pixels over ``extent`` [Å] by
-    zero-padding its spectrum, blurred by a Gaussian source of sigma ``source_size`` [Å]."""
-    n = image.shape
+    """A periodic, band-limited ``image`` (``[..., nx, ny]``) sampled on ``shape`` pixels over
+    ``extent`` [Å] by zero-padding its spectrum, blurred by a Gaussian source of sigma
+    ``source_size`` [Å]."""
+    n = image.shape[-2:]
     f = np.fft.fft2(image)
     kx = np.fft.fftfreq(n[0], d=extent[0] / n[0])
     ky = np.fft.fftfreq(n[1], d=extent[1] / n[1])
     if source_size > 0:
         f = f * np.exp(-2.0 * np.pi**2 * source_size**2 * (kx[:, None] ** 2 + ky[None, :] ** 2))
-    out = np.zeros(tuple(shape), complex)
+    out = np.zeros(image.shape[:-2] + tuple(shape), complex)
     ix = np.mod(np.round(np.fft.fftfreq(n[0]) * n[0]).astype(int), shape[0])
     iy = np.mod(np.round(np.fft.fftfreq(n[1]) * n[1]).astype(int), shape[1])
-    out[np.ix_(ix, iy)] = f
+    out[..., ix[:, None], iy[None, :]] = f
     return np.real(np.fft.ifft2(out)) * (shape[0] * shape[1]) / (n[0] * n[1])
 
 
@@ -249,6 +413,22 @@ class CachedImageModel:
     @property
     def pixel_sampling(self) -> tuple[float, float]:
         return self._sampling
+
+    def frame_shape_of(self, beam: dict) -> tuple[int, ...]:
+        return tuple(self._shape[1:])
+
+    def pixel_area_of(self, beam: dict) -> float:
+        return float(self._sampling[0] * self._sampling[1])
+
+    def model_layout(self, beam: dict, frame: np.ndarray) -> np.ndarray:
+        return np.asarray(frame)
+
+    frame_layout = model_layout
+    virtual_image = model_layout
+
+    def prepare(self, beams) -> None:
+        for b in beams:
+            self.images(b)
 
     def images(self, beam: dict) -> np.ndarray:
         try:

@@ -11,7 +11,6 @@ import time
 import numpy as np
 
 from forward import InputError
-from forward.noise import pixel_area
 from hypotest.beamfile import parse_beam
 from inference.evidence import fourier_shift
 
@@ -102,29 +101,39 @@ class SessionQueries:
         with self._lock:
             return list(self._proposals)
 
+    # A 4D-STEM frame is shown as its virtual annular dark-field image (ImageModel.virtual_image):
+    # a sum of Poisson counts, so the residual of the sums is still Poisson-normalised.
     def latest_frame(self) -> np.ndarray | None:
         with self._lock:
-            return None if self._latest is None else np.array(self._latest["counts"])
+            latest = self._latest
+        return None if latest is None else np.array(self.model.virtual_image(latest["beam"], latest["counts"]))
+
+    def _expected(self, i: int, latest, beam: dict) -> np.ndarray:
+        """Expected counts of hypothesis ``i`` (in the model's layout) under ``beam``, with the
+        latest step's fitted nuisance values when it was scored there."""
+        img = self.model.images(beam)[i]
+        if latest is None or i not in latest["active"]:
+            bc = parse_beam(beam).beam
+            return img * float(bc.dose) * self.model.pixel_area_of(beam)
+        ev = latest["ev"]
+        k = int(np.flatnonzero(latest["active"] == i)[0])
+        shifted = np.asarray(fourier_shift(img, np.asarray(ev.shift[k])))
+        return latest["exposure"] * (float(ev.scale[k]) * shifted + float(ev.background[k]))
 
     def simulated_image(self, hypothesis_id: str) -> np.ndarray:
         i = self._index(hypothesis_id)
         with self._lock:
             latest = self._latest
             beam = dict(self._beam) if latest is None else latest["beam"]
-        img = self.model.images(beam)[i]
-        if latest is None or i not in latest["active"]:
-            bc = parse_beam(beam).beam
-            return img * float(bc.dose) * pixel_area(self.model.pixel_sampling)
-        ev = latest["ev"]
-        k = int(np.flatnonzero(latest["active"] == i)[0])
-        shifted = np.asarray(fourier_shift(img, np.asarray(ev.shift[k])))
-        return latest["exposure"] * (float(ev.scale[k]) * shifted + float(ev.background[k]))
+        return np.asarray(self.model.virtual_image(beam, self._expected(i, latest, beam)))
 
     def residual(self) -> np.ndarray | None:
         with self._lock:
-            if self._latest is None:
+            latest = self._latest
+            if latest is None:
                 return None
-            counts = self._latest["counts"]
-            best = self.hyps[int(self.tracker.view()["best"])].id
-        mu = self.simulated_image(best)
+            best = int(self.tracker.view()["best"])
+        beam = latest["beam"]
+        counts = self.model.virtual_image(beam, latest["counts"])
+        mu = self.model.virtual_image(beam, self._expected(best, latest, beam))
         return (counts - mu) / np.sqrt(np.maximum(mu, 1e-3))

@@ -10,7 +10,8 @@ Two scorers (``scorer=`` of :class:`hypotest.live.session.LiveSession`):
   then known), and :func:`inference.screen.make_fast_scorer` screens every hypothesis on binned
   data and scores the ones within a stated margin of the best exactly (scale and background
   marginalised), with a bound on the probability of screening out the truth: for hundreds to
-  thousands of hypotheses.
+  thousands of hypotheses. Frames with detector channels (4D-STEM) skip the screen: every
+  hypothesis is scored exactly at the registered drift (:func:`inference.make_linear_scorer`).
 
 Registration: the MAP shift. For Poisson counts ``y`` and a periodic model image ``I`` the
 log-likelihood of a shift ``s`` (scale and background held) is ``sum_x y(x) log I(x - s)`` up to
@@ -20,7 +21,9 @@ prior (``shift_sd`` pixels per axis, mean 0; the one the Laplace scorer marginal
 added, the maximum taken over ``|s| <= max_drift_px``, and refined to sub-pixel by a parabola
 through the peak and its neighbours. On a bright frame the prior is negligible; on a sparse one
 (tens of counts in an ADF frame) the likelihood is flat and the MAP stays near zero instead of
-following the noise. ``log I`` is floored at 1% of the mean image (a dark-count level).
+following the noise. ``log I`` is floored at 1% of the mean image (a dark-count level). A frame
+with detector channels (4D-STEM, ``[..., nx, ny]`` channels first) is one Poisson likelihood over
+all of them: the channels' correlations are summed.
 
 Units of the background: both scorers take the nuisance prior relative to the signal of the
 beam condition (:func:`inference.signal_relative_prior`): 0.1 of the beam in HRTEM, 0.1 of the
@@ -52,8 +55,14 @@ def register_shift(
     """
     img = np.asarray(image, np.float64)
     y = np.asarray(frame, np.float64)
-    log_i = np.log(np.maximum(img, 0.01 * max(float(np.mean(img)), 1e-30)))
-    c = np.fft.irfft2(np.fft.rfft2(y) * np.conj(np.fft.rfft2(log_i)), s=img.shape)
+    if y.shape != img.shape or img.ndim < 2:
+        raise ValueError(f"frame {list(y.shape)} and image {list(img.shape)} must have one shape [..., nx, ny]")
+    floor = 0.01 * max(float(np.mean(img)), 1e-30)
+    if img.ndim > 2:  # detector channels: each floored at 1% of its own mean, correlations summed
+        floor = np.maximum(0.01 * img.mean(axis=(-2, -1), keepdims=True), 1e-30)
+    log_i = np.log(np.maximum(img, floor))
+    spec = np.fft.rfft2(y) * np.conj(np.fft.rfft2(log_i))
+    c = np.fft.irfft2(spec.reshape((-1,) + spec.shape[-2:]).sum(axis=0), s=img.shape[-2:])
     nx, ny = c.shape
     r = int(np.ceil(max_drift_px))
     d = np.arange(-r - 1, r + 2)
@@ -94,7 +103,7 @@ def _bin_factor(shape) -> int:
 
 
 def make_step_scorer(kind: str, noise, prior, frame_shape):
-    """``score(counts, images [H, mx, my], exposure, drift, cache_key=None) -> StepEvidence``.
+    """``score(counts, images [H, ..., mx, my], exposure, drift, cache_key=None) -> StepEvidence``.
 
     ``cache_key`` (hashable) identifies ``images`` so the fast scorer's binned cache is built
     once per beam condition and active set.
@@ -123,7 +132,17 @@ def make_step_scorer(kind: str, noise, prior, frame_shape):
     f = _bin_factor(frame_shape)
     caches: dict = {}
 
+    from inference.evidence import make_linear_scorer
+
     def score(counts, images, exposure, drift, cache_key=None) -> StepEvidence:
+        if np.ndim(images) > 3:  # detector channels (4D-STEM): no screen, every hypothesis exact
+            ev = make_linear_scorer(noise, signal_relative_prior(prior, images))(counts, images, exposure, drift)
+            n = int(np.asarray(ev.log_evidence).shape[0])
+            return StepEvidence(
+                np.asarray(ev.log_evidence, np.float64), np.asarray(ev.scale), np.asarray(ev.scale_sd),
+                np.asarray(ev.background), np.asarray(ev.background_sd), np.asarray(ev.shift),
+                np.zeros((n, 2), np.float32), np.ones(n, bool), 0.0,
+            )  # fmt: skip
         hit = caches.get(cache_key) if cache_key is not None else None
         if hit is None:
             hit = (prepare_screen_cache(images, bin_factor=f),

@@ -44,7 +44,6 @@ import jax
 import numpy as np
 
 from forward import InputError, make_specimen
-from forward.noise import pixel_area
 from hypotest.beamfile import parse_beam
 from hypotest.live.events import BadMessage, FrameSource, RawFrame, StreamEvent
 from hypotest.live.model import beam_key
@@ -204,13 +203,17 @@ class LiveSession(SessionQueries):
         """Simulate the images of every candidate beam and compile the scorer and the design step
         before the first frame, so the first frames do not wait for compilation; returns seconds."""
         t = time.perf_counter()
-        for _, b in self.candidates + [("current", self._beam)]:
-            self.model.images(b)
+        self.model.prepare([self._beam] + [b for _, b in self.candidates])
         active = self._active()
-        imgs = self.model.images(self._beam)[active]
-        exposure = float(self._beam["dose"]) * pixel_area(self.model.pixel_sampling)
-        self._score(np.asarray(imgs[0] * exposure, np.float32), imgs, exposure, (0.0, 0.0),
-                    cache_key=(beam_key(self._beam), tuple(active.tolist())))
+        shapes = set()
+        for _, b in [("current", self._beam)] + self.candidates:
+            imgs = self.model.images(b)[active]
+            if imgs.shape in shapes:  # one compiled scorer per frame shape
+                continue
+            shapes.add(imgs.shape)
+            exposure = float(b["dose"]) * self.model.pixel_area_of(b)
+            self._score(np.asarray(imgs[0] * exposure, np.float32), imgs, exposure, (0.0, 0.0),
+                        cache_key=(beam_key(b), tuple(active.tolist())))
         self._propose(0, self.tracker.view(), active)
         return time.perf_counter() - t
 
@@ -400,12 +403,11 @@ class LiveSession(SessionQueries):
 
     def _process(self, batch: list[_Pending]) -> list[_Pending]:
         t0 = time.perf_counter()
-        frame_shape = tuple(self.model.frame_shape)
         valid = []
         for p in batch:
             try:
-                c = _check_counts(p.counts, frame_shape, self.noise)
                 parse_beam(p.beam, where=f"frame {p.source_id} beam")
+                c = _check_counts(p.counts, tuple(self.model.frame_shape_of(p.beam)), self.noise)
             except InputError as exc:
                 reason = f"frame {p.source_id}: {exc}"
                 self.writer.append("fate", index=p.index, source_id=p.source_id, fate="rejected", reason=reason)
@@ -421,10 +423,10 @@ class LiveSession(SessionQueries):
         rest = [p for p, _ in valid if beam_key(p.beam) != key]
         beam = group[0][0].beam
         bc = parse_beam(beam, where="frame beam").beam
-        counts = np.sum([c for _, c in group], axis=0, dtype=np.float32)
+        counts = self.model.model_layout(beam, np.sum([c for _, c in group], axis=0, dtype=np.float32))
         n = len(group)
         dose = float(bc.dose) * n
-        exposure = dose * pixel_area(self.model.pixel_sampling)
+        exposure = dose * self.model.pixel_area_of(beam)
         active = self._active()
         images = self.model.images(beam)[active]
         with self._lock:
@@ -565,10 +567,10 @@ class LiveSession(SessionQueries):
         live = sorted(active.tolist(), key=lambda i: -lp[i])[:PROPOSAL_HYPOTHESES]
         if len(live) < 2:
             return []
-        imgs = np.stack([self.model.images(b)[live] for _, b in self.candidates])
+        imgs = [self.model.images(b)[live] for _, b in self.candidates]
         doses = [float(b["dose"]) for _, b in self.candidates]
         key = jax.random.fold_in(jax.random.key(self._seed + 1), step)
-        pa = pixel_area(self.model.pixel_sampling)
+        pa = [self.model.pixel_area_of(b) for _, b in self.candidates]
         ranked = rank_conditions(key, imgs, doses, pa, lp[live], self.noise, n_samples=32,
                                  labels=[lbl for lbl, _ in self.candidates])  # fmt: skip
         alloc = allocate_conditions(imgs, doses, pa, lp[live], self.noise, target=self.target)
@@ -650,10 +652,14 @@ class LiveSession(SessionQueries):
         b = dict(beam)
         parse_beam(b, where="beam")
         img_shape = self.model.frame_shape
-        if parse_beam(b).sampling != parse_beam(self._beam).sampling:
+        bf = parse_beam(b)
+        if bf.beam.detector.mode == "4dstem":
+            self.model.frame_shape_of(b)  # the scan step spans the cell and samples the probe's band limit
+        elif not np.allclose(bf.sampling, self.model.pixel_sampling, rtol=1e-4):
             raise InputError(
-                f"beam 'sampling' {b['sampling']} differs from the session's frame sampling {self._beam['sampling']} "
-                f"(camera {img_shape[0]}x{img_shape[1]} px); change the optics, not the camera, during a session"
+                f"beam 'sampling' {b['sampling']} differs from the session's frame sampling "
+                f"{[round(v, 6) for v in self.model.pixel_sampling]} Å (camera {img_shape[0]}x{img_shape[1]} px); change "
+                "the optics, not the camera, during a session"
             )
         return self._set_beam(b, self._label_of(b), by="operator")
 
@@ -699,8 +705,8 @@ class LiveSession(SessionQueries):
             return out
         rec = load_record(self.dir)
         for e in self._history:
-            counts = np.sum([rec.frame(j).astype(np.float32) for j in e["frames"]], axis=0)
-            exposure = e["dose_e_per_A2"] * pixel_area(self.model.pixel_sampling)
+            counts = self.model.model_layout(e["beam"], np.sum([rec.frame(j).astype(np.float32) for j in e["frames"]], axis=0))
+            exposure = e["dose_e_per_A2"] * self.model.pixel_area_of(e["beam"])
             img = self.model.images(e["beam"])[i : i + 1]
             out.append(float(self._score(counts, img, exposure, tuple(e["drift_px"])).log_evidence[0]))
         return out

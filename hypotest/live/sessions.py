@@ -12,6 +12,7 @@ where phase contrast at the same dose cannot; Krivanek et al., Nature 464 (2010)
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +46,10 @@ class ImagingSettings:
     stem_detectors: tuple[tuple[float, float], ...] = ()
     probe_semiangle: float = 25.0  # STEM probe convergence [mrad]
     source_size: float = 0.2  # STEM effective source, Gaussian sigma [Å]
+    #: 4D-STEM offered to the design step: the pixelated camera's reach [mrad] (0 for none) and
+    #: the probe's defocus [Å]
+    pixelated_outer: float = 0.0
+    pixelated_defocus: float = 0.0
 
 
 #: Imaging settings per built-in library: 80 kV for MoS2 (below the S knock-on threshold), 300 kV
@@ -57,8 +62,13 @@ class ImagingSettings:
 #: the pristine lattice differ by 3e-3 nats of Kullback-Leibler divergence per e-/Å² in HRTEM at
 #: Scherzer defocus but 1.3e-2 in 40-200 mrad ADF, while the light-atom defects (V_S, O_S) are
 #: better separated by phase contrast (``benchmarks/design_mos2.py`` measures what the choice buys).
+#: Its 4D-STEM candidate (a pixelated camera to 40 mrad, the same 25 mrad probe) is defocused by
+#: 50 Å: with the 0.2 Å source, whose blur of the scan removes the in-focus data's finest detail,
+#: the asymptotic decision dose over the library is 581 e-/Å² with it among the candidates against
+#: 604 with the in-focus probe (``inference.decision_dose_bound``; 699 against 638 alone).
 LIBRARY_SETTINGS = {
-    "mos2_defects": ImagingSettings(energy=80e3, c30=-1.5e5, dose=40.0, stem_detectors=((40.0, 200.0), (60.0, 200.0))),
+    "mos2_defects": ImagingSettings(energy=80e3, c30=-1.5e5, dose=40.0, stem_detectors=((40.0, 200.0), (60.0, 200.0)),
+                                    pixelated_outer=40.0, pixelated_defocus=50.0),
     "pt111_adsorbates": ImagingSettings(energy=300e3, c30=-1.5e5, dose=200.0),
     "srtio3_vacancy": ImagingSettings(energy=300e3, c30=-1.5e5, dose=1e4),
 }
@@ -78,9 +88,12 @@ def load_builtin_hypotheses(name: str = "mos2_defects") -> list[Hypothesis]:
     return hyps
 
 
-def demo_beams(settings: ImagingSettings, pixel_sampling, dose: float | None = None) -> list[tuple[str, dict]]:
+def demo_beams(settings: ImagingSettings, pixel_sampling, dose: float | None = None, cell=None) -> list[tuple[str, dict]]:
     """The candidate beams (BEAM.json form): a defocus series around Scherzer, then the annular
-    STEM detectors of ``settings`` (probe at Gaussian focus, aberrations corrected)."""
+    STEM detectors of ``settings`` (probe at Gaussian focus, aberrations corrected), then, given
+    the ``cell`` [Å] and a ``pixelated_outer`` in ``settings``, 4D-STEM with the same probe: a
+    pixelated camera to that angle, on the scan that samples the data's band limit
+    ``2 alpha / lambda`` with the margin of annular STEM (:meth:`ImageModel.scan_gpts`)."""
     f0 = float(scherzer_defocus(settings.c30, settings.energy))
     sim = {"sampling": settings.sampling, "slice_thickness": settings.slice_thickness}
     out = []
@@ -99,6 +112,20 @@ def demo_beams(settings: ImagingSettings, pixel_sampling, dose: float | None = N
              "semiangle_cutoff": settings.probe_semiangle, "aberrations": {}, "source_size": settings.source_size,
              "detector": {"mode": "stem_annular", "inner": inner, "outer": outer}, "simulation": dict(sim)},
         ))  # fmt: skip
+    if settings.pixelated_outer > 0 and cell is not None:
+        from forward.constants import wavelength
+        from hypotest.live.model import _SCAN_MARGIN
+
+        kmax = 2.0 * settings.probe_semiangle * 1e-3 / float(wavelength(settings.energy))
+        step = [float(L) / math.ceil(2.0 * _SCAN_MARGIN * kmax * float(L)) for L in np.asarray(cell)[:2]]
+        out.append((
+            f"4D-STEM to {settings.pixelated_outer:g} mrad ({settings.probe_semiangle:g} mrad probe, "
+            f"defocus {settings.pixelated_defocus:g} Å)",
+            {"energy": settings.energy, "dose": float(dose or settings.dose), "sampling": step,
+             "semiangle_cutoff": settings.probe_semiangle, "aberrations": {"defocus": settings.pixelated_defocus},
+             "source_size": settings.source_size,
+             "detector": {"mode": "4dstem", "outer": settings.pixelated_outer}, "simulation": dict(sim)},
+        ))  # fmt: skip
     return out
 
 
@@ -107,13 +134,15 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
                       hidden: int | list[int] | None = None, schedule=(), switch_rate_hz: float = 0.0,
                       dose: float | None = None, exit_waves=None, expected_run_length: float = 200.0,
                       log: Callable[[str], None] | None = None, start_beam: int = 2,
-                      scorer: str = "laplace", design: str = "allocation") -> LiveSession:  # fmt: skip
+                      scorer: str = "laplace", design: str = "allocation", pixelated: bool = True) -> LiveSession:  # fmt: skip
     """The embedded default: built-in ``library``, a simulated microscope hiding ``hidden`` (by
     default one hypothesis chosen by ``seed``; a list = metastable states, switching by
     ``schedule`` or ``switch_rate_hz``), frames at ``frame_rate_hz`` (None: as fast as scored).
 
     ``exit_waves``: precomputed exit waves of the library (e.g. from Ray workers) at the library's
-    energy; computed here otherwise. The session is not started: call ``.start()`` or ``.run()``.
+    energy; computed here otherwise. ``pixelated``: offer the library's 4D-STEM condition to the
+    design step (where its settings have one). The session is not started: call ``.start()`` or
+    ``.run()``.
     """
     if library not in LIBRARY_SETTINGS:
         raise InputError(f"unknown built-in library {library!r}: expected one of {sorted(LIBRARY_SETTINGS)}")
@@ -121,7 +150,7 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
     hyps = load_builtin_hypotheses(library)
     model = ImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
                             slice_thickness=st.slice_thickness, exit_waves=exit_waves, energy=st.energy)  # fmt: skip
-    candidates = demo_beams(st, model.pixel_sampling, dose)
+    candidates = demo_beams(st, model.pixel_sampling, dose, cell=model.cell if pixelated else None)
     rng = np.random.default_rng(seed)
     states = [int(rng.integers(len(hyps)))] if hidden is None else ([hidden] if isinstance(hidden, int) else list(hidden))
     for s in states:
@@ -265,7 +294,6 @@ class ReplayReport:
 def replay_record(directory, log: Callable[[str], None] | None = None) -> ReplayReport:
     """Re-score every recorded step from the frames in ``frames.bin`` with a fresh model and
     tracker, and compare the posteriors with the recorded ones."""
-    from forward.noise import pixel_area
     from hypotest.beamfile import parse_beam
     from hypotest.live.record import load_record
     from hypotest.live.tracking import SegmentTracker
@@ -291,17 +319,17 @@ def replay_record(directory, log: Callable[[str], None] | None = None) -> Replay
             e = added.pop(0)
             past = []
             for old in rec.steps[: st["step"]]:
-                counts = np.sum([rec.frame(j).astype(np.float32) for j in old["frames"]], axis=0)
+                counts = model.model_layout(old["beam"], np.sum([rec.frame(j).astype(np.float32) for j in old["frames"]], axis=0))
                 img = model.images(old["beam"])[n_active : n_active + 1]
-                ex = old["dose_e_per_A2"] * pixel_area(model.pixel_sampling)
+                ex = old["dose_e_per_A2"] * model.pixel_area_of(old["beam"])
                 past.append(float(scorer(counts, img, ex, tuple(old["drift_px"])).log_evidence[0]))
             tracker.add(np.log(e["prior"]) - np.log(max(h.prior for h in hyps[:n_lib])) + float(tracker._lp.max()), past)
             n_active += 1
         while dropped and dropped[0]["step"] <= st["step"]:
             tracker.drop(col[dropped.pop(0)["id"]])
-        counts = np.sum([rec.frame(j).astype(np.float32) for j in st["frames"]], axis=0)
+        counts = model.model_layout(st["beam"], np.sum([rec.frame(j).astype(np.float32) for j in st["frames"]], axis=0))
         active = np.asarray([col[h] for h, v in zip(st["ids"], st["log_evidence"]) if v is not None], dtype=int)
-        exposure = st["dose_e_per_A2"] * pixel_area(model.pixel_sampling)
+        exposure = st["dose_e_per_A2"] * model.pixel_area_of(st["beam"])
         drift = register_shift(counts, model.images(st["beam"])[int(tracker.view()["best"])], shift_sd=float(nprior.shift_sd))
         ev = scorer(counts, model.images(st["beam"])[active], exposure, drift)
         le = np.full(len(st["ids"]), -np.inf)

@@ -27,7 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from forward.noise import expected_electrons, pixel_area, sample_frame
+from forward.noise import expected_electrons, sample_frame
 from hypotest.beamfile import parse_beam
 from hypotest.live.events import RawFrame, StreamEvent
 from hypotest.live.model import ImageModel
@@ -93,7 +93,7 @@ class SimulatedMicroscopeSource:
         self.truth: list[dict] = []
         # Ready before the first frame: the initial images and the compiled noise sampler.
         bc = parse_beam(beam, where="beam command").beam
-        lam = expected_electrons(self._model.images(beam)[0], bc.dose, pixel_area(self._model.pixel_sampling))
+        lam = expected_electrons(self._model.images(beam)[0], bc.dose, self._model.pixel_area_of(beam))
         sample_frame(jax.random.key(0), lam, bc.detector).block_until_ready()
 
     def apply_beam(self, beam: dict) -> bool:
@@ -115,8 +115,9 @@ class SimulatedMicroscopeSource:
         state = self._states[t] if t < len(self._states) else self._states[-1]
         bc = parse_beam(beam, where="beam command").beam
         image = self._model.images(beam)[state]
-        lam = expected_electrons(image, bc.dose, pixel_area(self._model.pixel_sampling))
-        counts = np.asarray(sample_frame(jax.random.fold_in(self._key, t), lam, bc.detector))
+        lam = expected_electrons(image, bc.dose, self._model.pixel_area_of(beam))
+        # frames leave in the microscope's layout (4D-STEM: [sx, sy, kx, ky])
+        counts = self._model.frame_layout(beam, np.asarray(sample_frame(jax.random.fold_in(self._key, t), lam, bc.detector)))
         if bc.detector.read_noise == 0:
             counts = counts.astype(np.uint16) if counts.max() < 65535 else counts.astype(np.uint32)
         sid, sname = self._names[state]
@@ -131,7 +132,7 @@ class SimulatedMicroscopeSource:
         self._t += 1
         self._emitted += 1
         return RawFrame(source_id=t, timestamp=time.time(), counts=counts, beam=beam,
-                        sampling=self._model.pixel_sampling, meta={"source": self.name})  # fmt: skip
+                        sampling=tuple(parse_beam(beam).sampling), meta={"source": self.name})  # fmt: skip
 
     def poll(self, timeout: float) -> list:
         if self._ended:

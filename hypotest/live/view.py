@@ -80,7 +80,9 @@ class SessionView(Protocol):
         ...
 
     def latest_frame(self) -> np.ndarray | None:
-        """The last scored frame [counts] ``[mx, my]`` (summed if coalesced), or None before the first."""
+        """The last scored frame [counts] ``[mx, my]`` (summed if coalesced), or None before the first.
+        A 4D-STEM frame is given as its virtual annular dark-field image ``[sx, sy]``
+        (:meth:`hypotest.live.model.ImageModel.virtual_image`); so are the two below."""
         ...
 
     def simulated_image(self, hypothesis_id: str) -> np.ndarray:

@@ -78,9 +78,63 @@ def test_stem_images_are_cached_across_models_and_doses(model):
 def test_unsupported_detector_mode_is_a_clear_error(model):
     beam = _beam()
     beam["detector"] = {"mode": "stem_segmented", "inner": 40.0, "outer": 200.0}
-    with pytest.raises(InputError, match=r"detector modes \['hrtem', 'stem_annular'\], got 'stem_segmented'"):
+    with pytest.raises(InputError, match=r"detector modes \['hrtem', 'stem_annular', '4dstem'\], got 'stem_segmented'"):
         model.images(beam)
     bad = _beam()
     bad["semiangle_cutoff"] = 0.0
     with pytest.raises(InputError, match="semiangle_cutoff > 0"):
         model.images(bad)
+
+
+def _beam4d(source_size=0.0, outer=40.0, step=(5.0 / 13, 6.0 / 15)):
+    b = _beam(source_size=source_size)
+    b["detector"] = {"mode": "4dstem", "outer": outer}
+    b["sampling"] = [float(s) for s in step]
+    return b
+
+
+def test_4dstem_frame_equals_a_direct_scan_and_keeps_the_scan_axes_last(model):
+    beam = _beam4d()
+    shape = model.frame_shape_of(beam)
+    # 80 kV: lambda / cell = 8.4 x 7.0 mrad per diffraction pixel; 40 mrad -> 11 x 13 pixels,
+    # one more for the parity of the (80, 96) grid (abTEM's crop)
+    assert shape == (13, 15, 12, 14)
+    imgs = model.images(beam)
+    assert imgs.shape == (2, 12, 14, 13, 15)  # [H, kx, ky, sx, sy]: the scorers' layout
+    grid = make_grid(extent=CELL[:2], sampling=SAMPLING)
+    scan = make_scan(start=(0.0, 0.0), end=CELL[:2], gpts=(13, 15))
+    sim = make_stem_simulator(grid, CELL[2], 1.0, scan, batch_size=64, cbed_crop=40.0)
+    for i, spec in enumerate(model.specimens):
+        ref = np.asarray(sim(spec, parse_beam(beam).beam), np.float64)  # [sx, sy, kx, ky]
+        got = model.frame_layout(beam, imgs[i])
+        assert got.shape == ref.shape
+        err = np.abs(got - ref).max() / ref.max()
+        assert err < 1e-4, f"hypothesis {i}: max deviation {err:.2e} of the peak"
+        np.testing.assert_array_equal(model.model_layout(beam, got), imgs[i])
+    # the camera sees the bright-field disc and the inner dark field: nearly every electron
+    assert 0.9 < float(imgs[0].sum(axis=(0, 1)).mean()) <= 1.0 + 1e-3
+    # the display image is the virtual dark field: the pixels beyond the 25 mrad probe summed
+    v = model.virtual_image(beam, imgs[1])
+    kx, ky = model._cbed_angles(parse_beam(beam).beam)
+    dark = np.hypot(kx[:, None], ky[None, :]) > 25.0
+    np.testing.assert_allclose(v, imgs[1][dark].sum(axis=0), rtol=1e-5)
+    assert model.pixel_area_of(beam) == pytest.approx(5.0 / 13 * 6.0 / 15)
+
+
+def test_4dstem_source_size_blurs_the_scan_not_the_pattern(model):
+    sharp = model.frame_layout(_beam4d(), model.images(_beam4d())[1])
+    img = model.frame_layout(_beam4d(0.3), model.images(_beam4d(0.3))[1])
+    ref = np.asarray(source_blur(sharp, 0.3, (5.0 / 13, 6.0 / 15)))
+    assert np.abs(img - ref).max() / ref.max() < 2e-3
+    np.testing.assert_allclose(img.sum(axis=(0, 1)), sharp.sum(axis=(0, 1)), rtol=1e-3)  # per detector pixel
+
+
+def test_bad_4dstem_beams_are_clear_errors(model):
+    with pytest.raises(InputError, match=r"scan step 0.4 Å does not divide the cell \(5.0000 Å\).*use 0.41667 Å"):
+        model.frame_shape_of(_beam4d(step=(0.4, 0.4)))
+    with pytest.raises(InputError, match=r"undersamples the data's band limit.*step <= 0.4176 Å"):
+        model.frame_shape_of(_beam4d(step=(0.5, 0.5)))
+    with pytest.raises(InputError, match="needs detector 'outer' > 0"):
+        model.frame_shape_of(_beam4d(outer=0.0))
+    with pytest.raises(InputError, match="exceeds the largest angle of the grid"):
+        model.frame_shape_of(_beam4d(outer=900.0))

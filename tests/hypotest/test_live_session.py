@@ -15,6 +15,7 @@ import pytest
 
 from forward import InputError, make_beam
 from hypotest.cli import main
+from hypotest.beamfile import parse_beam
 from hypotest.live.events import BadMessage, RawFrame, StreamEvent
 from hypotest.live.model import ImageModel
 from hypotest.live.record import load_record
@@ -65,6 +66,34 @@ def test_session_identifies_hidden_structure_and_replays(tmp_path, mos2_waves):
     assert rep.max_abs_posterior_diff <= 1e-6
 
 
+def test_4dstem_frames_are_scored_recorded_shown_and_replayed(tmp_path, mos2_waves):
+    """The MoS2 session offers 4D-STEM (a pixelated camera to 40 mrad): its frames arrive as
+    [sx, sy, kx, ky], are scored over every detector pixel, recorded as received, shown as the
+    virtual dark-field image, and replay to the same posteriors."""
+    s = make_demo_session(tmp_path / "4d", seed=0, hidden=4, dose=200.0, exit_waves=mos2_waves, max_frames=5, start_beam=8,
+                          auto_apply=False, stop_on_decision=False)  # fmt: skip
+    label, beam = s.candidates[8]
+    assert label.startswith("4D-STEM to 40 mrad") and beam["detector"] == {"mode": "4dstem", "outer": 40.0}
+    shape = s.model.frame_shape_of(beam)
+    assert len(shape) == 4 and shape[:2] == s.model.scan_gpts(parse_beam(beam).beam)
+    st = s.run_sync()
+    assert st["frames"]["scored"] == 5 and st["frames"]["rejected"] == 0
+    rec = load_record(tmp_path / "4d")
+    assert all(tuple(rec.frame(f["index"]).shape) == shape for f in rec.frames)
+    # Mo_S after 1000 e-/Å² of 4D-STEM: its nearest rival, the pristine lattice, is 25 nats behind
+    # in expectation (pairwise Kullback-Leibler divergence 0.025 nats per e-/Å²), sd ~7 nats
+    assert st["dose_used_e_per_A2"] == pytest.approx(1000.0)
+    view = s.tracker.view()
+    assert s.hyps[int(view["best"])].name == s.source.reveal()[-1]["name"]
+    assert float(view["posterior"][view["best"]]) > 0.9
+    assert max(abs(v) for v in rec.steps[-1]["drift_px"]) < 1.0
+    assert s.latest_frame().shape == shape[:2] and np.isfinite(s.residual()).all()
+    assert s.simulated_image(s.hyps[0].id).shape == shape[:2]
+    assert any(p["label"] == label for p in s.proposals())
+    rep = replay_record(tmp_path / "4d")
+    assert rep.steps == 5 and rep.ok and rep.max_abs_posterior_diff <= 1e-6
+
+
 def test_fast_scorer_session_identifies_and_replays(tmp_path, mos2_waves):
     """The registered-frame screen + exact scorer (large libraries) reaches the same decision,
     never locks onto a lattice translation (a defect on another site), and replays exactly."""
@@ -95,6 +124,36 @@ def test_registration_recovers_a_small_drift_and_ignores_lattice_translations():
     moved = np.roll(img, (16, 0), axis=(0, 1))  # a whole lattice period: outside the drift window
     sx, sy = register_shift(moved, img, max_drift_px=3.0)
     assert abs(sx) <= 3.0 and abs(sy) <= 3.0
+
+
+def test_channel_frames_register_on_the_scan_and_the_fast_scorer_scores_them_exactly():
+    """4D-STEM-like frames [channels..., sx, sy]: registration sums the channels' correlations,
+    and the fast step scorer (no screen for channel frames) scores every hypothesis with the
+    linear scorer at that drift."""
+    from hypotest.live.scoring import make_step_scorer, register_shift
+    from inference import make_linear_scorer, make_noise_model, make_nuisance_prior, signal_relative_prior
+    from inference.evidence import fourier_shift
+
+    rng = np.random.default_rng(1)
+    x = np.arange(24)[:, None] * 2 * np.pi / 12
+    y = np.arange(20)[None, :] * 2 * np.pi / 10
+    base = [np.cos(x + p) * np.cos(y - 2 * p) for p in (0.0, 0.7, 1.9)]
+    # [H=3, 2, 3, 24, 20]: every channel an image over the scan, weak alone (~0.4 counts/pixel)
+    imgs = np.stack([np.stack([np.stack([0.02 * (1.5 + b) * (1 + 0.1 * (h + 1) * (i - j)) for j in range(3)])
+                               for i in range(2)]) for h, b in enumerate(base)]).astype(np.float32)  # fmt: skip
+    shift = np.array([0.8, -0.5], np.float32)
+    mu = np.asarray(fourier_shift(imgs[1], shift)) * 20.0
+    counts = rng.poisson(np.maximum(mu, 0)).astype(np.float32)
+    drift = register_shift(counts, imgs[1], shift_sd=0.5)
+    assert abs(drift[0] - 0.8) < 0.3 and abs(drift[1] + 0.5) < 0.3
+    noise, prior = make_noise_model("poisson"), make_nuisance_prior()
+    ev = make_step_scorer("fast", noise, prior, (24, 20))(counts, imgs, 20.0, drift)
+    assert ev.exact.all() and int(np.argmax(ev.log_evidence)) == 1 and ev.screen_error_bound == 0.0
+    ref = make_linear_scorer(noise, signal_relative_prior(prior, imgs))(counts, imgs, 20.0, drift)
+    np.testing.assert_allclose(ev.log_evidence, np.asarray(ref.log_evidence), rtol=1e-6)
+    lap = make_step_scorer("laplace", noise, prior, (24, 20))(counts, imgs, 20.0, drift)
+    assert int(np.argmax(lap.log_evidence)) == 1
+    np.testing.assert_allclose(lap.shift[1], shift, atol=0.3)
 
 
 def test_registration_of_sparse_frames_follows_the_prior_not_the_noise():
@@ -381,16 +440,17 @@ def test_scoring_loop_killed_mid_session_then_resumed_loses_nothing(tmp_path, mo
     received is still in the record, and a resumed session scores the ones left in flight."""
     s = make_demo_session(tmp_path / "w", seed=3, dose=40.0, exit_waves=mos2_waves, frame_rate_hz=20.0,
                           max_frames=30, stop_on_decision=False, auto_apply=False)  # fmt: skip
+    s.warm_up()  # compiles the scorer once per frame shape (camera, 4D-STEM)
     real, calls = s._score, []
 
     def dying(*a, **k):
         calls.append(1)
-        if len(calls) == 5:  # the warm-up call, then steps 0..2 succeed
+        if len(calls) == 4:  # steps 0..2 succeed
             raise RuntimeError("scoring worker killed")
         return real(*a, **k)
 
     s._score = dying
-    s.start(warm_up=True)
+    s.start(warm_up=False)
     assert s.wait(120)
     time.sleep(0.5)  # the ingest thread keeps recording frames after the loop died
     st = s.status()

@@ -163,3 +163,37 @@ def test_allocation_bad_input():
         allocate_conditions(imgs, [10.0, 10.0], PA, np.zeros(4), NOISE)
     with pytest.raises(InputError, match=r"images must be \[C, H, nx, ny\]"):
         decision_dose_bound(imgs[0], [10.0], PA, NOISE)
+
+
+def test_conditions_with_different_frames(rng_key):
+    """A list of per-condition images with their own frames and pixel areas: a detector that
+    splits every pixel's electrons over two channels in fixed proportions carries the same
+    information (the channels' sum is sufficient), and a 2x2-binned camera with 4x the pixel area
+    sees the same electrons per frame."""
+    from tests.inference._model import SAMPLING
+
+    pa = SAMPLING**2
+    split = jnp.stack([0.3 * IMGS[1], 0.7 * IMGS[1]], axis=1)  # [H, 2, 16, 16]: channels first
+    binned = IMGS[2].reshape(6, 8, 2, 8, 2).mean(axis=(2, 4))  # [H, 8, 8]
+    ragged = [IMGS[0], split, binned]
+    areas = [pa, pa, 4 * pa]
+    doses = [50.0, 50.0, 50.0]
+    np.testing.assert_allclose(np.asarray(pairwise_kl(split, 50.0 * pa, NOISE)),
+                               np.asarray(pairwise_kl(IMGS[1], 50.0 * pa, NOISE)), rtol=1e-4)  # fmt: skip
+    lp = np.log([0.5, 0.2, 0.1, 0.1, 0.05, 0.05])
+    ref = allocate_conditions(IMGS[:2], doses[:2], pa, lp, NOISE)
+    got = allocate_conditions(ragged[:2], doses[:2], areas[:2], lp, NOISE)
+    np.testing.assert_allclose(got.weights, ref.weights, atol=1e-6)
+    assert got.expected_dose == pytest.approx(ref.expected_dose, rel=1e-4)
+    b_ref = decision_dose_bound(IMGS[:2], doses[:2], pa, NOISE)
+    np.testing.assert_allclose(decision_dose_bound(ragged[:2], doses[:2], areas[:2], NOISE), b_ref, rtol=1e-4)
+    ranked = {p.index: p for p in rank_conditions(rng_key, ragged, doses, areas, lp, NOISE, n_samples=64)}
+    electrons = {c: p.expected_gain_bits / p.gain_bits_per_electron for c, p in ranked.items()}
+    assert electrons[1] == pytest.approx(50.0 * pa * 256, rel=1e-5)  # spatial pixels only, not channels
+    assert electrons[2] == pytest.approx(electrons[0], rel=1e-5)
+    eig = np.asarray(expected_information_gain(rng_key, [IMGS[1], split], [50.0 * pa] * 2, lp, NOISE))
+    assert abs(eig[1] - eig[0]) < 0.1 * eig[0]  # the same information, up to Monte Carlo noise
+    with pytest.raises(InputError, match=r"every condition needs images of the same hypotheses, got \[5, 6\]"):
+        allocate_conditions([IMGS[0], IMGS[1][:5]], doses[:2], pa, lp, NOISE)
+    with pytest.raises(InputError, match=r"pixel_area must be one value or one per condition \(3\)"):
+        rank_conditions(rng_key, ragged, doses, [pa, pa], lp, NOISE)
