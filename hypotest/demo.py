@@ -66,7 +66,8 @@ def presimulate_exit_waves(hyps, library: str = LIBRARY, workers: int = 2) -> tu
 
 
 def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, rate_hz: float = 4.0,
-             dashboard: bool = True, port: int = 8765, linger_s: float = 0.0, max_frames: int = 300) -> dict:  # fmt: skip
+             dashboard: bool = True, port: int = 8765, linger_s: float = 0.0, max_frames: int = 300,
+             pixelated: bool = False) -> dict:  # fmt: skip
     out = Path(out)
     if (out / "record.jsonl").exists():
         import shutil
@@ -87,7 +88,7 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
         f"({stages['presimulation']['ray_address']}) in {stages['presimulation']['seconds']} s")  # fmt: skip
 
     session = make_demo_session(out, seed=seed, library=LIBRARY, frame_rate_hz=rate_hz, exit_waves=waves,
-                                max_frames=max_frames, log=lambda s: log("      " + s))  # fmt: skip
+                                max_frames=max_frames, log=lambda s: log("      " + s), pixelated=pixelated)  # fmt: skip
     st = LIBRARY_SETTINGS[LIBRARY]
     server = None
     if dashboard:

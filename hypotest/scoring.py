@@ -183,7 +183,8 @@ def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int
     else:
         raise InputError(
             f"hypotest score handles detector modes 'hrtem' and 'stem_annular', got {mode!r}: "
-            "score segmented or 4D-STEM data through the Python API (inference.score_frames)"
+            "4D-STEM frames are scored by `hypotest live --library LIB --source FRAMES --beam BEAM.json`, "
+            "segmented-detector data through the Python API (inference.score_frames)"
         )
     noise = noise_from_detector(bf.beam.detector)
     nprior = signal_relative_prior(make_nuisance_prior(), images)  # as in the live session

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8765, help="dashboard port on 127.0.0.1 (0: any free port)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     p.add_argument("--linger", type=float, default=0.0, help="keep the dashboard open this many seconds after the decision")
+    p.add_argument("--4dstem", dest="pixelated", action="store_true",
+                   help="also offer 4D-STEM (a pixelated camera to 40 mrad) to the design step")
     p.set_defaults(func=run)
 
 
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     record = run_demo(out=args.out, seed=args.seed, log=print, rate_hz=args.rate, dashboard=not args.no_dashboard,
-                      port=args.port, linger_s=args.linger)  # fmt: skip
+                      port=args.port, linger_s=args.linger, pixelated=args.pixelated)  # fmt: skip
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s; record: {args.out} (hypotest session show {args.out})")
     s = {k: v for k, v in record["summary"].items() if k != "latency_s"}
     print(json.dumps(s, indent=2, ensure_ascii=False))

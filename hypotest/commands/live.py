@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scorer", choices=("laplace", "fast"), default="laplace",
                    help="laplace: shift marginalised per hypothesis (tens of hypotheses); fast: registered frame, "
                         "binned screen + exact survivors (hundreds to thousands)")
+    p.add_argument("--4dstem", dest="pixelated", action="store_true",
+                   help="with --source sim: also offer the library's 4D-STEM condition to the design step")
     p.add_argument("--design", choices=("allocation", "eig"), default="allocation",
                    help="order proposals by Chernoff's allocation of the dose to the decision (default) or by "
                         "one-frame expected information gain per electron")
@@ -81,16 +83,25 @@ def _session_for_library_file(args, source_spec):
         raise InputError(f"{args.beam}: cannot read the beam file ({exc})") from None
     bf = parse_beam(beam, where=str(args.beam))
     hyps = load_hypotheses(args.library)
-    binning = max(1, round(bf.sampling[0] / bf.sim_sampling))
+    four_d = bf.beam.detector.mode == "4dstem"
+    # 4D-STEM: 'sampling' is the scan step, not a camera pixel (the model checks it spans the cell)
+    binning = 1 if four_d else max(1, round(bf.sampling[0] / bf.sim_sampling))
     model = ImageModel([h.specimen for h in hyps], sampling=bf.sim_sampling, binning=binning,
                             slice_thickness=bf.slice_thickness)  # fmt: skip
-    got = np.asarray(model.pixel_sampling)
-    if not np.allclose(got, bf.sampling, rtol=0.05):
-        raise InputError(
-            f"{args.beam}: frame sampling {list(bf.sampling)} Å/pixel is not an integer binning of the simulation "
-            f"sampling {bf.sim_sampling} Å over the cell (closest: {got.round(4).tolist()}); adjust 'simulation.sampling'"
-        )
-    beam["sampling"] = [float(v) for v in got]
+    if four_d:
+        try:
+            model.frame_shape_of(beam)
+        except InputError as exc:
+            raise InputError(f"{args.beam}: {exc}") from None
+    else:
+        got = np.asarray(model.pixel_sampling)
+        if not np.allclose(got, bf.sampling, rtol=0.05):
+            raise InputError(
+                f"{args.beam}: frame sampling {list(bf.sampling)} Å/pixel is not an integer binning of the simulation "
+                f"sampling {bf.sim_sampling} Å over the cell (closest: {got.round(4).tolist()}); adjust "
+                "'simulation.sampling'"
+            )
+        beam["sampling"] = [float(v) for v in got]
     c30 = float((beam.get("aberrations") or {}).get("C30", 0.0))
     cands = [("given beam", beam)]
     if c30 != 0:
@@ -123,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         session = make_demo_session(args.out, seed=seed, library=args.library, frame_rate_hz=args.rate or 4.0,
                                     auto_apply=not args.no_auto_apply, stop_on_decision=args.stop_on_decision,
                                     max_frames=None, log=print, scorer=args.scorer,
-                                    design=args.design)  # fmt: skip
+                                    design=args.design, pixelated=args.pixelated)  # fmt: skip
     elif args.library in LIBRARY_SETTINGS and args.beam is None:
         raise SystemExit("hypotest live: a built-in library on a real source needs --beam BEAM.json for the frames")
     else:

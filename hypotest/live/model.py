@@ -249,8 +249,9 @@ class ImageModel:
         return gpts
 
     def _stem4d_image(self, specimen: Specimen, bc, beam: dict) -> np.ndarray:
-        key = (content_id(specimen), tuple(sorted(self.settings.items())), "4d",
-               beam_key({k: v for k, v in beam.items() if k != "dose"}))  # fmt: skip
+        # the camera binning does not enter a 4D-STEM frame
+        sim = tuple(sorted((k, v) for k, v in self.settings.items() if k != "binning"))
+        key = (content_id(specimen), sim, "4d", beam_key({k: v for k, v in beam.items() if k != "dose"}))
         img = _STEM_CACHE.get(key)
         if img is not None:
             return img

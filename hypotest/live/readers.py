@@ -87,7 +87,7 @@ class FrameReader:
     Attributes:
         path, sampling, meta: as :class:`FrameFile`.
         n_frames: number of frames the file declares.
-        frame_shape: ``(mx, my)``.
+        frame_shape: ``(mx, my)``, or ``(sx, sy, kx, ky)`` for 4D-STEM.
         dtype: numpy dtype of the stored counts.
     """
 
@@ -193,16 +193,21 @@ def _resolve(path) -> tuple[Path, str | None, str]:
 # shared checks
 
 
-def _stack_shape(shape: tuple[int, ...], where: str) -> tuple[int, tuple[int, int]]:
-    """``(n, (mx, my))`` for a stored shape [mx, my] or [n, mx, my]."""
+def _stack_shape(shape: tuple[int, ...], where: str, allow_4d: bool = True) -> tuple[int, tuple[int, ...]]:
+    """``(n, frame shape)`` for a stored shape [mx, my] or [n, mx, my], or (``allow_4d``) one
+    4D-STEM frame [sx, sy, kx, ky] or a stack of them [n, sx, sy, kx, ky]."""
     if len(shape) == 2:
         return 1, (shape[0], shape[1])
     if len(shape) == 3:
         return shape[0], (shape[1], shape[2])
+    if allow_4d and len(shape) == 4:
+        return 1, tuple(shape)
+    if allow_4d and len(shape) == 5:
+        return shape[0], tuple(shape[1:])
+    four = ", a 4D-STEM frame [sx, sy, kx, ky] or a stack [n, sx, sy, kx, ky]" if allow_4d else ""
     raise InputError(
-        f"{where}: expected one frame [mx, my] or a stack [n, mx, my], got a {len(shape)}-D array "
-        f"of shape {list(shape)}; select or reshape the frames before replaying (e.g. a 4D-STEM "
-        "scan [sx, sy, qx, qy] -> [sx*sy, qx, qy])"
+        f"{where}: expected one frame [mx, my] or a stack [n, mx, my]{four}, got a {len(shape)}-D array "
+        f"of shape {list(shape)}; select or reshape the frames before replaying"
     )
 
 
@@ -226,7 +231,7 @@ def _from_array(file, data, sampling, meta, close_fn=None) -> FrameReader:
     """A reader over an in-memory (or memory-mapped/lazy) array [mx, my] or [n, mx, my]."""
     n, frame_shape = _stack_shape(tuple(data.shape), str(file))
     dtype = _check_dtype(data.dtype, str(file))
-    get_fn = (lambda i: data) if len(data.shape) == 2 else (lambda i: data[i])
+    get_fn = (lambda i: data) if len(data.shape) in (2, 4) else (lambda i: data[i])
     meta = {**meta, "shape": [int(s) for s in data.shape], "dtype": dtype.str}
     return FrameReader(str(file), n, frame_shape, dtype, sampling, meta, get_fn, close_fn)
 
@@ -368,7 +373,7 @@ def _open_rsciio(file: Path, fmt: str) -> FrameReader:
     images = [s for s in signals if np.ndim(s.get("data")) in (2, 3)]
     if not images:
         shapes = [list(np.shape(s.get("data"))) for s in signals]
-        _stack_shape(tuple(shapes[0]) if shapes else (), f"{file}")  # raises with the shape
+        _stack_shape(tuple(shapes[0]) if shapes else (), f"{file}", allow_4d=False)  # raises with the shape
     sig = images[0]
     data = np.asarray(sig["data"])
     axes = sig.get("axes", [])
@@ -470,7 +475,9 @@ def _emd_dataset(group, file: Path):
     ds = group["data"]
     meta = {"format": "emd", "dataset": ds.name, "emd_group_type": _attr_str(group.attrs.get("emd_group_type"))}
     nd = ds.ndim
-    dims = [group.get(f"dim{k}") for k in (nd - 1, nd)] if nd >= 2 else []
+    # the frame's spatial axes: the last two of an image (stack), the scan of a 4D-STEM frame (stack)
+    spatial = (nd - 1, nd) if nd <= 3 else (nd - 3, nd - 2)
+    dims = [group.get(f"dim{k}") for k in spatial] if nd >= 2 else []
     if len(dims) == 2 and all(d is not None and d.shape and d.shape[0] >= 2 for d in dims):
         steps = [float(d[1] - d[0]) for d in dims]
         units = [_parse_units(d.attrs.get("units")) for d in dims]
@@ -478,7 +485,7 @@ def _emd_dataset(group, file: Path):
         meta["dims"] = [{"name": _attr_str(d.attrs.get("name")), "units": u} for d, u in zip(dims, units)]
         meta["sampling_note"] = note
         return ds, meta, sampling
-    meta["sampling_note"] = "EMD: no dim vectors for the last two axes; sampling unknown"
+    meta["sampling_note"] = "EMD: no dim vectors for the frame's spatial axes; sampling unknown"
     return ds, meta, None
 
 

@@ -134,14 +134,16 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
                       hidden: int | list[int] | None = None, schedule=(), switch_rate_hz: float = 0.0,
                       dose: float | None = None, exit_waves=None, expected_run_length: float = 200.0,
                       log: Callable[[str], None] | None = None, start_beam: int = 2,
-                      scorer: str = "laplace", design: str = "allocation", pixelated: bool = True) -> LiveSession:  # fmt: skip
+                      scorer: str = "laplace", design: str = "allocation", pixelated: bool = False) -> LiveSession:  # fmt: skip
     """The embedded default: built-in ``library``, a simulated microscope hiding ``hidden`` (by
     default one hypothesis chosen by ``seed``; a list = metastable states, switching by
     ``schedule`` or ``switch_rate_hz``), frames at ``frame_rate_hz`` (None: as fast as scored).
 
     ``exit_waves``: precomputed exit waves of the library (e.g. from Ray workers) at the library's
-    energy; computed here otherwise. ``pixelated``: offer the library's 4D-STEM condition to the
-    design step (where its settings have one). The session is not started: call ``.start()`` or
+    energy; computed here otherwise. ``pixelated``: also offer the library's 4D-STEM condition to
+    the design step (where its settings have one; last among the candidates). Off by default: on
+    MoS2 it raises the asymptotic bound but not the realised dose (``benchmarks/design_mos2.py``),
+    and its simulation adds ~20 s to the warm-up. The session is not started: call ``.start()`` or
     ``.run()``.
     """
     if library not in LIBRARY_SETTINGS:

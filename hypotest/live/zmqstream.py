@@ -11,12 +11,14 @@ Frame, 2 parts::
              "kind": "frame",                 optional, default "frame"
              "frame_id": 17,                  int >= 0, the sender's running number
              "timestamp": 1764105600.123,     acquisition time [s since the Unix epoch]
-             "shape": [mx, my],               two positive ints, [x, y] indexing as abTEM
+             "shape": [mx, my],               two positive ints, [x, y] indexing as abTEM; a
+                                              4D-STEM frame: [sx, sy, kx, ky] (scan, detector)
              "dtype": "<u2",                  numpy dtype str, integer or real ("<u2", "<f4", ...)
              "beam": {...} | null,            the beam condition, BEAM.json form (hypotest.beamfile)
              "sampling": [sx, sy] | null,     pixel size [Å/pixel]
              "sender": "3f2a9c..."}           optional: one id per sender run (for accounting)
-    part 2  the counts: mx*my*itemsize raw bytes, C order (y fastest), byte order as in dtype
+    part 2  the counts: prod(shape)*itemsize raw bytes, C order (last axis fastest), byte order as
+            in dtype
 
 Heartbeat and end, 1 part each::
 
@@ -103,19 +105,19 @@ def encode_frame(
 ) -> list:
     """The two parts of a frame message: the JSON header (bytes) and the C-contiguous counts array.
 
-    ``counts`` is ``[mx, my]``, integer or real; the array itself is the second part (sent without
-    a copy by ``socket.send_multipart(parts, copy=False)``).
+    ``counts`` is ``[mx, my]`` (or a 4D-STEM ``[sx, sy, kx, ky]``), integer or real; the array
+    itself is the second part (sent without a copy by ``socket.send_multipart(parts, copy=False)``).
     """
     arr = np.ascontiguousarray(counts)
-    if arr.ndim != 2 or arr.dtype.kind not in "uif":
+    if arr.ndim not in (2, 4) or arr.dtype.kind not in "uif":
         raise InputError(
-            f"frame {frame_id}: expected a 2-D integer or real array [mx, my], got "
+            f"frame {frame_id}: expected a 2-D [mx, my] or 4D-STEM [sx, sy, kx, ky] integer or real array, got "
             f"{arr.ndim}-D {arr.dtype}; pass one frame at a time"
         )
     header = {
         "schema": SCHEMA, "kind": "frame", "frame_id": int(frame_id),
         "timestamp": time.time() if timestamp is None else float(timestamp),
-        "shape": [int(arr.shape[0]), int(arr.shape[1])], "dtype": arr.dtype.str, "beam": beam,
+        "shape": [int(n) for n in arr.shape], "dtype": arr.dtype.str, "beam": beam,
         "sampling": None if sampling is None else [float(sampling[0]), float(sampling[1])],
         "sender": sender,
     }  # fmt: skip
@@ -163,8 +165,10 @@ def _decode_frame(header: dict, parts: list, sender: str) -> tuple[np.ndarray, d
     if not _is_num(header["timestamp"]):
         raise _Malformed(f"{where}: timestamp must be a finite number [s], got {header['timestamp']!r}", sender)
     shape = header["shape"]
-    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s) and s > 0 for s in shape)):
-        raise _Malformed(f"{where}: shape must be [mx, my] with two positive ints, got {shape!r}", sender)
+    if not (isinstance(shape, list) and len(shape) in (2, 4) and all(_is_int(s) and s > 0 for s in shape)):
+        raise _Malformed(
+            f"{where}: shape must be [mx, my] or [sx, sy, kx, ky] (4D-STEM) with positive ints, got {shape!r}", sender
+        )
     try:
         dtype = np.dtype(header["dtype"]) if isinstance(header["dtype"], str) else None
     except TypeError:
@@ -183,10 +187,10 @@ def _decode_frame(header: dict, parts: list, sender: str) -> tuple[np.ndarray, d
     ):
         raise _Malformed(f"{where}: sampling must be [sx, sy] > 0 [Å/pixel] or null, got {sampling!r}", sender)
     buf = parts[1].buffer
-    expected = shape[0] * shape[1] * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if buf.nbytes != expected:
         raise _Malformed(
-            f"{where}: {buf.nbytes} bytes of counts, expected {expected} = {shape[0]} x {shape[1]} x "
+            f"{where}: {buf.nbytes} bytes of counts, expected {expected} = {' x '.join(str(n) for n in shape)} x "
             f"{dtype.itemsize} bytes ({dtype.str}); truncated or wrong shape/dtype",
             sender,
         )
@@ -548,9 +552,12 @@ def send_frames(
             raise InputError(f"sampling must be a positive number or (sx, sy) [Å/pixel], got {sampling!r}")
         sampling = (float(pair[0]), float(pair[1]))
     if isinstance(frames, np.ndarray):
-        if frames.ndim not in (2, 3):
-            raise InputError(f"frames must be [mx, my] or [n, mx, my], got shape {list(frames.shape)}")
-        frames = [frames] if frames.ndim == 2 else frames
+        if frames.ndim not in (2, 3, 4, 5):
+            raise InputError(
+                f"frames must be [mx, my], [n, mx, my], one 4D-STEM frame [sx, sy, kx, ky] or [n, sx, sy, kx, ky], "
+                f"got shape {list(frames.shape)}"
+            )
+        frames = [frames] if frames.ndim in (2, 4) else frames
     sender = uuid.uuid4().hex[:12]
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)

@@ -71,7 +71,7 @@ def test_4dstem_frames_are_scored_recorded_shown_and_replayed(tmp_path, mos2_wav
     [sx, sy, kx, ky], are scored over every detector pixel, recorded as received, shown as the
     virtual dark-field image, and replay to the same posteriors."""
     s = make_demo_session(tmp_path / "4d", seed=0, hidden=4, dose=200.0, exit_waves=mos2_waves, max_frames=5, start_beam=8,
-                          auto_apply=False, stop_on_decision=False)  # fmt: skip
+                          auto_apply=False, stop_on_decision=False, pixelated=True)  # fmt: skip
     label, beam = s.candidates[8]
     assert label.startswith("4D-STEM to 40 mrad") and beam["detector"] == {"mode": "4dstem", "outer": 40.0}
     shape = s.model.frame_shape_of(beam)
@@ -500,3 +500,33 @@ def test_hypotest_live_cli_on_a_replayed_file(tmp_path, mos2_waves, capsys):
     assert main(["live", "--library", "mos2_defects", "--source", str(tmp_path / "frames.npy"), "--beam",
                  str(tmp_path / "beam.json"), "--out", str(out), "--no-dashboard"]) == 2  # fmt: skip
     assert "already holds a session record" in capsys.readouterr().err
+
+
+def test_hypotest_live_cli_on_4dstem_frames(tmp_path, capsys):
+    """`hypotest live` with a 4D-STEM BEAM.json: frames [n, sx, sy, kx, ky] replayed from a file;
+    a scan step that undersamples the probe's band limit is refused before anything starts."""
+    from hypotest.live.sessions import demo_beams
+
+    st = LIBRARY_SETTINGS["mos2_defects"]
+    hyps = load_builtin_hypotheses("mos2_defects")
+    model = ImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=1, slice_thickness=st.slice_thickness)
+    beam = demo_beams(st, (0.1, 0.1), 200.0, cell=model.cell)[-1][1]
+    assert beam["detector"]["mode"] == "4dstem"
+    lam = model.frame_layout(beam, model.images(beam)[4]) * 200.0 * model.pixel_area_of(beam)  # Mo_S
+    np.save(tmp_path / "scan.npy", np.random.default_rng(2).poisson(lam, (5, *lam.shape)).astype(np.uint16))
+    (tmp_path / "beam.json").write_text(json.dumps(beam))
+    out = tmp_path / "live4d"
+    rc = main(["live", "--library", "mos2_defects", "--source", str(tmp_path / "scan.npy"), "--beam",
+               str(tmp_path / "beam.json"), "--out", str(out), "--no-dashboard", "--no-auto-apply"])  # fmt: skip
+    assert rc == 0
+    rec = load_record(out)
+    assert len(rec.frames) == 5 and {f["fate"] for f in rec.frames} <= {"scored", "coalesced"}
+    assert rec.frame(0).shape == lam.shape
+    assert rec.ids[int(np.nanargmax(rec.posterior[-1]))] == hyps[4].id
+    capsys.readouterr()
+    coarse = dict(beam, sampling=[0.6, 0.6])
+    (tmp_path / "coarse.json").write_text(json.dumps(coarse))
+    assert main(["live", "--library", "mos2_defects", "--source", str(tmp_path / "scan.npy"), "--beam",
+                 str(tmp_path / "coarse.json"), "--out", str(tmp_path / "no"), "--no-dashboard"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "coarse.json: 4D-STEM scan step" in err and ("does not divide the cell" in err or "undersamples" in err)

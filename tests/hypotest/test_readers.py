@@ -148,15 +148,26 @@ def test_truncated_mrc(tmp_path):
 
 def test_wrong_ndim_and_dtype(tmp_path):
     np.save(tmp_path / "v.npy", np.zeros(7))
-    with pytest.raises(InputError, match=r"expected one frame \[mx, my\] or a stack \[n, mx, my\], got a 1-D array"):
+    with pytest.raises(InputError, match=r"expected one frame \[mx, my\] or a stack \[n, mx, my\], .* got a 1-D array"):
         read_frames(tmp_path / "v.npy")
-    with h5py.File(tmp_path / "4d.h5", "w") as h5:
-        h5["scan"] = np.zeros((2, 2, 3, 3), np.uint16)
-    with pytest.raises(InputError, match=r"got a 4-D array of shape \[2, 2, 3, 3\].*4D-STEM"):
-        read_frames(tmp_path / "4d.h5")
+    with h5py.File(tmp_path / "6d.h5", "w") as h5:
+        h5["scan"] = np.zeros((2, 2, 2, 2, 3, 3), np.uint16)
+    with pytest.raises(InputError, match=r"a 4D-STEM frame \[sx, sy, kx, ky\] .* got a 6-D array of shape \[2, 2, 2, 2, 3, 3\]"):
+        read_frames(tmp_path / "6d.h5")
     np.save(tmp_path / "c.npy", np.zeros((2, 2), np.complex64))
     with pytest.raises(InputError, match=r"expected integer or real counts, got dtype complex64"):
         read_frames(tmp_path / "c.npy")
+
+
+def test_4dstem_frames_one_or_a_stack(tmp_path):
+    scan = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)  # [sx, sy, kx, ky]
+    with h5py.File(tmp_path / "4d.h5", "w") as h5:
+        h5["scan"] = scan
+    np.testing.assert_array_equal(read_frames(tmp_path / "4d.h5").frames, scan[None])
+    np.save(tmp_path / "4d.npy", np.stack([scan, scan + 1]))
+    with open_frames(tmp_path / "4d.npy") as reader:
+        assert reader.n_frames == 2 and reader.frame_shape == (2, 3, 4, 5)
+        np.testing.assert_array_equal(reader.frame(1), scan + 1)
 
 
 def test_frame_index_out_of_range(tmp_path):

@@ -101,6 +101,8 @@ def _run(case, tmp_path, **change):
         ({"beam_change": {"aberrations": {"Cs": 1e5, "C30": 1e5}}}, "given twice"),
         ({"beam_change": {"sampling": 0.5}}, r"span 16 x 18 Å, but the hypotheses' cell is 9.48 x 10.95 Å"),
         ({"beam_change": {"detector": {"mode": "haadf"}}}, "unknown detector mode 'haadf'"),
+        ({"beam_change": {"detector": {"mode": "4dstem", "outer": 40}, "semiangle_cutoff": 25}},
+         r"handles detector modes 'hrtem' and 'stem_annular', got '4dstem': 4D-STEM frames are scored by `hypotest live"),
         ({"frames": "/nonexistent/frames.npy"}, "frames file /nonexistent/frames.npy does not exist"),
     ],
 )

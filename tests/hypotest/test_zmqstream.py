@@ -97,6 +97,21 @@ def test_received_counts_outlive_the_message(source, push):
     np.testing.assert_array_equal(got.counts, frame)
 
 
+def test_4dstem_frames_travel_with_their_four_axes(source):
+    """A 4D-STEM frame [sx, sy, kx, ky] is one message; a stack [n, sx, sy, kx, ky] is n."""
+    rng = np.random.default_rng(3)
+    frames = rng.poisson(0.3, (3, 5, 6, 7, 8)).astype(np.uint16)
+    t, res = _in_thread(send_frames, frames, source.address, sampling=(0.35, 0.4), beam=BEAM)
+    events = _collect(source, lambda ev: "disconnected" in _kinds(ev))
+    t.join(30)
+    got = _frames_of(events)
+    assert res["report"].sent == 3 and len(got) == 3 and not [e for e in events if isinstance(e, BadMessage)]
+    for f, ref in zip(got, frames):
+        assert f.counts.shape == (5, 6, 7, 8)
+        np.testing.assert_array_equal(f.counts, ref)
+    assert encode_frame(frames[0], 9)[0].decode().count('"shape": [5, 6, 7, 8]') == 1
+
+
 def _header(fid, **kw):
     h = {"schema": SCHEMA, "frame_id": fid, "timestamp": 1.0e9, "shape": [4, 3], "dtype": "<u2"}
     h.update(kw)
@@ -114,7 +129,7 @@ MALFORMED = {
     "missing field": ([_header(5, dtype=...), GOOD_BYTES], r"^frame 5: header is missing field\(s\) \['dtype'\]"),
     "bad frame id": ([_header(-3), GOOD_BYTES], r"^frame -3: frame_id must be an integer >= 0$"),
     "bad timestamp": ([_header(5, timestamp="now"), GOOD_BYTES], r"^frame 5: timestamp must be a finite number"),
-    "bad shape": ([_header(5, shape=[4]), GOOD_BYTES], r"^frame 5: shape must be \[mx, my\] with two positive ints, got \[4\]$"),
+    "bad shape": ([_header(5, shape=[4]), GOOD_BYTES], r"^frame 5: shape must be \[mx, my\] or \[sx, sy, kx, ky\] \(4D-STEM\) with positive ints, got \[4\]$"),
     "unknown dtype": ([_header(5, dtype="<q9"), GOOD_BYTES], r"^frame 5: dtype '<q9' is not an integer or real numpy dtype"),
     "string dtype": ([_header(5, dtype="<U2"), GOOD_BYTES], r"^frame 5: dtype '<U2' is not an integer or real"),
     "truncated": ([_header(5), GOOD_BYTES[:-2]], r"^frame 5: 22 bytes of counts, expected 24 = 4 x 3 x 2 bytes \(<u2\)"),
@@ -255,9 +270,9 @@ def test_bad_arguments(source):
         ZmqSource(ANY, start_id=-1)
     with pytest.raises(InputError, match=r"rate_hz must be a positive number \[Hz\] or None, got -5"):
         send_frames(_frames(1), source.address, rate_hz=-5)
-    with pytest.raises(InputError, match=r"frames must be \[mx, my\] or \[n, mx, my\], got shape \[2, 2, 2, 2\]"):
-        send_frames(np.zeros((2, 2, 2, 2)), source.address)
-    with pytest.raises(InputError, match=r"frame 0: expected a 2-D integer or real array \[mx, my\], got 2-D complex64"):
+    with pytest.raises(InputError, match=r"frames must be \[mx, my\], \[n, mx, my\], one 4D-STEM frame .* got shape \[2, 2, 2, 2, 2, 2\]"):
+        send_frames(np.zeros((2, 2, 2, 2, 2, 2)), source.address)
+    with pytest.raises(InputError, match=r"frame 0: expected a 2-D \[mx, my\] or 4D-STEM \[sx, sy, kx, ky\] integer or real array, got 2-D complex64"):
         send_frames([np.zeros((2, 2), np.complex64)], source.address)
 
 
