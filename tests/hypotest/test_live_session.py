@@ -475,6 +475,14 @@ def test_scoring_loop_killed_mid_session_then_resumed_loses_nothing(tmp_path, mo
     assert replay_record(tmp_path / "w").ok
 
 
+def _live_on_file(tmp_path, frames, beam, out, *extra):
+    """``hypotest live --library mos2_defects`` on ``frames`` saved to a file, with ``beam``."""
+    np.save(tmp_path / "frames.npy", frames)
+    (tmp_path / "beam.json").write_text(json.dumps(beam))
+    return main(["live", "--library", "mos2_defects", "--source", str(tmp_path / "frames.npy"), "--beam",
+                 str(tmp_path / "beam.json"), "--out", str(out), "--no-dashboard", *extra])  # fmt: skip
+
+
 def test_hypotest_live_cli_on_a_replayed_file(tmp_path, mos2_waves, capsys):
     """`hypotest live --library LIB --source FILE --beam BEAM.json`: frames replayed from a file
     with the built-in library file, until the file ends; the record says what happened."""
@@ -485,20 +493,16 @@ def test_hypotest_live_cli_on_a_replayed_file(tmp_path, mos2_waves, capsys):
     model = ImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
     beam = demo_beams(st, model.pixel_sampling, 200.0)[2][1]
     lam = model.images(beam)[6] * 200.0 * np.prod(model.pixel_sampling)
-    np.save(tmp_path / "frames.npy", np.random.default_rng(5).poisson(lam, (6, *lam.shape)).astype(np.uint16))
-    (tmp_path / "beam.json").write_text(json.dumps(beam))
+    frames = np.random.default_rng(5).poisson(lam, (6, *lam.shape)).astype(np.uint16)
     out = tmp_path / "live"
-    rc = main(["live", "--library", "mos2_defects", "--source", str(tmp_path / "frames.npy"), "--beam",
-               str(tmp_path / "beam.json"), "--out", str(out), "--no-dashboard", "--no-auto-apply"])  # fmt: skip
-    assert rc == 0
+    assert _live_on_file(tmp_path, frames, beam, out, "--no-auto-apply") == 0
     rec = load_record(out)
     assert len(rec.frames) == 6 and {f["fate"] for f in rec.frames} <= {"scored", "coalesced"}
     assert rec.config["source"]["kind"] == "replay"
     assert rec.ids[int(np.nanargmax(rec.posterior[-1]))] == hyps[6].id
     assert "stopped:" in capsys.readouterr().out
     # a second run into the same directory is refused (the record is never overwritten)
-    assert main(["live", "--library", "mos2_defects", "--source", str(tmp_path / "frames.npy"), "--beam",
-                 str(tmp_path / "beam.json"), "--out", str(out), "--no-dashboard"]) == 2  # fmt: skip
+    assert _live_on_file(tmp_path, frames, beam, out) == 2
     assert "already holds a session record" in capsys.readouterr().err
 
 
@@ -513,20 +517,14 @@ def test_hypotest_live_cli_on_4dstem_frames(tmp_path, capsys):
     beam = demo_beams(st, (0.1, 0.1), 200.0, cell=model.cell)[-1][1]
     assert beam["detector"]["mode"] == "4dstem"
     lam = model.frame_layout(beam, model.images(beam)[4]) * 200.0 * model.pixel_area_of(beam)  # Mo_S
-    np.save(tmp_path / "scan.npy", np.random.default_rng(2).poisson(lam, (5, *lam.shape)).astype(np.uint16))
-    (tmp_path / "beam.json").write_text(json.dumps(beam))
+    frames = np.random.default_rng(2).poisson(lam, (5, *lam.shape)).astype(np.uint16)
     out = tmp_path / "live4d"
-    rc = main(["live", "--library", "mos2_defects", "--source", str(tmp_path / "scan.npy"), "--beam",
-               str(tmp_path / "beam.json"), "--out", str(out), "--no-dashboard", "--no-auto-apply"])  # fmt: skip
-    assert rc == 0
+    assert _live_on_file(tmp_path, frames, beam, out, "--no-auto-apply") == 0
     rec = load_record(out)
     assert len(rec.frames) == 5 and {f["fate"] for f in rec.frames} <= {"scored", "coalesced"}
     assert rec.frame(0).shape == lam.shape
     assert rec.ids[int(np.nanargmax(rec.posterior[-1]))] == hyps[4].id
     capsys.readouterr()
-    coarse = dict(beam, sampling=[0.6, 0.6])
-    (tmp_path / "coarse.json").write_text(json.dumps(coarse))
-    assert main(["live", "--library", "mos2_defects", "--source", str(tmp_path / "scan.npy"), "--beam",
-                 str(tmp_path / "coarse.json"), "--out", str(tmp_path / "no"), "--no-dashboard"]) == 2  # fmt: skip
+    assert _live_on_file(tmp_path, frames, dict(beam, sampling=[0.6, 0.6]), tmp_path / "no") == 2
     err = capsys.readouterr().err
-    assert "coarse.json: 4D-STEM scan step" in err and ("does not divide the cell" in err or "undersamples" in err)
+    assert "beam.json: 4D-STEM scan step" in err and ("does not divide the cell" in err or "undersamples" in err)
