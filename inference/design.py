@@ -8,8 +8,9 @@ Stat. 27 (1956) 986; Chaloner & Verdinelli, Stat. Sci. 10 (1995) 273, sec. 2.2):
 
 estimated by Monte Carlo: ``n_samples`` draws of ``h`` from the current posterior and of
 ``y`` from the noise model (fixed ``rng_key``, common random numbers across conditions so
-rankings are not noise; the counts are drawn by numpy, seeded from the key). The nuisance parameters are held at their current values (scale 1,
-background 0 unless given) inside the design; this is the usual plug-in design approximation.
+rankings are not noise; the counts are drawn by numpy, seeded from the key). The nuisance
+parameters are held at their current values (scale 1, background 0 unless given) inside the
+design; this is the usual plug-in design approximation.
 Conditions are ranked by EIG per electron (``EIG / (dose x field area)``), since dose is what
 the specimen pays. Each proposal lists the pairs of live hypotheses it separates: those whose
 expected log Bayes factor in one frame, the Kullback-Leibler divergence between their count
@@ -54,7 +55,6 @@ et al., Adv. Imaging Electron Phys. 130 (2004) 1, sec. 4) from :mod:`inference.f
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax

@@ -158,6 +158,7 @@ class ImageModel:
                     f"the live image model simulates detector modes {list(MODES)}, got {mode!r}: "
                     "segmented-detector frames are scored through the Python API (inference.score_frames)"
                 )
+            self._last_smatrix = None  # reused within prepare() only: ~20 MB each
             imgs = np.stack(new) if imgs is None else np.concatenate([imgs, np.stack(new)])
             self._images[key] = imgs.astype(np.float32)
             return self._images[key]
@@ -307,15 +308,14 @@ class ImageModel:
                         self._stem_image(s, bc, b)
                     elif bc.detector.mode == "4dstem":
                         self._stem4d_image(s, bc, b)
-            self._last_smatrix = None  # ~20 MB each: not kept beyond the warm-up
+            self._last_smatrix = None
         for b in beams:
             self.images(b)
 
     def scan_gpts(self, bc) -> tuple[int, int]:
-        """Probe positions simulated for an annular STEM frame: the fewest that sample the band
-        limit ``2 alpha / lambda`` with margin, and never more than the frame's pixels."""
-        kmax = 2.0 * float(bc.semiangle_cutoff) * 1e-3 / float(wavelength(bc.energy))
-        need = [math.ceil(2.0 * _SCAN_MARGIN * kmax * float(L)) for L in self.cell[:2]]
+        """Probe positions simulated for an annular STEM frame: :func:`band_limited_scan`, never
+        more than the frame's pixels."""
+        need = band_limited_scan(self.cell, float(bc.energy), float(bc.semiangle_cutoff))
         return (min(need[0], self.camera_gpts[0]), min(need[1], self.camera_gpts[1]))
 
     def _stem_image(self, specimen: Specimen, bc, beam: dict) -> np.ndarray:
@@ -361,6 +361,13 @@ class ImageModel:
         with self._lock:
             self.specimens.append(specimen)
             return len(self.specimens) - 1
+
+
+def band_limited_scan(cell, energy: float, semiangle: float) -> tuple[int, int]:
+    """The fewest probe positions over ``cell`` [Å] that sample a STEM signal's band limit
+    ``2 alpha / lambda`` (``energy`` [eV], probe ``semiangle`` [mrad]), with :data:`_SCAN_MARGIN`."""
+    kmax = 2.0 * float(semiangle) * 1e-3 / float(wavelength(energy))
+    return tuple(math.ceil(2.0 * _SCAN_MARGIN * kmax * float(L)) for L in np.asarray(cell)[:2])
 
 
 def _fourier_resample(image: np.ndarray, shape, extent, source_size: float = 0.0) -> np.ndarray:

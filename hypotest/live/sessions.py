@@ -12,7 +12,6 @@ where phase contrast at the same dose cannot; Krivanek et al., Nature 464 (2010)
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,11 +112,10 @@ def demo_beams(settings: ImagingSettings, pixel_sampling, dose: float | None = N
              "detector": {"mode": "stem_annular", "inner": inner, "outer": outer}, "simulation": dict(sim)},
         ))  # fmt: skip
     if settings.pixelated_outer > 0 and cell is not None:
-        from forward.constants import wavelength
-        from hypotest.live.model import _SCAN_MARGIN
+        from hypotest.live.model import band_limited_scan
 
-        kmax = 2.0 * settings.probe_semiangle * 1e-3 / float(wavelength(settings.energy))
-        step = [float(L) / math.ceil(2.0 * _SCAN_MARGIN * kmax * float(L)) for L in np.asarray(cell)[:2]]
+        gpts = band_limited_scan(cell, settings.energy, settings.probe_semiangle)
+        step = [float(L) / n for L, n in zip(np.asarray(cell)[:2], gpts)]
         out.append((
             f"4D-STEM to {settings.pixelated_outer:g} mrad ({settings.probe_semiangle:g} mrad probe, "
             f"defocus {settings.pixelated_defocus:g} Å)",
