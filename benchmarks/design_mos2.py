@@ -34,7 +34,7 @@ import numpy as np
 from forward import make_beam
 from hypotest.live.model import ImageModel
 from inference import decision_dose_bound, make_noise_model
-from hypotest.live.sessions import LIBRARY_SETTINGS, demo_beams, load_builtin_hypotheses, make_demo_session
+from hypotest.live.builtin import LIBRARY_SETTINGS, demo_beams, load_builtin_hypotheses, make_demo_session
 
 
 POLICIES = ("scherzer", "adf", "allocation", "eig")

@@ -8,12 +8,12 @@
    lattice library (pristine 8x8 columns; at each column: occupancies 0 to 0.9 and
    displacements 0.1 to 0.5 Å, so many hypotheses are nearly degenerate at low dose), frames
    registered (known shift), at 10, 100, 1e3 and 1e4 e-/Å², side by side:
-   - the fast scorer (:func:`inference.make_fast_scorer`: binned screen + exact stage), p50/p99
+   - the fast scorer (:func:`inference.make_scorer`, ``kind="fast"``: binned screen + exact stage), p50/p99
      over ``--frames`` frames after a warm-up pass over the same frames (which compiles each
      power-of-two bucket of exactly scored hypotheses once; the compile time is reported);
-   - the exact scorer for a known shift (:func:`inference.make_linear_scorer`), p50 over a few
+   - the exact scorer for a known shift (``kind="linear"``), p50 over a few
      frames, and (``--laplace-frames``, first dose only) the Laplace scorer with the shift
-     marginalised (:func:`inference.make_laplace_scorer`);
+     marginalised (``kind="laplace"``);
    - one plain pass over the cached images: the Poisson log-likelihood at fixed nuisance
      (one logarithm per cached pixel) and a bare sum (memory bandwidth);
    with the ratios fast/plain and exact/fast. Goal: fast p99 <= 100 ms.
@@ -46,16 +46,14 @@ from inference import (  # noqa: E402
     design_images,
     fourier_shift,
     log_likelihood,
-    make_fast_scorer,
-    make_laplace_scorer,
-    make_linear_scorer,
+    ScorerConfig,
     make_log_density,
     make_noise_model,
     make_nuisance_prior,
     make_map_refiner,
+    make_scorer,
     map_refine,
     nuts_refine,
-    prepare_screen_cache,
     rank_conditions,
     sample_counts,
 )
@@ -98,6 +96,12 @@ def _lattice_library(n_hyp: int, size: int, sampling: float):
     return images
 
 
+def _scorer(kind, noise, prior, **kw):
+    """The one scorer with the prior as given (absolute background: the figures compare with the
+    plain log-likelihood pass at the same prior)."""
+    return make_scorer(ScorerConfig(kind, noise, prior, background_relative=False, **kw))
+
+
 def _percentiles_ms(times):
     p50, p99 = np.percentile(np.asarray(times), [50, 99])
     return round(float(1e3 * p50), 1), round(float(1e3 * p99), 1)
@@ -109,9 +113,10 @@ def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3,
     images = _lattice_library(n_hyp, size, sampling)
     noise = make_noise_model("poisson")
     prior = make_nuisance_prior(scale_sd=0.1, background_mean=0.02, background_sd=0.05)
-    t_prep, cache = _timed(lambda: prepare_screen_cache(images, bin_factor=4))
-    fast = make_fast_scorer(noise, prior, n_refine=n_refine, backend=backend)
-    exact = make_linear_scorer(noise, prior)
+    fast_sc = _scorer("fast", noise, prior, bin_factor=4, n_refine=n_refine, backend=backend)
+    t_prep, cache = _timed(lambda: fast_sc.prepare(images))
+    fast = fast_sc.score
+    exact = _scorer("linear", noise, prior).score
     rows = []
     for dose in doses:
         e = dose * sampling * sampling
@@ -130,8 +135,8 @@ def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3,
             dt, _ = _timed(run, y)
             times.append(dt)
             fs = fast(y, cache, e)
-            kept += bool(fs.exact_mask[t])
-            n_exact.append(int(np.sum(np.asarray(fs.exact_mask))))
+            kept += bool(fs.exact[t])
+            n_exact.append(int(np.sum(np.asarray(fs.exact))))
             n_within.append(int(fs.n_within_margin))
             top1 += int(np.argmax(np.asarray(fs.log_evidence))) == t
         ex_run = lambda y: exact(y, images, e).log_evidence  # noqa: E731
@@ -140,7 +145,7 @@ def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3,
         dev = []
         for y in frames[:n_exact_frames]:
             fs, ex = fast(y, cache, e), exact(y, images, e)
-            m = np.asarray(fs.exact_mask)
+            m = np.asarray(fs.exact)
             fl, el = np.asarray(fs.log_evidence, np.float64), np.asarray(ex.log_evidence, np.float64)
             dev.append(float(np.max(np.abs((fl - fl.max()) - (el - el.max()))[m])))
         plain = jax.jit(lambda y, im: log_likelihood(noise, y, e * im))
@@ -173,7 +178,7 @@ def bench_scoring(n_hyp: int, size: int, n_frames: int, doses=(10.0, 100.0, 1e3,
             "cache_prepare_s": round(t_prep, 3),
         }
         if n_laplace_frames and dose == doses[0]:  # ~10-80 s per frame here: one dose only
-            lap = make_laplace_scorer(noise, prior)
+            lap = _scorer("laplace", noise, prior).score
             lap_run = lambda y: lap(y, images, e).log_evidence  # noqa: E731
             _timed(lap_run, frames[0])
             row["exact_laplace_p50_ms"] = round(1e3 * float(np.median([_timed(lap_run, y)[0] for y in frames[:n_laplace_frames]])), 1)
@@ -188,8 +193,8 @@ def bench_fast_shift(n_hyp: int, size: int, n_frames: int, dose: float = 1e3, ba
     images = _lattice_library(n_hyp, size, sampling)
     noise = make_noise_model("poisson")
     prior = make_nuisance_prior(scale_sd=0.1, background_mean=0.02, background_sd=0.05)
-    cache = prepare_screen_cache(images, bin_factor=4)
-    fast = make_fast_scorer(noise, prior, backend=backend)
+    sc = _scorer("fast", noise, prior, bin_factor=4, backend=backend)
+    cache, fast = sc.prepare(images), sc.score
     e = dose * sampling * sampling
     shift = np.array([0.3, -0.2], np.float32)
     keys = jax.random.split(jax.random.key(5), n_frames)

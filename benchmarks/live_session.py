@@ -5,7 +5,7 @@
    every frame received must be scored, coalesced or rejected (zero unaccounted).
 2. Latency: frame received -> posterior recorded, p50/p99 over a stream of frames, for 100 and
    1,000 surviving hypotheses (cached 256x256 images), with the per-hypothesis Laplace scorer
-   and with the registered-frame fast scorer (hypotest.live.scoring).
+   and with the registered-frame fast scorer (inference.scorer).
 
     .venv/bin/python benchmarks/live_session.py            # full
     .venv/bin/python benchmarks/live_session.py --small    # quick check
@@ -24,7 +24,7 @@ from hypotest.hypothesis import make_hypothesis
 from hypotest.live.events import RawFrame, StreamEvent
 from hypotest.live.model import CachedImageModel
 from hypotest.live.record import load_record
-from hypotest.live.session import LiveSession
+from hypotest.live.runner import LiveSession
 
 SHAPE = (256, 256)
 SAMPLING = (0.1, 0.1)  # [Å/pixel]

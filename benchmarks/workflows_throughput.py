@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from forward import make_beam, make_grid, make_specimen
-from inference.evidence import make_linear_scorer, make_nuisance_prior
+from inference import ScorerConfig, make_scorer
 from inference.noise import make_noise_model
 from library.provenance import content_id
 from workflows.local import local_ray
@@ -85,7 +85,8 @@ def fanout_overhead(n_hyp: int, gpts: int, shards: int, repeats: int) -> dict:
     exposure = 10.0
     counts = rng.poisson(images[3] * exposure).astype(np.float32)
     noise = make_noise_model("poisson")
-    score = make_linear_scorer(noise, make_nuisance_prior())
+    config = ScorerConfig("linear", noise)
+    score = make_scorer(config).score
     np.asarray(score(counts, images, exposure).log_evidence)  # compile
     local = []
     for _ in range(repeats):
@@ -93,7 +94,7 @@ def fanout_overhead(n_hyp: int, gpts: int, shards: int, repeats: int) -> dict:
         np.asarray(score(counts, images, exposure).log_evidence)
         local.append(time.perf_counter() - t0)
     with local_ray(num_cpus=2):
-        with ShardedLibrary(noise) as lib:
+        with ShardedLibrary(config) as lib:
             per = n_hyp // shards
             for k in range(shards):
                 lib.add_shard([f"h{j:08d}" for j in range(k * per, (k + 1) * per)], images[k * per : (k + 1) * per])

@@ -5,7 +5,7 @@
 2. pre-simulation: a loopback-only local Ray instance; workers compute the HRTEM exit wave of
    every hypothesis once (the exit wave does not depend on the lens, so a new defocus later is
    one FFT pair per hypothesis);
-3. the live session (:mod:`hypotest.live.session`): a simulated microscope hides one hypothesis
+3. the live session (:mod:`hypotest.live.runner`): a simulated microscope hides one hypothesis
    (chosen by the seed) and streams Poisson frames at a set rate; each frame (or a coalesced group
    when scoring falls behind) updates the posterior, hypotheses the rule rejects are recorded with
    the reason, the next defocus is chosen by expected information gain per electron and applied,
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hypotest.live.sessions import LIBRARY_SETTINGS, load_builtin_hypotheses, make_demo_session
+from hypotest.live.builtin import LIBRARY_SETTINGS, load_builtin_hypotheses, make_demo_session
 
 __all__ = ["run_demo", "load_hypotheses", "LIBRARY"]
 

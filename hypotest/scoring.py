@@ -24,14 +24,7 @@ import numpy as np
 from forward import InputError, Specimen, make_grid, replace
 from forward.constants import scherzer_defocus
 from hypotest.beamfile import BeamFile
-from inference import (
-    ScoreResult,
-    make_nuisance_prior,
-    noise_from_detector,
-    rank_conditions,
-    score_frames,
-    signal_relative_prior,
-)
+from inference import SCORERS, ScoreResult, ScorerConfig, noise_from_detector, rank_conditions, score_frames
 
 __all__ = ["ScoringInput", "library_file_entries", "load_hypotheses_for_scoring", "read_frames", "run_score", "CELL_RTOL"]
 
@@ -160,6 +153,8 @@ def _defocus_series(beam):
 def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int = 0, progress=None,
               scorer: str = "laplace") -> ScoreResult:
     """Simulate every hypothesis under ``bf``, score ``counts`` and (HRTEM) propose the next defocus."""
+    if scorer not in SCORERS:  # before the simulations
+        raise InputError(f"unknown scorer {scorer!r}: expected one of {SCORERS}")
     cell = _shared_cell(hyps)
     shape = counts.shape[1:]
     _check_frame_geometry(cell, shape, bf.sampling)
@@ -187,10 +182,8 @@ def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int
             "segmented-detector data through the Python API (inference.score_frames)"
         )
     noise = noise_from_detector(bf.beam.detector)
-    nprior = signal_relative_prior(make_nuisance_prior(), images)  # as in the live session
-    result = score_frames(
-        counts, images, hyps.priors, bf.beam, bf.sampling, ids=hyps.ids, noise=noise, nuisance_prior=nprior, scorer=scorer
-    )
+    config = ScorerConfig(kind=scorer, noise=noise)  # background prior relative to the images' level
+    result = score_frames(counts, images, hyps.priors, bf.beam, bf.sampling, ids=hyps.ids, names=hyps.names, scorer=config)
     if mode == "hrtem":
         beams, labels = _defocus_series(bf.beam)
         cand = np.stack([np.stack([np.asarray(sim.image_from_exit_wave(w, b)) for w in waves]) for b in beams])

@@ -4,9 +4,25 @@ refinements and proposals out. Knows nothing of atoms, files or Ray.
 The contract with the forward model: ``simulate_fn(params, beam) -> intensity [nx, ny]``,
 relative to the incident beam, so expected electrons per pixel = intensity x dose [e-/Å²] x
 pixel area [Å²] (see :mod:`inference.noise`).
+
+A frame is scored against the cached images of the hypotheses in one place, the scorer of
+:mod:`inference.scorer` (:func:`make_scorer`, :class:`ScorerConfig`, :class:`Score`): every
+caller (:func:`score_frames`, the live step, the Ray shards) goes through it.
 """
 
-from inference.changepoint import Segment, bocpd, segment, sum_segments
+from inference.changepoint import (
+    Segment,
+    TrackerInfo,
+    TrackerState,
+    bocpd,
+    init_tracker,
+    segment,
+    sum_segments,
+    tracker_add,
+    tracker_drop,
+    tracker_update,
+    tracker_view,
+)
 from inference.design import (
     Allocation,
     Proposal,
@@ -18,27 +34,9 @@ from inference.design import (
     rank_conditions,
     rank_d_optimal,
 )
-from inference.evidence import (
-    Evidence,
-    NuisancePrior,
-    fourier_shift,
-    make_laplace_scorer,
-    make_linear_scorer,
-    make_nuisance_prior,
-    signal_relative_prior,
-)
+from inference.evidence import NuisancePrior, fourier_shift, make_nuisance_prior, signal_relative_prior
 from inference.fisher import crlb, fisher_information, log_det_fisher
 from inference.frame import Frame, make_frame
-from inference.hmm import (
-    HMMInfo,
-    HMMState,
-    RejectionEvent,
-    hmm_filter,
-    hmm_step,
-    init_hmm,
-    make_transition_matrix,
-    rejection_events,
-)
 from inference.laplace import LaplaceInfo, laplace_log_evidence
 from inference.noise import (
     NOISE_KINDS,
@@ -53,6 +51,7 @@ from inference.posterior import (
     PosteriorState,
     Rejection,
     RejectionRule,
+    apply_rule,
     find_rejections,
     init_posterior,
     log_bayes_factors,
@@ -70,17 +69,17 @@ from inference.refine import (
     map_refine,
     nuts_refine,
 )
-from inference.score import SCORERS, ScoreResult, score_frames
-from inference.screen import FastScore, ScreenCache, make_fast_scorer, prepare_screen_cache, screen_margin
+from inference.registration import register_shift
+from inference.score import ScoreResult, score_frames
+from inference.scorer import SCORERS, ImageSet, Score, Scorer, ScorerConfig, make_scorer, method_text
+from inference.screen import screen_margin
 
 __all__ = [
     "NOISE_KINDS",
     "SCORERS",
-    "Evidence",
-    "FastScore",
+    "Allocation",
     "Frame",
-    "HMMInfo",
-    "HMMState",
+    "ImageSet",
     "LaplaceInfo",
     "MapInfo",
     "MapState",
@@ -89,16 +88,19 @@ __all__ = [
     "PosteriorState",
     "Proposal",
     "Rejection",
-    "RejectionEvent",
     "RejectionRule",
     "SamplerConfig",
+    "Score",
     "ScoreResult",
-    "ScreenCache",
+    "Scorer",
+    "ScorerConfig",
     "Segment",
+    "TrackerInfo",
+    "TrackerState",
+    "allocate_conditions",
+    "apply_rule",
     "bocpd",
     "crlb",
-    "Allocation",
-    "allocate_conditions",
     "decision_dose_bound",
     "design_images",
     "expected_electrons",
@@ -106,39 +108,38 @@ __all__ = [
     "find_rejections",
     "fisher_information",
     "fourier_shift",
-    "hmm_filter",
-    "hmm_step",
-    "init_hmm",
     "init_posterior",
+    "init_tracker",
     "laplace_log_evidence",
     "log_bayes_factors",
     "log_det_fisher",
     "log_likelihood",
     "make_frame",
-    "make_laplace_scorer",
-    "make_fast_scorer",
-    "make_linear_scorer",
     "make_log_density",
     "make_map_refiner",
     "make_noise_model",
     "make_nuisance_prior",
-    "signal_relative_prior",
     "make_rejection_rule",
-    "make_transition_matrix",
+    "make_scorer",
     "map_refine",
+    "method_text",
     "noise_from_detector",
     "nuts_refine",
     "pairwise_kl",
     "posterior_probs",
-    "prepare_screen_cache",
     "rank_conditions",
     "rank_d_optimal",
+    "register_shift",
     "rejected_mask",
-    "rejection_events",
     "sample_counts",
     "score_frames",
     "screen_margin",
     "segment",
+    "signal_relative_prior",
     "sum_segments",
+    "tracker_add",
+    "tracker_drop",
+    "tracker_update",
+    "tracker_view",
     "update_posterior",
 ]

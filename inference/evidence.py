@@ -1,4 +1,5 @@
-"""Evidence of one frame for each cached hypothesis image, with the nuisance parameters removed.
+"""The numeric kernels of the scorer (:mod:`inference.scorer`): the evidence of one frame for each
+cached hypothesis image, with the nuisance parameters removed.
 
 The observation model for hypothesis ``h`` with cached intensity ``I_h [nx, ny]`` (relative to
 the incident beam, see :mod:`inference.noise`) is
@@ -11,23 +12,22 @@ with nuisance parameters ``scale`` (beam current / detector efficiency), ``backg
 (defocus, thickness, tilt) enter through ``simulate_fn`` and are handled by
 :func:`inference.laplace.laplace_log_evidence` / :mod:`inference.refine`.
 
-Choice (documented, reported per hypothesis in :class:`Evidence`): the nuisance parameters are
-**marginalised with the Laplace approximation** around their MAP (Tierney & Kadane, J. Am.
-Stat. Assoc. 81 (1986) 82; MacKay, Information Theory, Inference and Learning Algorithms
-(2003) eq. 27.10):
+The nuisance parameters are **marginalised with the Laplace approximation** around their MAP
+(Tierney & Kadane, J. Am. Stat. Assoc. 81 (1986) 82; MacKay, Information Theory, Inference and
+Learning Algorithms (2003) eq. 27.10):
 
     log p(y | h) ~= log p(y | phi*, h) + log p(phi*) + d/2 log(2 pi) - 1/2 log det(-H(phi*))
 
-``Evidence.laplace_term`` holds the last two terms (the "Occam factor"). For the Gaussian
-noise model and known shift the model is linear-Gaussian and the approximation is exact.
+(the last two terms: ``laplace_term``, the "Occam factor"). For the Gaussian noise model and known
+shift the model is linear-Gaussian and the approximation is exact.
 
-Two scorers:
+Two kernels, both ``[H]``-batched and jitted:
 
-- :func:`make_linear_scorer`: shift known (frames registered upstream, DESIGN section 5),
-  only the linear ``(scale, background)`` marginalised; Newton iterations with closed-form
-  gradient and Hessian, one fused pass over the pixels per iteration. The real-time path.
-- :func:`make_laplace_scorer`: ``(shift_x, shift_y, scale, background)`` marginalised, shift by
-  exact Fourier phase ramps, Hessian by autodiff. One FFT pair per hypothesis and iteration.
+- :func:`linear_fit`: shift known (frames registered upstream), only the linear ``(scale,
+  background)`` marginalised by the Newton-Laplace step of :mod:`inference.newton` with
+  closed-form gradient and Hessian, one fused pass over the pixels per iteration.
+- :func:`laplace_fit`: ``(shift_x, shift_y, scale, background)`` marginalised, shift by exact
+  Fourier phase ramps, Hessian by autodiff; one FFT pair per hypothesis and iteration.
 
 Both take frames with detector channels (4D-STEM, one image over the scan per diffraction pixel)
 as ``[..., nx, ny]``, channels leading: a drift moves the last two (scan) axes of every channel
@@ -46,15 +46,18 @@ import numpy as np
 
 from forward import InputError, pytree_dataclass
 from forward._validate import finite_scalar, in_range
+from inference.newton import LaplaceFit, _gauss_logpdf, newton_laplace, total_count_start
 from inference.noise import NoiseModel, _data_part, _saturated_part, _shift
 
 __all__ = [
     "NuisancePrior",
     "make_nuisance_prior",
-    "Evidence",
+    "signal_relative_prior",
     "fourier_shift",
-    "make_linear_scorer",
-    "make_laplace_scorer",
+    "shift_phase",
+    "dense_lik",
+    "linear_fit",
+    "laplace_fit",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -107,35 +110,6 @@ def signal_relative_prior(prior: NuisancePrior, images) -> NuisancePrior:
     return dataclasses.replace(prior, background_mean=prior.background_mean * m, background_sd=prior.background_sd * m)
 
 
-@pytree_dataclass
-class Evidence:
-    """Per-hypothesis evidence of one frame (leading axis ``[H]``).
-
-    Attributes:
-        log_evidence: Laplace log p(frame | h) [nats].
-        log_likelihood: log p(frame | phi*, h) at the nuisance MAP.
-        log_prior: log p(phi*) of the nuisance prior at the MAP.
-        laplace_term: ``d/2 log 2pi - 1/2 log det(-H)``: the Laplace correction (Occam factor).
-        scale, background: MAP values; ``shift`` ``[H, 2]`` [pixels] (the known shift for the
-            linear scorer).
-        scale_sd, background_sd, shift_sd: Laplace posterior standard deviations (shift_sd is 0
-            where the shift was known).
-        grad_norm: |gradient| of the log joint at the returned MAP (convergence diagnostic).
-    """
-
-    log_evidence: jax.Array
-    log_likelihood: jax.Array
-    log_prior: jax.Array
-    laplace_term: jax.Array
-    scale: jax.Array
-    background: jax.Array
-    shift: jax.Array
-    scale_sd: jax.Array
-    background_sd: jax.Array
-    shift_sd: jax.Array
-    grad_norm: jax.Array
-
-
 def shift_phase(shape, shift, xp=jnp):
     """The phase ramp ``[nx, ny // 2 + 1]`` of :func:`fourier_shift` on the ``rfft2`` grid.
 
@@ -166,11 +140,6 @@ def fourier_shift(image, shift):
     phase = shift_phase((nx, ny), shift)
     phase = phase.reshape((1,) * (image.ndim - 2) + phase.shape)  # leading (channel) axes explicit
     return jnp.fft.irfft2(jnp.fft.rfft2(image) * phase, s=(nx, ny))
-
-
-def _gauss_logpdf(x, mean, sd, xp=jnp):
-    """log N(x; mean, sd²) (``xp``: jax.numpy or numpy)."""
-    return -0.5 * ((x - mean) / sd) ** 2 - xp.log(sd) - 0.5 * _LOG_2PI
 
 
 def _mu_derivs(noise: NoiseModel, counts, mu):
@@ -213,56 +182,30 @@ def _check_inputs(counts, images, exposure):
         )
 
 
-def _linear_one(counts, image, exposure, sat, noise: NoiseModel, prior: NuisancePrior, n_newton: int):
-    """Laplace evidence of one image over (scale, background): closed-form gradient/Hessian."""
-    s_prior_v = prior.scale_sd**2
-    b_prior_v = prior.background_sd**2
-    b0 = prior.background_mean
-    total = jnp.sum(counts) / noise.gain
-    s0 = (total / exposure - b0 * image.size) / jnp.maximum(jnp.sum(image), 1e-12)
-    s0 = jnp.clip(s0, 1e-3 * prior.scale_mean, 1e3 * prior.scale_mean)
+def dense_lik(noise: NoiseModel, counts, image, exposure):
+    """The likelihood callback of :mod:`inference.newton` for one registered image: gradient,
+    Hessian and data part of the log-likelihood in (scale, background), one fused pass over the
+    pixels (:func:`_mu_derivs`)."""
 
-    def grad_hess(theta):
-        s, b = theta[0], theta[1]
-        a, w, data = _mu_derivs(noise, counts, exposure * (s * image + b))
+    def lik(theta):
+        a, w, data = _mu_derivs(noise, counts, exposure * (theta[0] * image + theta[1]))
         ea = exposure * a
         ew = exposure * exposure * w
-        g = jnp.stack([jnp.sum(ea * image) - (s - prior.scale_mean) / s_prior_v, jnp.sum(ea) - (b - b0) / b_prior_v])
-        hss = -jnp.sum(ew * image * image) - 1.0 / s_prior_v
-        hsb = -jnp.sum(ew * image)
-        hbb = -jnp.sum(ew) - 1.0 / b_prior_v
-        return g, jnp.stack([jnp.stack([hss, hsb]), jnp.stack([hsb, hbb])]), jnp.sum(data)
+        h = (-jnp.sum(ew * image * image), -jnp.sum(ew * image), -jnp.sum(ew))
+        return jnp.stack([jnp.sum(ea * image), jnp.sum(ea)]), h, jnp.sum(data)
 
-    def step(theta, _):
-        g, h, _ = grad_hess(theta)
-        new = theta - jnp.linalg.solve(h, g)
-        return new.at[0].set(jnp.maximum(new[0], 1e-6 * prior.scale_mean)), None
+    return lik
 
-    theta, _ = jax.lax.scan(step, jnp.stack([s0, b0]), None, length=n_newton)
-    g, h, data = grad_hess(theta)
-    s, b = theta[0], theta[1]
-    ll = data + sat
-    lp = _gauss_logpdf(s, prior.scale_mean, prior.scale_sd) + _gauss_logpdf(b, b0, prior.background_sd)
-    sign, logdet = jnp.linalg.slogdet(-h)
-    lap = _LOG_2PI - 0.5 * jnp.where(sign > 0, logdet, jnp.inf)
-    cov = jnp.linalg.inv(-h)
-    return Evidence(
-        log_evidence=ll + lp + lap,
-        log_likelihood=ll,
-        log_prior=lp,
-        laplace_term=lap,
-        scale=s,
-        background=b,
-        shift=jnp.zeros((2,), jnp.float32),
-        scale_sd=jnp.sqrt(cov[0, 0]),
-        background_sd=jnp.sqrt(cov[1, 1]),
-        shift_sd=jnp.zeros((2,), jnp.float32),
-        grad_norm=jnp.linalg.norm(g),
-    )
+
+def _linear_one(counts, image, exposure, sat, noise: NoiseModel, prior: NuisancePrior, n_newton: int) -> LaplaceFit:
+    """Laplace evidence of one registered image over (scale, background) (:mod:`inference.newton`)."""
+    total = jnp.sum(counts) / noise.gain
+    theta0 = total_count_start(total, jnp.sum(image), jnp.float32(image.size), exposure, prior)
+    return newton_laplace(dense_lik(noise, counts, image, exposure), theta0, prior, sat, n_newton)
 
 
 @functools.partial(jax.jit, static_argnames=("n_newton",))
-def _linear_score(counts, images, exposure, shift, noise, prior, n_newton):
+def _linear_fit(counts, images, exposure, shift, noise, prior, n_newton):
     counts = jnp.asarray(counts, jnp.float32)
     images = jnp.asarray(images, jnp.float32)
     shift = jnp.asarray(shift, jnp.float32)
@@ -273,27 +216,20 @@ def _linear_score(counts, images, exposure, shift, noise, prior, n_newton):
         images,
     )
     sat = jnp.sum(_saturated_part(noise, counts))
-    ev = jax.vmap(_linear_one, in_axes=(None, 0, None, None, None, None, None))(
+    return jax.vmap(_linear_one, in_axes=(None, 0, None, None, None, None, None))(
         counts, images, exposure, sat, noise, prior, n_newton
     )
-    return dataclasses.replace(ev, shift=jnp.broadcast_to(shift[None, :], ev.shift.shape))
 
 
-def make_linear_scorer(noise: NoiseModel, prior: NuisancePrior, *, n_newton: int = 4):
-    """``score(counts [nx, ny], images [H, nx, ny], exposure, shift=(0, 0)) -> Evidence``.
-
-    ``exposure`` = dose [e-/Å²] x pixel area [Å²]. The frame is assumed registered to the
-    images up to the known ``shift`` [pixels] (applied to the images when nonzero). Scale and
-    background are marginalised by Laplace around a Newton MAP started at the total-count
-    match. The compiled program is shared by every scorer with the same shapes and noise kind.
-    """
-
-    def score(counts, images, exposure, shift=(0.0, 0.0)) -> Evidence:
-        _check_inputs(counts, images, exposure)
-        ex = jnp.asarray(exposure, jnp.float32)
-        return _linear_score(counts, images, ex, jnp.asarray(shift, jnp.float32), noise, prior, int(n_newton))
-
-    return score
+def linear_fit(counts, images, exposure, shift, noise: NoiseModel, prior: NuisancePrior, *, n_newton: int = 4) -> LaplaceFit:
+    """``[H]`` Laplace evidence over (scale, background) of ``counts [..., nx, ny]`` against
+    ``images [H, ..., nx, ny]`` registered up to the known ``shift [2]`` [pixels] (applied to the
+    images when nonzero): ``n_newton`` Newton steps from the total-count match. ``exposure`` =
+    dose [e-/Å²] x pixel area [Å²]. The compiled program is shared by every call with the same
+    shapes and noise kind."""
+    _check_inputs(counts, images, exposure)
+    ex = jnp.asarray(exposure, jnp.float32)
+    return _linear_fit(counts, images, ex, jnp.asarray(shift, jnp.float32), noise, prior, int(n_newton))
 
 
 def _laplace_log_joint(phi, counts, image, exposure, noise, prior):
@@ -308,7 +244,7 @@ def _laplace_log_joint(phi, counts, image, exposure, noise, prior):
     return ll + lp, (ll, lp)
 
 
-def _laplace_one(counts, image, exposure, s0, b0, sat, noise, prior, n_newton):
+def _laplace_one(counts, image, exposure, shift0, s0, b0, sat, noise, prior, n_newton):
     f = lambda phi: _laplace_log_joint(phi, counts, image, exposure, noise, prior)[0]  # noqa: E731
     grad_fn, hess_fn = jax.grad(f), jax.hessian(f)
 
@@ -324,42 +260,43 @@ def _laplace_one(counts, image, exposure, s0, b0, sat, noise, prior, n_newton):
         new = phi + delta
         return new.at[2].set(jnp.maximum(new[2], 1e-6 * prior.scale_mean)), None
 
-    phi, _ = jax.lax.scan(step, jnp.stack([jnp.zeros(()), jnp.zeros(()), s0, b0]), None, length=n_newton)
+    phi, _ = jax.lax.scan(step, jnp.stack([shift0[0], shift0[1], s0, b0]), None, length=n_newton)
     _, (ll, lp) = _laplace_log_joint(phi, counts, image, exposure, noise, prior)
     g, h = grad_fn(phi), hess_fn(phi)
     sign, logdet = jnp.linalg.slogdet(-h)
     lap = 2.0 * _LOG_2PI - 0.5 * jnp.where(sign > 0, logdet, jnp.inf)
     sd = jnp.sqrt(jnp.abs(jnp.diagonal(jnp.linalg.inv(-h))))
-    return Evidence(
+    fit = LaplaceFit(
         log_evidence=ll + sat + lp + lap,
         log_likelihood=ll + sat,
         log_prior=lp,
         laplace_term=lap,
         scale=phi[2],
         background=phi[3],
-        shift=phi[:2],
         scale_sd=sd[2],
         background_sd=sd[3],
-        shift_sd=sd[:2],
         grad_norm=jnp.linalg.norm(g),
+        decrement=jnp.zeros((), jnp.float32),
     )
+    return fit, phi[:2], sd[:2]
 
 
 @functools.partial(jax.jit, static_argnames=("n_newton",))
-def _laplace_score(counts, images, exposure, noise, prior, n_newton):
+def _laplace_fit(counts, images, exposure, shift0, noise, prior, n_newton):
     counts = jnp.asarray(counts, jnp.float32)
     images = jnp.asarray(images, jnp.float32)
-    lin = _linear_score(counts, images, exposure, jnp.zeros((2,), jnp.float32), noise, prior, 4)
+    lin = _linear_fit(counts, images, exposure, jnp.zeros((2,), jnp.float32), noise, prior, 4)
     sat = jnp.sum(_saturated_part(noise, counts))
-    return jax.vmap(_laplace_one, in_axes=(None, 0, None, 0, 0, None, None, None, None))(
-        counts, images, exposure, lin.scale, lin.background, sat, noise, prior, n_newton
+    return jax.vmap(_laplace_one, in_axes=(None, 0, None, None, 0, 0, None, None, None, None))(
+        counts, images, exposure, shift0, lin.scale, lin.background, sat, noise, prior, n_newton
     )
 
 
-def make_laplace_scorer(noise: NoiseModel, prior: NuisancePrior, *, n_newton: int = 6):
-    """``score(counts [nx, ny], images [H, nx, ny], exposure) -> Evidence`` with the shift
-    ``[2]`` [pixels], scale and background all marginalised (Laplace around a damped-Newton MAP
-    started at the linear scorer's scale and background; Hessian by autodiff).
+def laplace_fit(counts, images, exposure, noise: NoiseModel, prior: NuisancePrior, *, shift0=(0.0, 0.0),
+                n_newton: int = 6) -> tuple[LaplaceFit, jax.Array, jax.Array]:  # fmt: skip
+    """``(fit [H], shift [H, 2], shift_sd [H, 2])``: the shift [pixels], scale and background all
+    marginalised (Laplace around a damped-Newton MAP started at ``shift0`` and the linear kernel's
+    scale and background; Hessian by autodiff).
 
     The damped Newton is not invariant to the units of the images, so it runs on the images
     divided by their mean level ``m`` (exposure times ``m``, background prior divided by ``m``:
@@ -367,18 +304,13 @@ def make_laplace_scorer(noise: NoiseModel, prior: NuisancePrior, *, n_newton: in
     times ``m``; ``log_prior`` and ``laplace_term`` by the Jacobian ``log m``; the evidence is
     unchanged). Without this, images at an annular-detector level (~1e-2 of the beam) gave log
     evidences 2-34 nats off (tests/inference/test_evidence.py)."""
-
-    def score(counts, images, exposure) -> Evidence:
-        _check_inputs(counts, images, exposure)
-        images = jnp.asarray(images, jnp.float32)
-        m = jnp.maximum(jnp.mean(images), 1e-12)
-        unit = dataclasses.replace(prior, background_mean=prior.background_mean / m, background_sd=prior.background_sd / m)
-        ex = jnp.asarray(exposure, jnp.float32) * m
-        ev = _laplace_score(counts, images / m, ex, noise, unit, int(n_newton))
-        log_m = jnp.log(m)
-        return dataclasses.replace(
-            ev, background=ev.background * m, background_sd=ev.background_sd * m,
-            log_prior=ev.log_prior - log_m, laplace_term=ev.laplace_term + log_m,
-        )  # fmt: skip
-
-    return score
+    _check_inputs(counts, images, exposure)
+    images = jnp.asarray(images, jnp.float32)
+    m = jnp.maximum(jnp.mean(images), 1e-12)
+    unit = dataclasses.replace(prior, background_mean=prior.background_mean / m, background_sd=prior.background_sd / m)
+    ex = jnp.asarray(exposure, jnp.float32) * m
+    fit, shift, shift_sd = _laplace_fit(counts, images / m, ex, jnp.asarray(shift0, jnp.float32), noise, unit, int(n_newton))
+    log_m = jnp.log(m)
+    fit = fit._replace(background=fit.background * m, background_sd=fit.background_sd * m,
+                       log_prior=fit.log_prior - log_m, laplace_term=fit.laplace_term + log_m)  # fmt: skip
+    return fit, shift, shift_sd

@@ -44,6 +44,7 @@ __all__ = [
     "find_rejections",
     "log_prior_from_weights",
     "rule_text",
+    "apply_rule",
 ]
 
 REJECTION_KINDS = ("bayes_factor", "posterior")
@@ -182,17 +183,23 @@ def rejected_mask(state: PosteriorState, rule: RejectionRule):
 
 @dataclasses.dataclass(frozen=True)
 class Rejection:
-    """One rejection decision (plain data: recorded, serialised, never jitted).
+    """One rejection decision, or a return (plain data: recorded, serialised, never jitted).
+
+    The one record type of the rule, in batch scoring (:func:`find_rejections`) and in the live
+    session (:func:`apply_rule`; the session record's ``rejection`` and ``return`` lines).
 
     Attributes:
-        index: hypothesis index in the library order.
-        hypothesis_id: its id ("" if not given).
+        index: hypothesis index in the library order; hypothesis_id, name: its id and name ("" if
+            not given).
         log10_bayes_factor: log10 B against the best hypothesis at the decision.
         posterior: its posterior probability at the decision.
-        best_index: index of the best hypothesis.
-        n_frames: frames used; dose: accumulated dose [e-/Å²].
+        best_index, best_name: the best hypothesis.
+        n_frames: frames in the evidence; dose: their dose [e-/Å²].
         rule: the rule, as text.
         reason: one human-readable sentence.
+        event: ``"rejected"`` or ``"returned"`` (its Bayes factor rose above the rule again).
+        step: the live step of the decision (None in batch scoring); frames: the frame indices of
+            that step.
     """
 
     index: int
@@ -204,9 +211,22 @@ class Rejection:
     dose: float
     rule: str
     reason: str
+    name: str = ""
+    best_name: str = ""
+    event: str = "rejected"
+    step: int | None = None
+    frames: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_record(self) -> dict:
+        """The session record's form (``rejection`` / ``return`` line fields)."""
+        d = {"id": self.hypothesis_id, "name": self.name, "step": self.step,
+             "log10_bayes_factor": self.log10_bayes_factor, "posterior": self.posterior, "best": self.best_name,
+             "frames": list(self.frames), "n_frames": self.n_frames, "dose_e_per_A2": self.dose, "rule": self.rule,
+             "reason": self.reason}  # fmt: skip
+        return d
 
 
 def rule_text(rule: RejectionRule) -> str:
@@ -215,31 +235,57 @@ def rule_text(rule: RejectionRule) -> str:
     return f"{name} < {float(rule.threshold):g}"
 
 
-def find_rejections(state: PosteriorState, rule: RejectionRule, ids=None) -> list[Rejection]:
-    """The :class:`Rejection` records for every hypothesis ``rule`` rejects in ``state``."""
-    mask = np.asarray(rejected_mask(state, rule))
-    lbf = np.asarray(log_bayes_factors(state), dtype=np.float64)
-    post = np.asarray(posterior_probs(state), dtype=np.float64)
-    best = int(np.argmax(np.asarray(state.log_prior + state.log_evidence)))
-    n, dose = int(state.n_frames), float(state.dose)
-    out = []
-    for i in np.flatnonzero(mask):
+def _below(rule: RejectionRule, log_bf: np.ndarray, log_post: np.ndarray) -> np.ndarray:
+    if rule.kind == "posterior":
+        return log_post < math.log(float(rule.threshold))
+    return log_bf < math.log(float(rule.threshold))
+
+
+def apply_rule(rule: RejectionRule, log_bf, log_post, rejected=(), *, ids=None, names=None, active=None,
+               n_frames: int = 0, dose: float = 0.0, step: int | None = None, frames=()) -> tuple[frozenset, list[Rejection]]:  # fmt: skip
+    """The rejection rule applied to the current evidence: ``(rejected now, events)``.
+
+    ``log_bf [H]``: log Bayes factors against the best [nats]; ``log_post [H]``: log posterior;
+    ``rejected``: indices rejected before. A hypothesis below the rule that was not rejected gives
+    a ``"rejected"`` :class:`Rejection`; one rejected before that is above it again gives a
+    ``"returned"`` one (new evidence or, in a live session, a new segment). ``active [H]`` bool:
+    hypotheses the rule looks at (dropped ones are neither rejected nor returned). ``n_frames``,
+    ``dose`` [e-/Å²]: the evidence the decision rests on, for the reason."""
+    lbf = np.asarray(log_bf, dtype=np.float64)
+    lpost = np.asarray(log_post, dtype=np.float64)
+    h = lbf.shape[0]
+    ids = [""] * h if ids is None else [str(i) for i in ids]
+    names = ids if names is None else [str(n) for n in names]
+    act = np.ones(h, bool) if active is None else np.asarray(active, bool)
+    best = int(np.argmax(np.where(act, lpost, -np.inf)))
+    below = _below(rule, lbf, lpost) & act
+    before = set(int(i) for i in rejected)
+    now, events = set(), []
+    post = np.exp(lpost)
+    rt = rule_text(rule)
+    best_name = names[best] if names[best] else f"hypothesis {best}"
+    for i in range(h):
+        if not act[i]:
+            continue
         l10 = float(lbf[i] / math.log(10))
-        hid = "" if ids is None else str(ids[i])
-        out.append(
-            Rejection(
-                index=int(i),
-                hypothesis_id=hid,
-                log10_bayes_factor=l10,
-                posterior=float(post[i]),
-                best_index=best,
-                n_frames=n,
-                dose=dose,
-                rule=rule_text(rule),
-                reason=(
-                    f"Bayes factor 10^{l10:.1f} against hypothesis {best} "
-                    f"(posterior {post[i]:.2e}) after {n} frames, {dose:g} e-/Å²; rule: {rule_text(rule)}"
-                ),
-            )
-        )
-    return out
+        common = dict(index=i, hypothesis_id=ids[i], log10_bayes_factor=l10, posterior=float(post[i]), best_index=best,
+                      n_frames=int(n_frames), dose=float(dose), rule=rt, name=names[i], best_name=best_name,
+                      step=step, frames=tuple(int(f) for f in frames))  # fmt: skip
+        if below[i]:
+            now.add(i)
+            if i not in before:
+                reason = (f"Bayes factor 10^{l10:.1f} against {best_name} (posterior {post[i]:.2e}) after {int(n_frames)} "
+                          f"frames, {float(dose):g} e-/Å²; rule: {rt}")  # fmt: skip
+                events.append(Rejection(**common, reason=reason, event="rejected"))
+        elif i in before:
+            reason = f"Bayes factor 10^{l10:.1f} against {best_name} rose above the rule ({rt}) again: new evidence or a new segment"
+            events.append(Rejection(**common, reason=reason, event="returned"))
+    return frozenset(now), events
+
+
+def find_rejections(state: PosteriorState, rule: RejectionRule, ids=None, names=None) -> list[Rejection]:
+    """The :class:`Rejection` records for every hypothesis ``rule`` rejects in ``state``."""
+    lbf = np.asarray(log_bayes_factors(state), dtype=np.float64)
+    lpost = np.asarray(log_posterior(state), dtype=np.float64)
+    _, events = apply_rule(rule, lbf, lpost, ids=ids, names=names, n_frames=int(state.n_frames), dose=float(state.dose))
+    return events

@@ -17,9 +17,8 @@ import numpy as np
 
 from forward import BeamCondition, InputError
 from inference.design import Proposal
-from inference.evidence import NuisancePrior, make_laplace_scorer, make_linear_scorer, make_nuisance_prior
 from inference.frame import Frame
-from inference.noise import NoiseModel, _check_counts, noise_from_detector
+from inference.noise import _check_counts, noise_from_detector
 from inference.posterior import (
     RejectionRule,
     absolute_log_evidence,
@@ -31,49 +30,9 @@ from inference.posterior import (
     rule_text,
     update_posterior,
 )
+from inference.scorer import SCORERS, Score, ScorerConfig, make_scorer, method_text
 
-__all__ = ["ScoreResult", "score_frames", "SCORERS"]
-
-#: ``"laplace"``: shift, scale and background marginalised; ``"linear"``: frames registered
-#: (shift 0), scale and background marginalised; ``"fast"``: as ``"linear"`` for large libraries,
-#: a binned screen first (:func:`inference.screen.make_fast_scorer`; the chance that it screens
-#: out the true hypothesis is bounded per frame, and that bound is reported in the method text).
-SCORERS = ("laplace", "linear", "fast")
-
-
-@dataclasses.dataclass(frozen=True)
-class _FastEvidence:
-    """A :class:`inference.screen.FastScore` in the per-frame form :func:`score_frames` reads."""
-
-    log_evidence: np.ndarray
-    laplace_term: np.ndarray
-    scale: np.ndarray
-    scale_sd: np.ndarray
-    background: np.ndarray
-    background_sd: np.ndarray
-    shift: np.ndarray
-    shift_sd: np.ndarray
-    screen_error_bound: float
-
-
-def _fast_frame_scorer(noise: NoiseModel, prior: NuisancePrior, images: np.ndarray):
-    from inference.screen import make_fast_scorer, prepare_screen_cache
-
-    f = next(b for b in (4, 2, 1) if images.shape[1] % b == 0 and images.shape[2] % b == 0)
-    fast = make_fast_scorer(noise, prior, bin_factor=f)
-    cache = prepare_screen_cache(images, bin_factor=f)
-    zeros = np.zeros((images.shape[0], 2), np.float32)
-
-    def score(counts, _images, exposure):
-        fs = fast(counts, cache, exposure)
-        return _FastEvidence(
-            *(np.asarray(x) for x in (fs.log_evidence, fs.laplace_term, fs.scale, fs.scale_sd, fs.background,
-                                      fs.background_sd)),
-            zeros, zeros, float(fs.screen_error_bound),
-        )  # fmt: skip
-
-    return score
-
+__all__ = ["ScoreResult", "score_frames"]
 
 @dataclasses.dataclass(frozen=True)
 class ScoreResult:
@@ -92,6 +51,7 @@ class ScoreResult:
         n_frames, dose: frames used and total dose [e-/Å²].
         rule, method: the rejection rule and the nuisance treatment, as text.
         proposals: proposed next beam conditions (filled by the caller's design step).
+        scores: the per-frame :class:`inference.Score` (not serialised).
     """
 
     ids: tuple[str, ...]
@@ -107,6 +67,7 @@ class ScoreResult:
     rule: str
     method: str
     proposals: tuple[Proposal, ...] = ()
+    scores: tuple[Score, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
     @property
     def best(self) -> str:
@@ -207,12 +168,13 @@ def score_frames(
     sampling=None,
     *,
     ids: Sequence[str] | None = None,
-    noise: NoiseModel | None = None,
-    nuisance_prior: NuisancePrior | None = None,
+    names: Sequence[str] | None = None,
+    scorer: str | ScorerConfig = "laplace",
     rule: RejectionRule | None = None,
-    scorer: str = "laplace",
+    signal_level: float | None = None,
 ) -> ScoreResult:
-    """Score frames against the cached images of every hypothesis.
+    """Score frames against the cached images of every hypothesis (the one scorer,
+    :func:`inference.make_scorer`), accumulate the posterior and apply the rejection rule.
 
     Args:
         frames: a :class:`Frame`, a list of Frames (same shape, sampling, dose), or raw counts
@@ -220,11 +182,13 @@ def score_frames(
         images: ``[H, nx, ny]`` intensity of each hypothesis under the frames' beam (relative
             to the incident beam), indexed ``[x, y]``, pixel (0, 0) at the cell origin.
         priors: ``[H]`` prior weights (>= 0, need not be normalised).
-        ids: ``[H]`` hypothesis ids (default "0", "1", ...).
-        noise: default from the beam's detector (:func:`inference.noise.noise_from_detector`).
-        nuisance_prior: default :func:`inference.evidence.make_nuisance_prior`.
+        ids: ``[H]`` hypothesis ids (default "0", "1", ...); ``names``: for the reasons (default ids).
+        scorer: a :class:`inference.ScorerConfig`, or one of :data:`inference.SCORERS` for the
+            default config of that kind; its noise model defaults to the beam's detector
+            (:func:`inference.noise_from_detector`).
         rule: default :func:`inference.posterior.make_rejection_rule` (Bayes factor < 1e-3).
-        scorer: one of :data:`SCORERS`.
+        signal_level: the mean image level the background prior is relative to (default: the
+            mean of ``images``; :mod:`inference.scorer`).
     """
     counts, beam, sampling = _as_frames(frames, beam, sampling)
     imgs = np.asarray(images, dtype=np.float32)
@@ -232,38 +196,34 @@ def score_frames(
         raise InputError(f"images must be [H, nx, ny] (one cached image per hypothesis), got shape {list(imgs.shape)}")
     if imgs.shape[0] == 0:
         raise InputError("the library is empty: got 0 hypothesis images; add at least one hypothesis")
-    if not np.all(np.isfinite(imgs)):
-        h = int(np.argwhere(~np.isfinite(imgs))[0][0])
-        raise InputError(f"cached image of hypothesis {h} has non-finite values; re-simulate it")
     pr = np.asarray(priors, dtype=np.float64)
     if pr.shape != (imgs.shape[0],):
         raise InputError(f"got {pr.size} prior weights for {imgs.shape[0]} hypothesis images; give one per hypothesis")
     ids = tuple(str(i) for i in range(imgs.shape[0])) if ids is None else tuple(str(i) for i in ids)
     if len(ids) != imgs.shape[0]:
         raise InputError(f"got {len(ids)} ids for {imgs.shape[0]} hypothesis images")
-    if scorer not in SCORERS:
-        raise InputError(f"unknown scorer {scorer!r}: expected one of {SCORERS}")
-    noise = noise_from_detector(beam.detector) if noise is None else noise
-    nprior = make_nuisance_prior() if nuisance_prior is None else nuisance_prior
+    if isinstance(scorer, str):
+        if scorer not in SCORERS:
+            raise InputError(f"unknown scorer {scorer!r}: expected one of {SCORERS}")
+        scorer = ScorerConfig(kind=scorer)
+    config = scorer.with_noise(noise_from_detector(beam.detector)) if isinstance(scorer, ScorerConfig) else scorer
+    sc = make_scorer(config)
     rule = make_rejection_rule() if rule is None else rule
-    checked = [_check_counts(c, imgs.shape[1:], noise) for c in counts]
+    prepared = sc.prepare(imgs, level=signal_level)
+    checked = [_check_counts(c, imgs.shape[1:], sc.config.noise) for c in counts]
 
     dose = float(beam.dose)
     exposure = dose * sampling[0] * sampling[1]
-    if scorer == "fast":
-        score = _fast_frame_scorer(noise, nprior, imgs)
-    else:
-        score = (make_laplace_scorer if scorer == "laplace" else make_linear_scorer)(noise, nprior)
     state = init_posterior(pr)
     per_frame = []
     lap = np.zeros(imgs.shape[0])
     for c in checked:
-        ev = score(c, imgs, exposure)
+        ev = sc.score(c, prepared, exposure)
         state = update_posterior(state, ev.log_evidence, dose)
-        lap += np.asarray(ev.laplace_term, dtype=np.float64)
+        lap += ev.laplace_term
         per_frame.append(ev)
 
-    rejections = {r.index: r for r in find_rejections(state, rule, ids)}
+    rejections = {r.index: r for r in find_rejections(state, rule, ids, names)}
     nuis = []
     for h in range(imgs.shape[0]):
         nuis.append(
@@ -276,15 +236,9 @@ def score_frames(
                 "shift_sd_px": [[float(v) for v in e.shift_sd[h]] for e in per_frame],
             }
         )
-    method = {
-        "laplace": "Laplace marginalisation of shift, scale, background per frame",
-        "linear": "registered frames; Laplace marginalisation of scale, background per frame",
-        "fast": "registered frames; binned screen, then Laplace marginalisation of scale, background per frame for "
-        "the hypotheses within the screen's margin (the others keep the screen's Bayes factor); P(true hypothesis "
-        "screened out) <= {bound:.1e} per frame",
-    }[scorer]
-    if scorer == "fast":
-        method = method.format(bound=max(e.screen_error_bound for e in per_frame))
+    method = method_text(config.kind)
+    if any(e.screened for e in per_frame):
+        method += f"; P(true hypothesis screened out) <= {max(e.screen_error_bound for e in per_frame):.1e} per frame"
     return ScoreResult(
         ids=ids,
         posterior=np.asarray(posterior_probs(state), dtype=np.float64),
@@ -298,4 +252,5 @@ def score_frames(
         dose=dose * len(checked),
         rule=rule_text(rule),
         method=method,
+        scores=tuple(per_frame),
     )

@@ -43,7 +43,7 @@ the Fisher information, i.e. by dose and contrast) is taken from the screen-best
 the truth's MAP nuisance lies within 3 prior standard deviations of the prior mean per
 parameter (``log p(phi*) >= log N(3 sd) summed``). The margin is chosen per frame from the
 allowed error ``alpha`` (default 1e-6): ``m = log((H - 1) / alpha) - min(0, O)``, and the bound
-is returned (``FastScore.screen_error_bound``). With the nuisance drawn from its prior the
+is returned (``Score.screen_error_bound``). With the nuisance drawn from its prior the
 Occam term drops out (``p(T | t) = Z_t``) and the bound is ``(H - 1) e^-m`` (tested). All of it
 holds up to the Laplace error of the evidences (< 0.05 nats at 10 e-/Å² in tests/inference) and
 when the model holds (as every Bayes factor does). With a known sub-pixel ``shift`` the screen
@@ -55,7 +55,7 @@ images exactly as the exact scorer does.
 the number within the margin, at least ``min_exact``) are scored with the model, prior and
 Laplace term of :func:`inference.evidence.make_linear_scorer`, by Newton from the screen's MAP
 (``n_refine`` steps, default 1) completed by a closed-form last step (the Newton decrement,
-:func:`_newton_laplace`). A survivor is flagged exact (``FastScore.exact_mask``) when the
+:func:`inference.newton.laplace_at`). A survivor is flagged exact (``Score.exact``) when the
 decrement at its last evaluation is below 0.05 nats (then within ~1e-4 nats of the maximum);
 its log evidence then matches the exact scorer to float32 rounding of the absolute log
 evidence: 1e-2 nats or two units in the last place, whichever is larger (tested to 1e-2 nats,
@@ -75,17 +75,20 @@ from the dense ones in float32 rounding (tested to 1e-2 nats at 0.02 to 0.1 elec
 pixel), plus at most ``1e-6`` electrons per zero pixel where the model predicts less than that
 floor (:mod:`inference.evidence`).
 
-**Two implementations of the passes.** On the CPU (``backend="auto"`` when the cached images
-live there) every pass over a hypothesis's pixels is one fused, vectorised loop
-(:mod:`inference._kernels`, numba) that returns the six sums, with the 2-parameter Newton
-algebra on the host in float64 and known shifts applied by pocketfft; elsewhere (or with
-``backend="jax"``) the same stages run as jitted XLA (``lax.map`` over blocks of hypotheses,
-~256 KB of image per block, so that the Newton passes over one block hit the cache). XLA's CPU
+**Two implementations of the passes**, in their own modules, both calling the one
+Newton-Laplace step of :mod:`inference.newton`: on the CPU (``backend="auto"`` when the cached
+images live there) every pass over a hypothesis's pixels is one fused, vectorised loop
+(:mod:`inference.screen_cpu` over :mod:`inference._kernels`, numba) that returns the six sums,
+with the 2-parameter Newton algebra on the host in float64 and known shifts applied by
+pocketfft; elsewhere (or with ``backend="jax"``) the same stages run as jitted XLA
+(:mod:`inference.screen_jax`: ``lax.map`` over blocks of hypotheses, ~256 KB of image per block,
+so that the Newton passes over one block hit the cache). XLA's CPU
 code for these many-output reductions measured 3-7x slower than the fused loop; both paths are
 tested against each other and against the exact scorer.
 
-Use: prepare the cache once per beam condition (:func:`prepare_screen_cache`), then call the
-scorer once per frame. Jitted stages are shared by every scorer with the same shapes, noise kind,
+Use it through :func:`inference.make_scorer` (``ScorerConfig(kind="fast")``): its ``prepare``
+builds the cache once per beam condition (:func:`prepare_screen_cache`), its ``score`` runs once
+per frame. Jitted stages are shared by every scorer with the same shapes, noise kind,
 ``K`` and sparse capacity (powers of two: a few compilations per session).
 """
 
@@ -94,26 +97,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.fft
 
 from forward import InputError, pytree_dataclass, static_field
-from inference.evidence import (
-    Evidence,
-    NuisancePrior,
-    _check_inputs,
-    _gauss_logpdf,
-    _mu_derivs,
-    fourier_shift,
-    shift_phase,
-)
-from inference._kernels import gather, lik_sums, n_workers
-from inference.noise import NoiseModel, _check_counts, _saturated_part, _shift, _z
+from inference.evidence import NuisancePrior, _check_inputs
+from inference.newton import LaplaceFit, _gauss_logpdf
+from inference.noise import NoiseModel, _check_counts
 
-__all__ = ["ScreenCache", "prepare_screen_cache", "FastScore", "make_fast_scorer", "screen_margin"]
+__all__ = ["ScreenCache", "prepare_screen_cache", "FastFit", "make_fast_scorer", "screen_margin", "MAX_DECREMENT"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -122,11 +117,11 @@ _LOG_2PI = math.log(2 * math.pi)
 #: over all hypotheses at 1,000 x 64² on this CPU).
 _BLOCK_ELEMENTS = 65536
 
-#: An exactly scored hypothesis counts as exact (``FastScore.exact_mask``) when the Newton
-#: decrement at its last evaluation is below this [nats]: after the closed-form final step its
-#: log joint is then within ``(2 x 0.05)^1.5 / sqrt(N) <= 0.03 / sqrt(N)`` nats of the maximum
-#: (:func:`_newton_laplace`).
-_MAX_DECREMENT = 0.05
+#: An exactly scored hypothesis counts as exact (``Score.exact``) when the Newton decrement at
+#: its last evaluation is below this [nats]: after the closed-form final step its log joint is
+#: then within ``(2 x 0.05)^1.5 / sqrt(N) <= 0.03 / sqrt(N)`` nats of the maximum
+#: (:func:`inference.newton.laplace_at`).
+MAX_DECREMENT = 0.05
 
 
 @pytree_dataclass
@@ -150,11 +145,6 @@ def _bin_mean(x, f: int):
     """Block means over ``f x f`` pixels of ``[..., nx, ny]``."""
     *lead, nx, ny = x.shape
     return jnp.mean(x.reshape(*lead, nx // f, f, ny // f, f), axis=(-3, -1))
-
-
-def _bin_sum(x, f: int):
-    nx, ny = x.shape
-    return jnp.sum(x.reshape(nx // f, f, ny // f, f), axis=(1, 3))
 
 
 @functools.partial(jax.jit, static_argnames=("f",))
@@ -193,43 +183,28 @@ def prepare_screen_cache(images, *, bin_factor: int = 4) -> ScreenCache:
     return ScreenCache(images=ims, binned=binned, sums=sums, bin_factor=f)
 
 
-@pytree_dataclass
-class FastScore:
-    """One frame scored against ``H`` hypotheses (leading axis ``[H]``).
+class FastFit(NamedTuple):
+    """What the fast scorer's stages return for one frame (read by :func:`inference.make_scorer`).
 
     Attributes:
-        log_evidence: log p(frame | h) [nats]: exact (as :func:`inference.make_linear_scorer`)
-            where ``exact_mask``, else the screen's Bayes factor against the screen-best
-            hypothesis added to that hypothesis's exact evidence.
-        exact_mask: ``[H]`` bool: scored by the exact stage and converged (Newton decrement
-            <= 0.05 nats), so ``log_evidence`` equals the exact scorer's to float32 rounding.
-        screen_log_evidence: ``[H]`` Laplace evidence of the binned frame [nats] (equal to
-            ``log_evidence`` when the screen was skipped).
-        scale, background, scale_sd, background_sd, laplace_term, grad_norm: ``[H]`` MAP values,
-            Laplace standard deviations, Occam term and convergence diagnostic (exact stage
-            where ``exact_mask``, screen otherwise).
-        shift: ``[2]`` the known shift used [pixels].
-        margin_nats: the screen margin used in this frame.
-        n_within_margin: hypotheses the screen kept (all of them go to the exact stage).
-        screen_error_bound: upper bound on the probability that the true hypothesis was
-            screened out in this frame (module docstring); 0 when the screen was skipped.
-        screened: whether the screen ran.
+        fit: ``[H]`` :class:`inference.newton.LaplaceFit`: the exact stage's where ``exact``, else
+            the screen's values with ``log_evidence`` placed by the screen's Bayes factor against
+            the screen-best hypothesis (scored exactly).
+        exact: ``[H]`` bool: scored by the exact stage and converged (Newton decrement <= 0.05 nats).
+        screen_log_evidence: ``[H]`` Laplace evidence of the binned frame (``fit.log_evidence``
+            when the screen was skipped).
+        margin: the screen margin used [nats] (inf when skipped); n_within: hypotheses the screen
+            kept; bound: P(true hypothesis screened out) bound (0 when skipped); screened: whether
+            the screen ran.
     """
 
-    log_evidence: jax.Array
-    exact_mask: jax.Array
-    screen_log_evidence: jax.Array
-    scale: jax.Array
-    background: jax.Array
-    scale_sd: jax.Array
-    background_sd: jax.Array
-    laplace_term: jax.Array
-    grad_norm: jax.Array
-    shift: jax.Array
-    margin_nats: jax.Array
-    n_within_margin: jax.Array
-    screen_error_bound: jax.Array
-    screened: jax.Array
+    fit: LaplaceFit
+    exact: Any
+    screen_log_evidence: Any
+    margin: Any
+    n_within: int
+    bound: Any
+    screened: bool
 
 
 def screen_margin(n_hypotheses, alpha, occam, xp=jnp):
@@ -262,195 +237,8 @@ def _block(n_pixels: int) -> int:
     return max(1, _BLOCK_ELEMENTS // int(n_pixels))
 
 
-@functools.partial(jax.jit, static_argnames=("f", "n_newton"))
-def _screen_stage(counts, binned, exposure, shift, noise_b, prior, alpha, f, n_newton):
-    """Binned Laplace evidence of every hypothesis, the margin and its bound."""
-    cb = _bin_sum(counts, f)
-    has_shift = jnp.any(shift != 0)
-    sat = jnp.sum(_saturated_part(noise_b, cb))
-
-    def one(image):
-        image = jax.lax.cond(has_shift, lambda im: fourier_shift(im, shift / f), lambda im: im, image)
-        e = exposure * f * f
-        theta0 = _total_count_start(jnp.sum(cb) / noise_b.gain, jnp.sum(image), jnp.float32(cb.size), e, prior)
-        return _newton_laplace(_dense_lik(noise_b, cb, image, e), theta0, prior, sat, n_newton)[0]
-
-    ev = jax.lax.map(one, binned, batch_size=_block(cb.size))
-    best = jnp.argmax(ev.log_evidence)
-    occam = ev.laplace_term[best] + _log_prior_at_3sd(prior)
-    h = binned.shape[0]
-    margin = screen_margin(h, alpha, occam)
-    keep = ev.log_evidence >= ev.log_evidence[best] - margin
-    return ev, margin, jnp.sum(keep), _screen_bound(h, margin, occam)
-
-
-def _total_count_start(total, img_sum, n_pix, exposure, prior: NuisancePrior, xp=jnp):
-    """The exact scorer's start: background at its prior mean, scale matching the total counts
-    (``img_sum`` may be ``[K]``: one start per hypothesis, ``[..., 2]``)."""
-    s0 = (total / exposure - prior.background_mean * n_pix) / xp.maximum(img_sum, 1e-12)
-    s0 = xp.clip(s0, 1e-3 * prior.scale_mean, 1e3 * prior.scale_mean)
-    return xp.stack([s0, xp.broadcast_to(prior.background_mean, xp.shape(s0))], axis=-1)
-
-
-def _newton_laplace(lik_fn, theta0, prior: NuisancePrior, sat, n_newton: int) -> tuple[Evidence, jax.Array]:
-    """``(evidence, decrement)``: Laplace evidence over ``theta = (scale, background)`` after
-    ``n_newton`` Newton steps from ``theta0``, as :func:`inference.evidence._linear_one` (same
-    prior, floor, Laplace term), completed by one more Newton step taken in closed form
-    (:func:`_laplace_at`). ``lik_fn(theta) -> (gradient [2], (H_ss, H_sb, H_bb), data)`` of the
-    log-likelihood alone."""
-
-    def step(theta, _):
-        g, h, _ = lik_fn(theta)
-        return _newton_step(jnp, theta, g, h, prior), None
-
-    theta, _ = jax.lax.scan(step, theta0, None, length=n_newton)
-    g, h, data = lik_fn(theta)
-    return _laplace_at(jnp, theta, g, h, data + sat, prior)
-
-
-def _with_prior(theta, g, h, prior: NuisancePrior):
-    """Gradient ``[..., 2]`` and Hessian ``(H_ss, H_sb, H_bb)`` of the log joint: the
-    log-likelihood's plus the Gaussian prior's on (scale, background)."""
-    sv, bv = prior.scale_sd**2, prior.background_sd**2
-    g0 = g[..., 0] - (theta[..., 0] - prior.scale_mean) / sv
-    g1 = g[..., 1] - (theta[..., 1] - prior.background_mean) / bv
-    return g0, g1, h[0] - 1.0 / sv, h[1], h[2] - 1.0 / bv
-
-
-def _newton_step(xp, theta, g, h, prior: NuisancePrior):
-    """One Newton step on the log joint from ``theta [..., 2]`` (scale kept positive)."""
-    g0, g1, hss, hsb, hbb = _with_prior(theta, g, h, prior)
-    det = hss * hbb - hsb * hsb
-    s = theta[..., 0] - (hbb * g0 - hsb * g1) / det
-    b = theta[..., 1] - (hss * g1 - hsb * g0) / det
-    return xp.stack([xp.maximum(s, 1e-6 * prior.scale_mean), b], axis=-1)
-
-
-def _laplace_at(xp, theta, g, h, ll, prior: NuisancePrior) -> tuple[Evidence, jax.Array]:
-    """Laplace evidence from the log-likelihood ``ll``, its gradient and Hessian at ``theta``,
-    with the last Newton step in closed form: the log joint at the maximum is ``f + delta``,
-    ``delta = g^T (-H)^-1 g / 2`` the Newton decrement (Boyd & Vandenberghe, Convex Optimization
-    (2004) eq. 9.28), exact to second order: the error is of the order of the third derivative
-    times ``dtheta³``, ``~ (2 delta)^1.5 / sqrt(N)`` nats for a Poisson likelihood of ``N``
-    electrons. The returned MAP is the Newton-updated point; ``delta`` is returned as the
-    convergence diagnostic. Works on one hypothesis or a batch ``[K]`` (``xp``: numpy or
-    jax.numpy)."""
-    g0, g1, hss, hsb, hbb = _with_prior(theta, g, h, prior)
-    a, c, d = -hss, -hsb, -hbb  # -H
-    det = a * d - c * c
-    c00, c01, c11 = d / det, -c / det, a / det  # (-H)^-1
-    d0, d1 = c00 * g0 + c01 * g1, c01 * g0 + c11 * g1
-    decrement = 0.5 * (g0 * d0 + g1 * d1)
-    s, b = theta[..., 0], theta[..., 1]
-    lp = _gauss_logpdf(s, prior.scale_mean, prior.scale_sd, xp) + _gauss_logpdf(
-        b, prior.background_mean, prior.background_sd, xp
-    )
-    lap = _LOG_2PI - 0.5 * xp.where(det > 0, xp.log(xp.where(det > 0, det, 1.0)), xp.inf)
-    zeros = xp.zeros(xp.shape(s) + (2,), theta.dtype)
-    ev = Evidence(
-        log_evidence=ll + lp + lap + decrement,
-        log_likelihood=ll,
-        log_prior=lp,
-        laplace_term=lap,
-        scale=xp.maximum(s + d0, 1e-6 * prior.scale_mean),
-        background=b + d1,
-        shift=zeros,
-        scale_sd=xp.sqrt(c00),
-        background_sd=xp.sqrt(c11),
-        shift_sd=zeros,
-        grad_norm=xp.sqrt(g0 * g0 + g1 * g1),
-    )
-    return ev, decrement
-
-
-def _dense_lik(noise: NoiseModel, counts, image, exposure):
-    """Gradient, Hessian and data part of the log-likelihood in (scale, background), one
-    fused pass over the pixels (:func:`inference.evidence._mu_derivs`)."""
-
-    def lik(theta):
-        a, w, data = _mu_derivs(noise, counts, exposure * (theta[0] * image + theta[1]))
-        ea = exposure * a
-        ew = exposure * exposure * w
-        h = (-jnp.sum(ew * image * image), -jnp.sum(ew * image), -jnp.sum(ew))
-        return jnp.stack([jnp.sum(ea * image), jnp.sum(ea)]), h, jnp.sum(data)
-
-    return lik
-
-
-def _sparse_poisson_lik(z, img, img_sum, n_pix, exposure):
-    """:func:`_dense_lik` for Poisson counts over a subset of ``n`` pixels that holds every
-    counted one (the rest of the subset: pixels with zero counts, used as padding).
-
-    ``z [n]`` counts / gain and ``img [n]`` the image at those pixels; the pixels outside the
-    subset all have zero counts and enter through ``img_sum - sum(img)`` (module docstring):
-    each adds ``-mu`` to the log-likelihood, ``-E I`` and ``-E`` to the gradient, 0 to the
-    Hessian. A zero-count pixel inside the subset gives the same by the formulas below.
-    """
-    zero_sum = img_sum - jnp.sum(img)
-    n_zero = n_pix - img.shape[0]
-
-    def lik(theta):
-        s, b = theta[0], theta[1]
-        m = jnp.maximum(exposure * (s * img + b), 1e-6)
-        inv = 1.0 / m
-        r = z * inv
-        data = -z * jnp.log(jnp.maximum(r, 1e-30)) - (m - z)
-        ea = exposure * (r - 1.0)
-        ew = exposure * exposure * r * inv
-        g = jnp.stack([jnp.sum(ea * img) - exposure * zero_sum, jnp.sum(ea) - exposure * n_zero])
-        h = (-jnp.sum(ew * img * img), -jnp.sum(ew * img), -jnp.sum(ew))
-        return g, h, jnp.sum(data) - exposure * (s * zero_sum + b * n_zero)
-
-    return lik
-
-
-@functools.partial(jax.jit, static_argnames=("n_exact", "sparse", "n_newton", "from_screen"))
-def _exact_stage(
-    counts, pix, cache, screen_ev, screen_theta, exposure, shift, noise, prior, n_exact, sparse, n_newton, from_screen
-):
-    """Exact evidence of the top ``n_exact`` hypotheses by ``screen_ev`` ``[H]`` (descending),
-    Newton started at the screen's MAP ``screen_theta [H, 2]`` (``from_screen``) or at the
-    exact scorer's start."""
-    h = cache.images.shape[0]
-    if n_exact == h:
-        idx = jnp.argsort(-screen_ev)
-    else:
-        _, idx = jax.lax.top_k(screen_ev, n_exact)
-    sat = jnp.sum(_saturated_part(noise, counts))
-    has_shift = jnp.any(shift != 0)
-    n_pix = jnp.float32(counts.size)
-    total = jnp.sum(counts) / noise.gain
-
-    def start(i):
-        if from_screen:
-            return screen_theta[i]
-        return _total_count_start(total, cache.sums[i], n_pix, exposure, prior)
-
-    def image(i):
-        return jax.lax.cond(has_shift, lambda im: fourier_shift(im, shift), lambda im: im, cache.images[i])
-
-    if sparse:
-        z = counts.reshape(-1)[pix] / noise.gain
-
-        def one(i):
-            img = jax.lax.cond(
-                has_shift, lambda: image(i).reshape(-1)[pix], lambda: cache.images[i].reshape(-1)[pix]
-            )
-            lik = _sparse_poisson_lik(z, img, cache.sums[i], n_pix, exposure)
-            return _newton_laplace(lik, start(i), prior, sat, n_newton)
-
-        ev, dec = jax.lax.map(one, idx, batch_size=_block(pix.size))
-    else:
-
-        def one(i):
-            return _newton_laplace(_dense_lik(noise, counts, image(i), exposure), start(i), prior, sat, n_newton)
-
-        ev, dec = jax.lax.map(one, idx, batch_size=_block(counts.size))
-    return idx, ev, dec <= _MAX_DECREMENT
-
-
-def _merged(idx, ev: Evidence, converged, screen: Evidence, xp=jnp):
-    """Scatter the exact evidences into ``[H]`` and place the rest by the screen's Bayes factor."""
+def _merged(idx, ev: LaplaceFit, converged, screen: LaplaceFit, xp=jnp) -> tuple[LaplaceFit, Any]:
+    """Scatter the exact fits into ``[H]`` and place the rest by the screen's Bayes factor."""
     ref = idx[0]  # the screen-best hypothesis, scored exactly
 
     def put(full, part):
@@ -460,145 +248,10 @@ def _merged(idx, ev: Evidence, converged, screen: Evidence, xp=jnp):
             return out
         return full.at[idx].set(part)
 
-    log_ev = ev.log_evidence[0] + screen.log_evidence - screen.log_evidence[ref]
-    return (
-        put(log_ev, ev.log_evidence),
-        put(xp.zeros(screen.log_evidence.shape, bool), converged),
-        put(screen.scale, ev.scale),
-        put(screen.background, ev.background),
-        put(screen.scale_sd, ev.scale_sd),
-        put(screen.background_sd, ev.background_sd),
-        put(screen.laplace_term, ev.laplace_term),
-        put(screen.grad_norm, ev.grad_norm),
-    )
-
-
-_merge = jax.jit(_merged)
-
-
-# ---------------------------------------------------------------------------------------------
-# CPU kernels (inference._kernels): the same stages with the per-pixel passes in one fused,
-# vectorised loop per hypothesis, and the 2-parameter Newton algebra in numpy (float64).
-
-_NO_PIX = np.zeros(0, np.int64)
-
-
-def _host_prior(prior: NuisancePrior) -> NuisancePrior:
-    return dataclasses.replace(prior, **{f.name: np.float64(getattr(prior, f.name)) for f in dataclasses.fields(prior)})
-
-
-def _noise_shift(noise: NoiseModel) -> float:
-    return float(_shift(noise))
-
-
-def _z_host(noise: NoiseModel, counts: np.ndarray) -> np.ndarray:
-    return np.asarray(_z(noise, counts), np.float32)
-
-
-@jax.jit
-def _saturated_sum(noise: NoiseModel, counts):
-    return jnp.sum(_saturated_part(noise, counts))
-
-
-def _shift_host(images, shift) -> np.ndarray:
-    """:func:`inference.evidence.fourier_shift` of ``[K, nx, ny]`` images on the host (pocketfft
-    over the process's CPUs; the same phase ramp, :func:`inference.evidence.shift_phase`)."""
-    nx, ny = images.shape[-2:]
-    phase = shift_phase((nx, ny), np.asarray(shift, np.float64), xp=np)
-    w = n_workers()
-    spec = scipy.fft.rfft2(np.asarray(images, np.float32), workers=w)
-    spec *= phase
-    return scipy.fft.irfft2(spec, s=(nx, ny), workers=w).astype(np.float32, copy=False)
-
-
-def _newton_host(sums_fn, theta, prior: NuisancePrior, sat: float, n_newton: int, zeros=None):
-    """:func:`_newton_laplace` for a batch ``theta [K, 2]`` with the sums from the CPU kernel.
-
-    ``zeros = (image sums [K], number of pixels outside the subset, exposure)``: the
-    zero-count pixels outside the summed subset (sparse Poisson path, module docstring).
-    """
-
-    def split(sums, theta):
-        g = sums[:, 0:2].copy()
-        h = (-sums[:, 2], -sums[:, 3], -sums[:, 4])
-        data = sums[:, 5]
-        if zeros is not None:
-            img_sums, n_zero, e = zeros
-            zero_sum = img_sums - sums[:, 6]
-            g[:, 0] -= e * zero_sum
-            g[:, 1] -= e * n_zero
-            data = data - e * (theta[:, 0] * zero_sum + theta[:, 1] * n_zero)
-        return g, h, data
-
-    for _ in range(n_newton):
-        g, h, _ = split(sums_fn(theta, False), theta)
-        theta = _newton_step(np, theta, g, h, prior)
-    g, h, data = split(sums_fn(theta, True), theta)
-    return _laplace_at(np, theta, g, h, data + sat, prior)
-
-
-def _screen_cpu(c, cache: ScreenCache, ex, sh, noise_b: NoiseModel, prior, hprior, alpha, f, n_newton):
-    """:func:`_screen_stage` with the CPU kernel."""
-    nx, ny = c.shape
-    cb = c.reshape(nx // f, f, ny // f, f).sum(axis=(1, 3), dtype=np.float64).astype(np.float32)
-    binned = np.asarray(cache.binned) if not np.any(sh != 0) else _shift_host(cache.binned, sh / f)
-    ims = binned.reshape(binned.shape[0], -1)
-    h = ims.shape[0]
-    e = float(ex) * f * f
-    z = _z_host(noise_b, cb).reshape(-1)
-    total = float(np.sum(cb, dtype=np.float64)) / float(noise_b.gain)
-    theta0 = _total_count_start(total, np.asarray(cache.sums, np.float64) / (f * f), cb.size, e, hprior, xp=np)
-    rows = np.arange(h)
-    shift_b = _noise_shift(noise_b)
-    ev, _ = _newton_host(
-        lambda th, wd: lik_sums(ims, rows, _NO_PIX, z, th, e, shift_b, wd),
-        theta0,
-        hprior,
-        float(_saturated_sum(noise_b, jnp.asarray(cb))),
-        n_newton,
-    )
-    best = int(np.argmax(ev.log_evidence))
-    occam = float(ev.laplace_term[best]) + float(_log_prior_at_3sd(prior))
-    margin = float(screen_margin(h, alpha, occam, xp=np))
-    n_keep = int(np.sum(ev.log_evidence >= ev.log_evidence[best] - margin))
-    return ev, margin, n_keep, float(_screen_bound(h, margin, occam, xp=np))
-
-
-def _exact_cpu(c, pix, sparse, cache: ScreenCache, order, theta_screen, ex, sh, noise, hprior, k, n_newton, from_screen):
-    """:func:`_exact_stage` with the CPU kernel: the top ``k`` hypotheses by ``order`` [H]."""
-    h = int(cache.images.shape[0])
-    idx = np.argsort(-np.asarray(order), kind="stable")[:k]
-    n_pix = c.size
-    if np.any(sh != 0):  # shift only the selected images
-        ims = _shift_host(np.asarray(cache.images)[idx], sh).reshape(k, -1)
-        rows = np.arange(k)
-    else:
-        ims = np.asarray(cache.images).reshape(h, -1)
-        rows = idx
-    z_all = _z_host(noise, c).reshape(-1)
-    sums = np.asarray(cache.sums, np.float64)[idx]
-    zeros, z, pixels = None, z_all, _NO_PIX
-    if sparse:
-        z, zeros = z_all[pix], (sums, float(n_pix - pix.size), float(ex))
-        if n_newton >= 2:  # the counted pixels, gathered once for the 3+ passes (measured faster)
-            ims, rows = gather(ims, rows, pix), np.arange(k)
-        else:
-            pixels = pix.astype(np.int64)
-    if from_screen:
-        theta0 = np.asarray(theta_screen, np.float64)[idx]
-    else:
-        total = float(np.sum(c, dtype=np.float64)) / float(noise.gain)
-        theta0 = _total_count_start(total, sums, float(n_pix), float(ex), hprior, xp=np)
-    shift_n = _noise_shift(noise)
-    ev, dec = _newton_host(
-        lambda th, wd: lik_sums(ims, rows, pixels, z, th, float(ex), shift_n, wd),
-        theta0,
-        hprior,
-        float(_saturated_sum(noise, jnp.asarray(c))),
-        n_newton,
-        zeros,
-    )
-    return idx, ev, dec <= _MAX_DECREMENT
+    placed = ev.log_evidence[0] + screen.log_evidence - screen.log_evidence[ref]
+    fit = LaplaceFit(*(put(placed if name == "log_evidence" else getattr(screen, name), getattr(ev, name))
+                       for name in LaplaceFit._fields))  # fmt: skip
+    return fit, put(xp.zeros(screen.log_evidence.shape, bool), converged)
 
 
 def _on_cpu(x) -> bool:
@@ -635,37 +288,10 @@ def make_fast_scorer(
     n_refine: int = 1,
     backend: str = "auto",
 ):
-    """``score(counts [nx, ny], images, exposure, shift=None) -> FastScore`` (module docstring).
-
-    Args:
-        noise, prior: as :func:`inference.make_linear_scorer` (the exact scorer it matches).
-        alpha: allowed probability of screening out the true hypothesis per frame; sets the
-            margin ``log((H - 1) / alpha) - min(0, Occam)`` [nats].
-        bin_factor: ``f``: the screen sums ``f x f`` pixel blocks (must divide the frame shape).
-        min_exact: at least this many hypotheses (the screen's best) are scored exactly.
-        n_newton: Newton iterations of the exact stage when the screen is skipped (from the
-            exact scorer's start; its default).
-        n_screen: Newton iterations of the screen (from the exact scorer's start).
-        n_refine: Newton iterations of the exact stage from the screen's MAP, which lies within
-            a few posterior standard deviations of the full-data MAP for the hypotheses that
-            fit: one step leaves Newton decrements of ~1e-3 nats (3e3 e-/Å²), which the
-            closed-form final step (:func:`_newton_laplace`) removes to ~1e-6 nats; tested
-            against the exact scorer. Each iteration is one pass over the survivors' pixels
-            (a division per pixel), plus the final pass (a division and a logarithm). 0 skips
-            the step (one pass, ~20% faster on 256x256 frames), but then fewer survivors reach
-            the decrement that flags them exact (benchmarks/inference_latency.py --n-refine 0).
-        backend: ``"cpu"``: the per-pixel passes run in the fused CPU kernel of
-            :mod:`inference._kernels` (Poisson and Poisson-Gaussian noise); ``"jax"``: jitted
-            XLA stages (any device, any noise model); ``"auto"`` (default): ``"cpu"`` when the
-            cached images live on the CPU and the noise model is not Gaussian, else ``"jax"``.
-            Both compute the same sums (float32 per pixel; the CPU path accumulates chunks in
-            float64 and does the 2-parameter Newton algebra in float64).
-
-    The returned ``score`` takes ``images`` as a :class:`ScreenCache` (prepare it once per
-    beam with :func:`prepare_screen_cache` and the same ``bin_factor``) or as raw
-    ``[H, nx, ny]`` images (prepared on every call: one extra pass), ``exposure`` = dose
-    [e-/Å²] x pixel area [Å²], and the frame's known shift against the images [pixels]
-    (registration upstream; ``image(x - shift)`` matches the frame).
+    """``score(counts [nx, ny], cache: ScreenCache, exposure, shift=None) -> FastFit`` (module
+    docstring). Called by :func:`inference.make_scorer`, which documents the arguments
+    (:class:`inference.ScorerConfig`); ``prior`` is the nuisance prior as used (already relative
+    to the signal level where the config says so).
 
     ``score`` is a thin Python function around the stages (screen, exact, merge): it makes
     the decisions that set array shapes on the host (sparse path and its capacity, the number
@@ -692,117 +318,28 @@ def make_fast_scorer(
             f"n_newton and n_screen must be >= 1 Newton iterations and n_refine >= 0, got {n_newton!r}, {n_screen!r} "
             f"and {n_refine!r}"
         )
+    from inference.screen_cpu import host_prior, score_cpu
+    from inference.screen_jax import score_jax
 
-    def score(counts, images, exposure, shift=None) -> FastScore:
-        cache = images if isinstance(images, ScreenCache) else prepare_screen_cache(images, bin_factor=f)
+    hprior = host_prior(prior)
+    steps = {"min_exact": int(min_exact), "n_newton": n_new, "n_screen": n_scr, "n_refine": n_ref}
+
+    def score(counts, cache: ScreenCache, exposure, shift=None) -> FastFit:
         if cache.bin_factor != f:
             raise InputError(
                 f"the screen cache was prepared with bin_factor {cache.bin_factor}, this scorer uses {f}; "
-                "prepare it with prepare_screen_cache(images, bin_factor=...) to match"
+                "prepare it with the same bin_factor"
             )
         _check_inputs(counts, cache.images, exposure)
         c = _check_counts(counts, tuple(cache.images.shape[1:]), noise)
         sh = _check_shift(shift)
-        ex = jnp.asarray(float(exposure), jnp.float32)
-        h = int(cache.images.shape[0])
         n_pix = c.size
         pix = np.flatnonzero(c.reshape(-1) > 0) if sparse_ok else np.zeros(0, np.int64)
         nnz = pix.size
         sparse = sparse_ok and nnz <= n_pix // 4
         skip = sparse and nnz <= n_pix // (f * f) and not np.any(sh != 0)
         if backend == "cpu" or (backend == "auto" and noise.kind != "gaussian" and _on_cpu(cache.images)):
-            return _score_cpu(c, pix, sparse, skip, cache, float(exposure), sh, h)
-        if sparse:
-            # the counted pixels, padded with zero-count pixels to a power-of-two capacity
-            cap = min(n_pix, max(64, _pow2_at_least(nnz)))
-            pad = np.flatnonzero(c.reshape(-1) <= 0)[: cap - nnz]
-            pix = np.concatenate([pix, pad]).astype(np.int32)
-        else:
-            pix = np.zeros(1, np.int32)
-        cj, shj = jnp.asarray(c), jnp.asarray(sh)
-        if skip:
-            zeros = jnp.zeros((h,), jnp.float32)
-            idx, ev, conv = _exact_stage(
-                cj, pix, cache, zeros, jnp.zeros((h, 2), jnp.float32), ex, shj, noise, prior, h, True, n_new, False
-            )
-            order = jnp.argsort(idx)
-            ev, conv = jax.tree.map(lambda x: x[order], (ev, conv))
-            return FastScore(
-                log_evidence=ev.log_evidence,
-                exact_mask=conv,
-                screen_log_evidence=ev.log_evidence,
-                scale=ev.scale,
-                background=ev.background,
-                scale_sd=ev.scale_sd,
-                background_sd=ev.background_sd,
-                laplace_term=ev.laplace_term,
-                grad_norm=ev.grad_norm,
-                shift=shj,
-                margin_nats=jnp.asarray(jnp.inf, jnp.float32),
-                n_within_margin=jnp.asarray(h, jnp.int32),
-                screen_error_bound=jnp.zeros((), jnp.float32),
-                screened=jnp.asarray(False),
-            )
-        scr, margin, n_keep, bound = _screen_stage(
-            cj, cache.binned, ex, shj, binned_noise, prior, jnp.float32(a), f, n_scr
-        )
-        k = min(h, max(int(min_exact), _pow2_at_least(int(n_keep))))
-        theta = jnp.stack([scr.scale, scr.background], axis=1)
-        idx, ev, conv = _exact_stage(
-            cj, pix, cache, scr.log_evidence, theta, ex, shj, noise, prior, k, bool(sparse), n_ref, True
-        )
-        log_ev, mask, s, b, s_sd, b_sd, lap, gn = _merge(idx, ev, conv, scr)
-        return FastScore(
-            log_evidence=log_ev,
-            exact_mask=mask,
-            screen_log_evidence=scr.log_evidence,
-            scale=s,
-            background=b,
-            scale_sd=s_sd,
-            background_sd=b_sd,
-            laplace_term=lap,
-            grad_norm=gn,
-            shift=shj,
-            margin_nats=margin,
-            n_within_margin=jnp.asarray(n_keep, jnp.int32),
-            screen_error_bound=bound,
-            screened=jnp.asarray(True),
-        )
-
-    hprior = _host_prior(prior)
-
-    def _score_cpu(c, pix, sparse, skip, cache, ex, sh, h) -> FastScore:
-        if skip:
-            # equal order keys: the stable sort keeps hypothesis order, so the result is already [H]
-            _, ev, conv = _exact_cpu(c, pix, sparse, cache, np.zeros(h), None, ex, sh, noise, hprior, h, n_new, False)
-            scr, margin, n_keep, bound, screened = ev, np.inf, h, 0.0, False
-            log_ev, mask = ev.log_evidence, conv
-            rest = (ev.scale, ev.background, ev.scale_sd, ev.background_sd, ev.laplace_term, ev.grad_norm)
-        else:
-            scr, margin, n_keep, bound = _screen_cpu(c, cache, ex, sh, binned_noise, prior, hprior, a, f, n_scr)
-            k = min(h, max(int(min_exact), n_keep))
-            theta = np.stack([scr.scale, scr.background], axis=1)
-            idx, ev, conv = _exact_cpu(
-                c, pix, sparse, cache, scr.log_evidence, theta, ex, sh, noise, hprior, k, n_ref, True
-            )
-            log_ev, mask, *rest = _merged(idx, ev, conv, scr, xp=np)
-            screened = True
-        f32 = lambda x: jnp.asarray(np.asarray(x, np.float32))  # noqa: E731
-        return FastScore(
-            log_evidence=f32(log_ev),
-            exact_mask=jnp.asarray(mask),
-            screen_log_evidence=f32(scr.log_evidence),
-            scale=f32(rest[0]),
-            background=f32(rest[1]),
-            scale_sd=f32(rest[2]),
-            background_sd=f32(rest[3]),
-            laplace_term=f32(rest[4]),
-            grad_norm=f32(rest[5]),
-            shift=jnp.asarray(sh),
-            margin_nats=jnp.asarray(margin, jnp.float32),
-            n_within_margin=jnp.asarray(n_keep, jnp.int32),
-            screen_error_bound=jnp.asarray(bound, jnp.float32),
-            screened=jnp.asarray(screened),
-        )
+            return score_cpu(c, pix, sparse, skip, cache, float(exposure), sh, noise, binned_noise, prior, hprior, a, **steps)
+        return score_jax(c, pix, sparse, skip, cache, float(exposure), sh, noise, binned_noise, prior, a, **steps)
 
     return score

@@ -7,7 +7,7 @@ from workflows.keys import stable_digest32, task_key
 from workflows.local import LOOPBACK, LocalRay, local_ray, worker_env
 from workflows.presim import PresimReport, SimulationWorker, make_workers, presimulate
 from workflows.refinement import RefineResult, refine_batch, refine_one, top_ids
-from workflows.shards import ShardedLibrary, ShardScorer, ShardScores, posterior_from_scores
+from workflows.shards import ShardedLibrary, ShardScorer, merge_scores, posterior_from_scores
 from workflows.spec import (
     SIMULATOR_KINDS,
     SimulationSpec,
@@ -27,7 +27,6 @@ __all__ = [
     "RefineResult",
     "SIMULATOR_KINDS",
     "ShardScorer",
-    "ShardScores",
     "ShardedLibrary",
     "SimulationSpec",
     "SimulationWorker",
@@ -42,6 +41,7 @@ __all__ = [
     "make_simulation_spec",
     "make_spec_simulator",
     "make_workers",
+    "merge_scores",
     "output_shape",
     "posterior_from_scores",
     "presimulate",

@@ -36,9 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-dashboard", action="store_true")
     p.add_argument("--no-auto-apply", action="store_true", help="wait for the operator to apply proposals")
     p.add_argument("--stop-on-decision", action="store_true", help="stop at P >= 0.99 instead of watching on")
-    p.add_argument("--scorer", choices=("laplace", "fast"), default="laplace",
-                   help="laplace: shift marginalised per hypothesis (tens of hypotheses); fast: registered frame, "
-                        "binned screen + exact survivors (hundreds to thousands)")
+    p.add_argument("--scorer", default="laplace", metavar="{laplace,linear,fast}",
+                   help="the one scorer (inference.make_scorer): laplace: shift marginalised per hypothesis (tens of "
+                        "hypotheses); linear: registered frame, scale and background; fast: as linear with a binned "
+                        "screen + exact survivors (hundreds to thousands)")
     p.add_argument("--4dstem", dest="pixelated", action="store_true",
                    help="with --source sim: also offer the library's 4D-STEM condition to the design step")
     p.add_argument("--design", choices=("allocation", "eig"), default="allocation",
@@ -72,8 +73,8 @@ def _session_for_library_file(args, source_spec):
     from forward.constants import scherzer_defocus
     from hypotest.beamfile import parse_beam
     from hypotest.live.model import ImageModel
-    from hypotest.live.session import LiveSession
-    from hypotest.live.sessions import load_hypotheses
+    from hypotest.live.runner import LiveSession
+    from hypotest.live.builtin import load_hypotheses
 
     if args.beam is None:
         raise InputError("a library file needs --beam BEAM.json (beam, frame sampling, simulation settings)")
@@ -122,7 +123,7 @@ def _session_for_library_file(args, source_spec):
 
 
 def run(args: argparse.Namespace) -> int:
-    from hypotest.live.sessions import LIBRARY_SETTINGS, make_demo_session
+    from hypotest.live.builtin import LIBRARY_SETTINGS, make_demo_session
 
     from hypotest.dashboard import new_token
 

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", required=True, help="BEAM.json (energy eV, dose e-/Å², sampling Å/pixel, ...)")
     p.add_argument("--out", required=True, type=Path, help="RESULT.json to write")
     p.add_argument("--seed", type=int, default=0, help="key of the Monte Carlo in the design step")
-    p.add_argument("--scorer", choices=("laplace", "linear", "fast"), default="laplace",
+    p.add_argument("--scorer", default="laplace", metavar="{laplace,linear,fast}",
                    help="laplace: shift, scale, background marginalised per hypothesis (default); linear: registered "
                         "frames, scale and background; fast: as linear with a binned screen first (large libraries)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -57,7 +57,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    from hypotest.live.sessions import resume_session
+    from hypotest.live.resume import resume_session
 
     source = None
     if args.source:
@@ -79,7 +79,7 @@ def run_resume(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from hypotest.live.sessions import replay_record
+    from hypotest.live.resume import replay_record
 
     rep = replay_record(args.dir)
     print(f"replayed {rep.steps} steps from the stored frames: max |posterior difference| {rep.max_abs_posterior_diff:.2e}, "

@@ -1,4 +1,4 @@
-"""The read side of :class:`hypotest.live.session.LiveSession`: the queries of
+"""The read side of :class:`hypotest.live.runner.LiveSession`: the queries of
 :class:`hypotest.live.view.SessionView` (status, hypotheses, history, proposals, frames and
 simulated images). Every method takes the session's lock and returns plain data."""
 
@@ -18,7 +18,7 @@ __all__ = ["SessionQueries"]
 
 
 class SessionQueries:
-    """Mixin of :class:`hypotest.live.session.LiveSession` (uses its state; defines none)."""
+    """Mixin of :class:`hypotest.live.runner.LiveSession` (uses its state; defines none)."""
 
     def status(self) -> dict:
         with self._lock:
@@ -44,16 +44,17 @@ class SessionQueries:
 
     def hypotheses(self) -> list[dict]:
         with self._lock:
-            v = self.tracker.view()
+            live = self.live
+            v = live.view()
             out = []
             for i, h in enumerate(self.hyps):
-                state = "dropped" if i in self._dropped else ("rejected" if i in self._rejected else "surviving")
-                l10 = float(v["log10_bayes_factor"][i])
+                state = "dropped" if i in live.dropped else ("rejected" if i in live.rejected else "surviving")
+                l10 = float(v.log10_bayes_factor[i])
                 out.append({
                     "id": h.id, "name": h.name, "family": h.family, "prior": float(h.prior),
-                    "posterior": float(v["posterior"][i]), "log10_bayes_factor": l10 if math.isfinite(l10) else None,
-                    "rejected": i in self._rejected, "reason": self._rejected.get(i, ""), "dropped": i in self._dropped,
-                    "state": state,
+                    "posterior": float(v.posterior[i]), "log10_bayes_factor": l10 if math.isfinite(l10) else None,
+                    "rejected": i in live.rejected, "reason": live.reasons[i] if i in live.rejected else "",
+                    "dropped": i in live.dropped, "state": state,
                 })  # fmt: skip
             return out
 
@@ -63,9 +64,9 @@ class SessionQueries:
         d = next(x for x in self.hypotheses() if x["id"] == hypothesis_id)
         with self._lock:
             refinement = None
-            if self._latest is not None and i in self._latest["active"]:
-                ev = self._latest["ev"]
-                k = int(np.flatnonzero(self._latest["active"] == i)[0])
+            if self._latest is not None and i in self._latest.active:
+                ev = self._latest.score
+                k = int(np.flatnonzero(self._latest.active == i)[0])
                 sx, sy = (float(v) for v in np.asarray(ev.shift[k]))
                 ssx, ssy = (float(v) for v in np.asarray(ev.shift_sd[k]))
                 refinement = {
@@ -106,25 +107,25 @@ class SessionQueries:
     def latest_frame(self) -> np.ndarray | None:
         with self._lock:
             latest = self._latest
-        return None if latest is None else np.array(self.model.virtual_image(latest["beam"], latest["counts"]))
+        return None if latest is None else np.array(self.model.virtual_image(latest.beam, latest.counts))
 
     def _expected(self, i: int, latest, beam: dict) -> np.ndarray:
         """Expected counts of hypothesis ``i`` (in the model's layout) under ``beam``, with the
         latest step's fitted nuisance values when it was scored there."""
         img = self.model.images(beam)[i]
-        if latest is None or i not in latest["active"]:
+        if latest is None or i not in latest.active:
             bc = parse_beam(beam).beam
             return img * float(bc.dose) * self.model.pixel_area_of(beam)
-        ev = latest["ev"]
-        k = int(np.flatnonzero(latest["active"] == i)[0])
-        shifted = np.asarray(fourier_shift(img, np.asarray(ev.shift[k])))
-        return latest["exposure"] * (float(ev.scale[k]) * shifted + float(ev.background[k]))
+        ev = latest.score
+        k = int(np.flatnonzero(latest.active == i)[0])
+        shifted = np.asarray(fourier_shift(img, np.asarray(ev.shift[k], np.float32)))
+        return latest.exposure * (float(ev.scale[k]) * shifted + float(ev.background[k]))
 
     def simulated_image(self, hypothesis_id: str) -> np.ndarray:
         i = self._index(hypothesis_id)
         with self._lock:
             latest = self._latest
-            beam = dict(self._beam) if latest is None else latest["beam"]
+            beam = dict(self._beam) if latest is None else latest.beam
         return np.asarray(self.model.virtual_image(beam, self._expected(i, latest, beam)))
 
     def residual(self) -> np.ndarray | None:
@@ -132,8 +133,8 @@ class SessionQueries:
             latest = self._latest
             if latest is None:
                 return None
-            best = int(self.tracker.view()["best"])
-        beam = latest["beam"]
-        counts = self.model.virtual_image(beam, latest["counts"])
+            best = int(self.live.view().best)
+        beam = latest.beam
+        counts = self.model.virtual_image(beam, latest.counts)
         mu = self.model.virtual_image(beam, self._expected(best, latest, beam))
         return (counts - mu) / np.sqrt(np.maximum(mu, 1e-3))

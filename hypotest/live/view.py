@@ -1,6 +1,6 @@
 """What the dashboard and the query API may ask of a running session (:class:`SessionView`).
 
-:class:`hypotest.live.session.LiveSession` implements it. Every method is thread-safe and returns
+:class:`hypotest.live.runner.LiveSession` implements it. Every method is thread-safe and returns
 plain JSON-able data (numpy arrays only where stated); the web layer never touches the loop's
 internals. Errors a caller can cause raise :class:`forward.InputError` (unknown id, bad beam) and
 map to HTTP 4xx; :class:`KeyError` is never raised for user input.

@@ -21,8 +21,8 @@ from websockets.sync.client import connect as ws_connect
 
 from forward import InputError
 from hypotest.dashboard import encode_png, make_app, new_token, render_png, serve
-from hypotest.live.session import LiveSession
-from hypotest.live.sessions import make_demo_session
+from hypotest.live.runner import LiveSession
+from hypotest.live.builtin import make_demo_session
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -19,7 +19,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from hypotest.dashboard import serve
-from hypotest.live.sessions import make_demo_session
+from hypotest.live.builtin import make_demo_session
 
 pytestmark = pytest.mark.browser
 

@@ -19,13 +19,8 @@ from hypotest.beamfile import parse_beam
 from hypotest.live.events import BadMessage, RawFrame, StreamEvent
 from hypotest.live.model import ImageModel
 from hypotest.live.record import load_record
-from hypotest.live.sessions import (
-    LIBRARY_SETTINGS,
-    load_builtin_hypotheses,
-    make_demo_session,
-    replay_record,
-    resume_session,
-)
+from hypotest.live.builtin import LIBRARY_SETTINGS, load_builtin_hypotheses, make_demo_session
+from hypotest.live.resume import replay_record, resume_session
 
 
 def _waves(library):
@@ -83,9 +78,9 @@ def test_4dstem_frames_are_scored_recorded_shown_and_replayed(tmp_path, mos2_wav
     # Mo_S after 1000 e-/Å² of 4D-STEM: its nearest rival, the pristine lattice, is 25 nats behind
     # in expectation (pairwise Kullback-Leibler divergence 0.025 nats per e-/Å²), sd ~7 nats
     assert st["dose_used_e_per_A2"] == pytest.approx(1000.0)
-    view = s.tracker.view()
-    assert s.hyps[int(view["best"])].name == s.source.reveal()[-1]["name"]
-    assert float(view["posterior"][view["best"]]) > 0.9
+    view = s.view()
+    assert s.hyps[view.best].name == s.source.reveal()[-1]["name"]
+    assert float(view.posterior[view.best]) > 0.9
     assert max(abs(v) for v in rec.steps[-1]["drift_px"]) < 1.0
     assert s.latest_frame().shape == shape[:2] and np.isfinite(s.residual()).all()
     assert s.simulated_image(s.hyps[0].id).shape == shape[:2]
@@ -109,7 +104,7 @@ def test_fast_scorer_session_identifies_and_replays(tmp_path, mos2_waves):
 
 
 def test_registration_recovers_a_small_drift_and_ignores_lattice_translations():
-    from hypotest.live.scoring import register_shift
+    from inference import register_shift
     from inference.evidence import fourier_shift
 
     rng = np.random.default_rng(0)
@@ -128,10 +123,9 @@ def test_registration_recovers_a_small_drift_and_ignores_lattice_translations():
 
 def test_channel_frames_register_on_the_scan_and_the_fast_scorer_scores_them_exactly():
     """4D-STEM-like frames [channels..., sx, sy]: registration sums the channels' correlations,
-    and the fast step scorer (no screen for channel frames) scores every hypothesis with the
-    linear scorer at that drift."""
-    from hypotest.live.scoring import make_step_scorer, register_shift
-    from inference import make_linear_scorer, make_noise_model, make_nuisance_prior, signal_relative_prior
+    and the fast scorer (no screen for channel frames) scores every hypothesis with the linear
+    scorer at that drift."""
+    from inference import ScorerConfig, make_noise_model, make_nuisance_prior, make_scorer, register_shift
     from inference.evidence import fourier_shift
 
     rng = np.random.default_rng(1)
@@ -147,11 +141,11 @@ def test_channel_frames_register_on_the_scan_and_the_fast_scorer_scores_them_exa
     drift = register_shift(counts, imgs[1], shift_sd=0.5)
     assert abs(drift[0] - 0.8) < 0.3 and abs(drift[1] + 0.5) < 0.3
     noise, prior = make_noise_model("poisson"), make_nuisance_prior()
-    ev = make_step_scorer("fast", noise, prior, (24, 20))(counts, imgs, 20.0, drift)
+    ev = make_scorer(ScorerConfig("fast", noise, prior)).score(counts, imgs, 20.0, drift)
     assert ev.exact.all() and int(np.argmax(ev.log_evidence)) == 1 and ev.screen_error_bound == 0.0
-    ref = make_linear_scorer(noise, signal_relative_prior(prior, imgs))(counts, imgs, 20.0, drift)
+    ref = make_scorer(ScorerConfig("linear", noise, prior)).score(counts, imgs, 20.0, drift)
     np.testing.assert_allclose(ev.log_evidence, np.asarray(ref.log_evidence), rtol=1e-6)
-    lap = make_step_scorer("laplace", noise, prior, (24, 20))(counts, imgs, 20.0, drift)
+    lap = make_scorer(ScorerConfig("laplace", noise, prior)).score(counts, imgs, 20.0, drift)
     assert int(np.argmax(lap.log_evidence)) == 1
     np.testing.assert_allclose(lap.shift[1], shift, atol=0.3)
 
@@ -160,7 +154,7 @@ def test_registration_of_sparse_frames_follows_the_prior_not_the_noise():
     """ADF-like frames with ~15 counts (Gaussian columns on a dark field, no drift): the
     maximum-likelihood shift wanders by about half a pixel, the MAP with the nuisance prior's
     0.5-pixel sd stays near zero; on bright frames the two agree (previous test)."""
-    from hypotest.live.scoring import register_shift
+    from inference import register_shift
 
     rng = np.random.default_rng(1)
     xx, yy = np.meshgrid(np.arange(96), np.arange(112), indexing="ij")
@@ -247,8 +241,8 @@ class _ListSource:
 
 
 def _scripted_session(tmp_path, mos2_waves, script, **kw):
-    from hypotest.live.session import LiveSession
-    from hypotest.live.sessions import demo_beams
+    from hypotest.live.runner import LiveSession
+    from hypotest.live.builtin import demo_beams
 
     st = LIBRARY_SETTINGS["mos2_defects"]
     hyps = load_builtin_hypotheses("mos2_defects")
@@ -306,7 +300,7 @@ def test_add_and_drop_hypotheses_while_running(tmp_path, mos2_waves):
            "numbers": np.asarray(h0.specimen.numbers).tolist()}  # fmt: skip
     d = s2.add_hypothesis(new)
     assert d["name"] == "MoS2 shifted copy" and d["state"] in ("surviving", "rejected")
-    assert np.isfinite(s2.tracker.segment_log_evidence()[-1])  # its past frames were re-scored
+    assert all(np.isfinite(row[-1]) for row in s2.live.tracker.log_evidence)  # its past frames were re-scored
     with pytest.raises(InputError, match="same structure as an existing one"):
         s2.add_hypothesis({**new, "name": "again"})
     with pytest.raises(InputError, match="missing field"):
@@ -327,7 +321,7 @@ def test_add_and_drop_hypotheses_while_running(tmp_path, mos2_waves):
 
 _KILL_SCRIPT = """
 import sys
-from hypotest.live.sessions import make_demo_session
+from hypotest.live.builtin import make_demo_session
 s = make_demo_session(sys.argv[1], seed=6, dose=20.0, frame_rate_hz=8.0, max_frames=400, stop_on_decision=False)
 s.start(); s.wait()
 """
@@ -401,8 +395,8 @@ def test_zeromq_stream_at_a_high_rate_every_frame_scored_or_coalesced(tmp_path, 
     tested in test_zmqstream.py.)"""
     import threading
 
-    from hypotest.live.session import LiveSession
-    from hypotest.live.sessions import demo_beams
+    from hypotest.live.runner import LiveSession
+    from hypotest.live.builtin import demo_beams
     from hypotest.live.zmqstream import ZmqSource, send_frames
 
     st = LIBRARY_SETTINGS["mos2_defects"]
@@ -441,7 +435,7 @@ def test_scoring_loop_killed_mid_session_then_resumed_loses_nothing(tmp_path, mo
     s = make_demo_session(tmp_path / "w", seed=3, dose=40.0, exit_waves=mos2_waves, frame_rate_hz=20.0,
                           max_frames=30, stop_on_decision=False, auto_apply=False)  # fmt: skip
     s.warm_up()  # compiles the scorer once per frame shape (camera, 4D-STEM)
-    real, calls = s._score, []
+    real, calls = s._live_step, []
 
     def dying(*a, **k):
         calls.append(1)
@@ -449,7 +443,7 @@ def test_scoring_loop_killed_mid_session_then_resumed_loses_nothing(tmp_path, mo
             raise RuntimeError("scoring worker killed")
         return real(*a, **k)
 
-    s._score = dying
+    s._live_step = dying
     s.start(warm_up=False)
     assert s.wait(120)
     time.sleep(0.5)  # the ingest thread keeps recording frames after the loop died
@@ -486,7 +480,7 @@ def _live_on_file(tmp_path, frames, beam, out, *extra):
 def test_hypotest_live_cli_on_a_replayed_file(tmp_path, mos2_waves, capsys):
     """`hypotest live --library LIB --source FILE --beam BEAM.json`: frames replayed from a file
     with the built-in library file, until the file ends; the record says what happened."""
-    from hypotest.live.sessions import demo_beams
+    from hypotest.live.builtin import demo_beams
 
     st = LIBRARY_SETTINGS["mos2_defects"]
     hyps = load_builtin_hypotheses("mos2_defects")
@@ -509,7 +503,7 @@ def test_hypotest_live_cli_on_a_replayed_file(tmp_path, mos2_waves, capsys):
 def test_hypotest_live_cli_on_4dstem_frames(tmp_path, capsys):
     """`hypotest live` with a 4D-STEM BEAM.json: frames [n, sx, sy, kx, ky] replayed from a file;
     a scan step that undersamples the probe's band limit is refused before anything starts."""
-    from hypotest.live.sessions import demo_beams
+    from hypotest.live.builtin import demo_beams
 
     st = LIBRARY_SETTINGS["mos2_defects"]
     hyps = load_builtin_hypotheses("mos2_defects")

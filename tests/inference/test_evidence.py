@@ -9,8 +9,6 @@ import scipy.stats as st
 from forward import InputError
 from inference import (
     fourier_shift,
-    make_laplace_scorer,
-    make_linear_scorer,
     make_noise_model,
     make_nuisance_prior,
     sample_counts,
@@ -18,7 +16,9 @@ from inference import (
 )
 from inference.noise import log_likelihood
 from tests.inference import _model as M
+from tests.inference._scorers import make_laplace_scorer, make_linear_scorer
 from tests.pytree_checks import check_pickle
+
 
 SIM = M.make_simulate_fn()
 IMAGES = M.library_images(SIM, M.beam())

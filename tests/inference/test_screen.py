@@ -1,8 +1,8 @@
 """The fast per-frame scorer: binned screen + exact stage against the exact scorer, and the
 screen's error bound in calibration-style simulations (fixed keys).
 
-Tolerances: exactly scored hypotheses match :func:`inference.make_linear_scorer` (the exact
-scorer for a known shift) to ``EXACT_TOL`` nats in log evidence and log Bayes factor (float32
+Tolerances: exactly scored hypotheses match the linear scorer (:func:`inference.make_scorer`,
+``kind="linear"``: the exact scorer for a known shift) to ``EXACT_TOL`` nats in log evidence and log Bayes factor (float32
 sums over the frame; the exact scorer itself moves by ~1e-3 nats between summation orders).
 """
 
@@ -16,18 +16,18 @@ import pytest
 
 from forward import InputError
 from inference import (
-    FastScore,
-    ScreenCache,
-    make_fast_scorer,
-    make_linear_scorer,
+    ImageSet,
+    Score,
+    ScorerConfig,
     make_noise_model,
     make_nuisance_prior,
-    prepare_screen_cache,
+    make_scorer,
     sample_counts,
     screen_margin,
 )
 from inference.evidence import fourier_shift
 from tests.inference import _model as M
+from tests.inference._scorers import make_fast_scorer, make_linear_scorer
 
 EXACT_TOL = 1e-2  # [nats]
 
@@ -56,6 +56,11 @@ PRIOR = make_nuisance_prior(scale_mean=1.0, scale_sd=0.1, background_mean=0.05, 
 POISSON = make_noise_model("poisson")
 
 
+def prepare_screen_cache(images, *, bin_factor=4):
+    """The fast scorer's prepared images (:class:`inference.ImageSet` with its binned screen)."""
+    return make_scorer(ScorerConfig("fast", POISSON, PRIOR, background_relative=False, bin_factor=bin_factor)).prepare(images)
+
+
 def _exposure(dose):
     return dose * SAMPLING * SAMPLING
 
@@ -65,8 +70,8 @@ def _frame(key, noise, truth, dose, scale=1.05, background=0.05, shift=None):
     return sample_counts(key, noise, _exposure(dose) * (scale * image + background))
 
 
-def _check_against_exact(fs: FastScore, exact, truth):
-    m = np.asarray(fs.exact_mask)
+def _check_against_exact(fs: Score, exact, truth):
+    m = np.asarray(fs.exact)
     fast_le, ex_le = np.asarray(fs.log_evidence, np.float64), np.asarray(exact.log_evidence, np.float64)
     assert m[truth], "the true hypothesis must be scored exactly"
     np.testing.assert_allclose(fast_le[m], ex_le[m], atol=EXACT_TOL)
@@ -107,7 +112,7 @@ def test_known_shift_matches_exact_scorer(rng_key, shift):
     y = _frame(rng_key, POISSON, 12, dose, shift=shift)
     fs = fast(y, prepare_screen_cache(IMAGES), _exposure(dose), shift=shift)
     _check_against_exact(fs, exact(y, IMAGES, _exposure(dose), shift=shift), 12)
-    np.testing.assert_allclose(np.asarray(fs.shift), shift)
+    np.testing.assert_allclose(np.asarray(fs.shift), np.broadcast_to(shift, (H, 2)))
 
 
 @pytest.mark.parametrize("gain", [1.0, 2.5])
@@ -126,7 +131,7 @@ def test_sparse_low_dose_path_matches_exact_scorer(rng_key, gain):
         ex = exact(y, IMAGES, _exposure(dose), shift=(0.0, 0.0) if shift is None else shift)
         _check_against_exact(fs, ex, 3)
         if shift is None:
-            assert bool(jnp.all(fs.exact_mask))
+            assert bool(jnp.all(fs.exact))
 
 
 @pytest.mark.parametrize(
@@ -170,16 +175,16 @@ def test_truth_never_screened_out_and_screen_bayes_factors_obey_royall_bound(rng
         dose = doses[i % len(doses)]
         y = _frame(k3, POISSON, truth, dose, scale=scale, background=background)
         fs = fast(y, cache, _exposure(dose))
-        assert bool(fs.exact_mask[truth]), f"truth {truth} screened out at {dose} e-/Å² (frame {i})"
+        assert bool(fs.exact[truth]), f"truth {truth} screened out at {dose} e-/Å² (frame {i})"
         scr = np.asarray(fs.screen_log_evidence, np.float64)
         if dose <= 30.0:
             lbf = np.delete(scr - scr[truth], truth)
             exceed += (lbf[None, :] >= margins[:, None]).sum(axis=1)
             exceed_biased += (lbf[None, :] + 2.0 >= margins[:, None]).sum(axis=1)
             pairs += lbf.size
-        if bool(fs.screened) and not bool(jnp.all(fs.exact_mask)):
+        if bool(fs.screened) and not bool(jnp.all(fs.exact)):
             ex = np.asarray(exact(y, IMAGES, _exposure(dose)).log_evidence, np.float64)
-            out = ~np.asarray(fs.exact_mask)
+            out = ~np.asarray(fs.exact)
             out[truth] = False
             fast_le = np.asarray(fs.log_evidence, np.float64)
             shortfall.extend((fast_le[out] - fast_le[truth]) - (ex[out] - ex[truth]))
@@ -218,8 +223,8 @@ def test_cache_raw_images_pickle_and_jit(rng_key):
     y = _frame(rng_key, POISSON, 0, dose)
     fast = make_fast_scorer(POISSON, PRIOR, bin_factor=2)
     cache = prepare_screen_cache(IMAGES, bin_factor=2)
-    np.testing.assert_allclose(np.asarray(cache.binned[4, 1, 2]), np.asarray(IMAGES[4, 2:4, 4:6]).mean(), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(cache.sums), np.asarray(IMAGES).sum(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(cache.screen.binned[4, 1, 2]), np.asarray(IMAGES[4, 2:4, 4:6]).mean(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(cache.screen.sums), np.asarray(IMAGES).sum(axis=(1, 2)), rtol=1e-5)
     a = fast(y, cache, _exposure(dose))
     b = fast(y, IMAGES, _exposure(dose))
     np.testing.assert_array_equal(np.asarray(a.log_evidence), np.asarray(b.log_evidence))
@@ -228,12 +233,12 @@ def test_cache_raw_images_pickle_and_jit(rng_key):
         assert type(back) is type(obj)
         for x, z in zip(jax.tree.leaves(obj), jax.tree.leaves(back)):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(z))
-    assert isinstance(cache, ScreenCache) and cache.bin_factor == 2
+    assert isinstance(cache, ImageSet) and cache.screen.bin_factor == 2
 
 
 def test_compiles_once_per_bucket(rng_key):
     """New frames with the same shapes and buckets reuse the compiled stages (no recompiles)."""
-    from inference import screen as S
+    from inference import screen_jax as S
 
     dose = 1e4
     fast = make_fast_scorer(POISSON, PRIOR, backend="jax")
@@ -247,7 +252,7 @@ def test_compiles_once_per_bucket(rng_key):
     assert (S._screen_stage._cache_size(), S._exact_stage._cache_size(), S._merge._cache_size()) == sizes
 
 
-def _assert_same_scores(a: FastScore, b: FastScore, tol=EXACT_TOL):
+def _assert_same_scores(a: Score, b: Score, tol=EXACT_TOL):
     """Two backends' scores of one frame: the same screen decisions and evidences. (The jitted
     stages round the number of exactly scored hypotheses up to a power of two, the CPU path
     does not, so the exact sets may differ beyond the hypotheses within the margin.)"""
@@ -255,7 +260,7 @@ def _assert_same_scores(a: FastScore, b: FastScore, tol=EXACT_TOL):
     assert int(a.n_within_margin) == int(b.n_within_margin)
     np.testing.assert_allclose(float(a.margin_nats), float(b.margin_nats), atol=tol)
     np.testing.assert_allclose(np.asarray(a.screen_log_evidence), np.asarray(b.screen_log_evidence), atol=tol)
-    ma, mb = np.asarray(a.exact_mask), np.asarray(b.exact_mask)
+    ma, mb = np.asarray(a.exact), np.asarray(b.exact)
     scr = np.asarray(a.screen_log_evidence)
     within = scr >= scr.max() - float(a.margin_nats) + tol
     assert np.all(ma[within]) and np.all(mb[within])

@@ -18,8 +18,6 @@ from inference import (
     design_images,
     fourier_shift,
     init_posterior,
-    make_laplace_scorer,
-    make_linear_scorer,
     make_noise_model,
     make_nuisance_prior,
     make_rejection_rule,
@@ -31,6 +29,8 @@ from inference import (
 )
 from inference.noise import log_likelihood
 from tests.inference import _model as M
+from tests.inference._scorers import make_laplace_scorer, make_linear_scorer
+
 
 SIM = M.make_simulate_fn()
 IMAGES = M.library_images(SIM, M.beam())

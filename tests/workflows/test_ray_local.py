@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from forward import InputError
+from inference import ScorerConfig
 from inference.noise import make_noise_model
 from inference.score import score_frames
 from tests.workflows._small import small_pairs, small_spec
@@ -165,28 +166,61 @@ def test_10k_hypotheses_in_shards_match_single_process(ray_local):
     truth = 1234
     exposure = 4.0  # dose x pixel area [e-]
     counts = np.random.default_rng(2).poisson(images[truth] * exposure).astype(np.float32)
-    noise = make_noise_model("poisson")
-    with ShardedLibrary(noise) as lib:
+    config = ScorerConfig("linear", make_noise_model("poisson"))
+    with ShardedLibrary(config) as lib:
         for k in range(0, n, 5000):
             lib.add_shard(ids[k : k + 5000], images[k : k + 5000])
         assert len(lib) == n and len(lib.shard_keys) == 2
         assert all(not i["writeable"] for i in lib.info())  # zero-copy views of the object store
         scores = lib.score(counts, exposure)
+        assert lib.ids == tuple(ids)
+        level = lib.signal_level
     post = posterior_from_scores([scores], priors)
     from forward import make_beam
 
     beam = make_beam(300e3, dose=exposure)  # pixel area 1 Å² -> exposure = dose
-    ref = score_frames(counts, images, priors, beam, (1.0, 1.0), ids=ids, noise=noise, scorer="linear")
-    assert scores.ids == tuple(ids)
+    ref = score_frames(counts, images, priors, beam, (1.0, 1.0), ids=ids, scorer=config, signal_level=level)
     np.testing.assert_allclose(post, ref.posterior, rtol=1e-4, atol=1e-6)
     assert int(np.argmax(post)) == int(np.argmax(ref.posterior))
+
+
+def test_shards_score_adf_level_images_with_the_fast_scorer_as_in_one_process(ray_local):
+    """The shards take every scorer of the one core: the fast scorer (binned screen, exact
+    survivors) on annular-dark-field-level images (a detected fraction of ~1e-2) gives what
+    ``score_frames`` gives in one process, with the same background prior relative to the signal
+    level (before, the shards' prior was in units of the beam: ~100x wider than `hypotest score`'s)."""
+    from forward import make_beam
+
+    images = (0.01 * _toy_images(96, 32, seed=5)).astype(np.float32)
+    ids = [f"h{k:016x}" for k in range(96)]
+    exposure = 400.0
+    counts = np.random.default_rng(4).poisson(images[17] * exposure).astype(np.float32)
+    config = ScorerConfig("fast", make_noise_model("poisson"))
+    with ShardedLibrary(config) as lib:
+        lib.add_shard(ids[:48], images[:48])
+        lib.add_shard(ids[48:], images[48:])
+        scores = lib.score(counts, exposure)
+        level = lib.signal_level
+    assert scores.kind == "fast" and scores.screened and scores.screen_error_bound <= 1e-6
+    assert level == pytest.approx(float(images[:48].mean()), rel=1e-6)
+    ref = score_frames(counts, images, np.ones(96), make_beam(300e3, dose=exposure), (1.0, 1.0), ids=ids,
+                       scorer=config, signal_level=level)  # fmt: skip
+    (one,) = ref.scores
+    both = scores.exact & one.exact
+    assert both[17] and both.sum() >= 16
+    np.testing.assert_allclose(scores.log_evidence[both] - scores.log_evidence[17],
+                               one.log_evidence[both] - one.log_evidence[17], atol=1e-2)  # fmt: skip
+    np.testing.assert_allclose(posterior_from_scores([scores], np.ones(96)), ref.posterior, atol=1e-4)
+    # the prior each actor scored with is the signal-relative one: 0.1 of the level, not 0.1 of the beam
+    np.testing.assert_allclose(scores.background_sd[17], one.background_sd[17], rtol=1e-3)
+    assert scores.background_sd[17] < 0.1 * level
 
 
 def test_shards_added_and_dropped_during_session(ray_local):
     images = _toy_images(30, 16, seed=3)
     ids = [f"h{k:016x}" for k in range(30)]
     counts = np.random.default_rng(0).poisson(images[3] * 20.0).astype(np.float32)
-    with ShardedLibrary(make_noise_model("poisson")) as lib:
+    with ShardedLibrary(ScorerConfig("linear", make_noise_model("poisson"))) as lib:
         a = lib.add_shard(ids[:10], images[:10])
         first = lib.score(counts, 20.0)
         b = lib.add_shard(ids[10:], images[10:])

@@ -17,7 +17,7 @@ from tests.workflows._small import CELL, small_pairs, small_spec
 from workflows.cache import cached_ids, check_id, has_image, image_path, read_image, read_images, write_image
 from workflows.keys import stable_digest32, task_key
 from workflows.refinement import top_ids
-from workflows.shards import ShardScores, posterior_from_scores
+from workflows.shards import merge_scores, posterior_from_scores
 from workflows.spec import check_specimen, make_simulation_spec, make_spec_simulator, spec_digest, spec_to_json
 from workflows.specimens import check_pairs, load_hypotheses, load_pairs, save_pairs
 
@@ -143,12 +143,28 @@ def test_top_ids_and_posterior_merge():
     assert top_ids(["a", "b", "c"], [0.2, 0.5, 0.3], 2) == ("b", "c")
     with pytest.raises(InputError, match="k must be >= 1"):
         top_ids(["a"], [1.0], 0)
-    s = ShardScores(ids=("a", "b"), log_evidence=np.array([0.0, np.log(3.0)]), scale=np.ones(2), background=np.zeros(2))
+    s = _score([0.0, np.log(3.0)])
     np.testing.assert_allclose(posterior_from_scores([s], [1.0, 1.0]), [0.25, 0.75], rtol=1e-6)
     np.testing.assert_allclose(posterior_from_scores([s, s], [3.0, 1.0]), [0.25, 0.75], rtol=1e-6)
-    t = ShardScores(ids=("b", "a"), log_evidence=np.zeros(2), scale=np.ones(2), background=np.zeros(2))
+    t = _score([0.0, 0.0, 0.0])
     with pytest.raises(InputError, match="different shard sets"):
         posterior_from_scores([s, t], [1.0, 1.0])
+    # shards' scores merge in shard order; the screen's bound is the largest of the shards'
+    m = merge_scores([_score([0.0, 1.0], bound=1e-7), _score([2.0], bound=3e-7)])
+    np.testing.assert_array_equal(m.log_evidence, [0.0, 1.0, 2.0])
+    assert m.screen_error_bound == 3e-7 and m.n_within_margin == 3 and m.exact.shape == (3,)
+
+
+def _score(le, bound=0.0):
+    """A :class:`inference.Score` with the given log evidence (the rest zeros)."""
+    from inference import Score
+
+    n = len(le)
+    z = np.zeros(n)
+    return Score(log_evidence=np.asarray(le, float), log_likelihood=z, log_prior=z, laplace_term=z, scale=np.ones(n),
+                 scale_sd=z, background=z, background_sd=z, shift=np.zeros((n, 2)), shift_sd=np.zeros((n, 2)),
+                 grad_norm=z, exact=np.ones(n, bool), screen_log_evidence=np.asarray(le, float),
+                 screen_error_bound=bound, margin_nats=float("inf"), n_within_margin=n, screened=bound > 0, kind="fast")
 
 
 def test_stem_spec_calls_forward_stem_and_checks_the_detector_eagerly():
@@ -183,12 +199,16 @@ def test_input_errors_before_any_ray_work(tmp_path):
         presimulate(pairs, [spec], tmp_path)
     with pytest.raises(InputError, match="refine_batch needs Ray"):
         refine_batch(pairs, spec, np.zeros((32, 32)))
+    from inference import ScorerConfig
+
     with pytest.raises(InputError, match="ShardedLibrary needs Ray"):
+        ShardedLibrary(ScorerConfig("fast", make_noise_model("poisson")))
+    with pytest.raises(InputError, match="unknown scorer 'exact'"):
+        ShardedLibrary(ScorerConfig("exact", make_noise_model("poisson")))
+    with pytest.raises(InputError, match="ShardedLibrary takes the scorer's config"):
         ShardedLibrary(make_noise_model("poisson"))
-    with pytest.raises(InputError, match="unknown scorer 'fast'"):
-        ShardedLibrary(make_noise_model("poisson"), scorer="fast")
     with pytest.raises(InputError, match="noise must be an inference NoiseModel"):
-        ShardedLibrary("poisson")
+        ShardedLibrary(ScorerConfig("linear", "poisson"))
     with pytest.raises(InputError, match="n_workers must be >= 1"):
         make_workers(tmp_path, 0)
     hid, sp = pairs[0]

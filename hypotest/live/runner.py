@@ -1,21 +1,24 @@
-"""The live session: frames in, posterior, rejections and proposed beam conditions out.
+"""The live session's runner: threads, the record, the design step and control around the pure
+live step (:func:`hypotest.live.step.live_step`).
 
-Two threads share one session:
+Three threads share one session:
 
 - **ingest** polls the frame source (:class:`hypotest.live.events.FrameSource`) and, for every
   frame, appends its bytes and a ``frame`` line to the record *before* queueing it, so a frame is
   on disk before anything can go wrong with it; undecodable messages and connection changes are
   recorded as they come. A source that raises is recorded as disconnected and polled again.
-- **loop** takes everything queued: preprocess (validation, dose normalisation, drift
-  registration against the current best hypothesis) -> score the surviving hypotheses
-  (:mod:`hypotest.live.scoring`: shift, scale and background marginalised per hypothesis, or,
-  for large libraries, a registered frame scored by a binned screen plus exact survivors) ->
-  posterior and change points (:class:`hypotest.live.tracking.SegmentTracker`) -> rejections
-  and returns -> proposals (a design thread: the candidate beams ordered by Chernoff's
-  allocation of the dose still needed to decide, :func:`inference.design.allocate_conditions`,
-  each also with its expected information gain per electron,
-  :func:`inference.design.rank_conditions`) -> apply (automatically, or when the operator
-  clicks) -> record the step.
+- **loop** takes everything queued and calls the live step on it (validation, coalescing,
+  registration, the one scorer, change points, the one rejection rule, the decision), then
+  records what the step says: refused frames, the step, rejections and returns, the decision.
+  Frames of another beam condition go back to the front of the queue.
+- **design** ranks the candidate beams for the newest posterior (Chernoff's allocation of the
+  dose still needed to decide, :func:`inference.design.allocate_conditions`, each also with its
+  expected information gain per electron, :func:`inference.design.rank_conditions`) beside the
+  loop, so proposing never delays scoring, and applies the best one (automatically, or when the
+  operator clicks).
+
+``run_sync`` is the same loop in the calling thread, one frame at a time, with the design step
+inline (deterministic: for tests, benchmarks and scripted sessions).
 
 **Coalescing.** When scoring falls behind, every frame queued under the same beam condition is
 summed into one step (a sum of Poisson frames is a Poisson frame at the summed dose, so nothing
@@ -49,10 +52,20 @@ from hypotest.live.events import BadMessage, FrameSource, RawFrame, StreamEvent
 from hypotest.live.model import beam_key
 from hypotest.live.queries import SessionQueries
 from hypotest.live.record import SessionWriter
-from hypotest.live.scoring import make_step_scorer, register_shift
-from hypotest.live.tracking import SegmentTracker
-from inference import allocate_conditions, make_nuisance_prior, noise_from_detector, rank_conditions
-from inference.noise import _check_counts
+from hypotest.live.step import (
+    LiveState,
+    PendingFrame,
+    StepImages,
+    StepInfo,
+    add_hypothesis,
+    drop_hypothesis,
+    init_live_state,
+    live_step,
+    make_live_config,
+    rescore_steps,
+    restore_state,
+)
+from inference import allocate_conditions, noise_from_detector, rank_conditions
 
 __all__ = ["LiveSession", "STAGES"]
 
@@ -62,19 +75,8 @@ PROPOSAL_HYPOTHESES = 16
 DESIGNS = ("allocation", "eig")
 
 
-@dataclasses.dataclass
-class _Pending:
-    index: int
-    source_id: int
-    counts: np.ndarray
-    beam: dict
-    label: str
-    t_source: float
-    t_received: float
-
-
 class LiveSession(SessionQueries):
-    """A running session (module docstring). Use :func:`hypotest.live.sessions.make_demo_session`
+    """A running session (module docstring). Use :func:`hypotest.live.builtin.make_demo_session`
     or ``hypotest live`` to build one.
 
     Args:
@@ -91,11 +93,12 @@ class LiveSession(SessionQueries):
         stop_on_decision: stop the loop at the decision (the demo) or keep watching (live).
         max_steps: stop after this many steps (None: until the source ends).
         expected_run_length: steps between metastable switches (change-point hazard).
+        scorer: the one scorer's kind (:data:`inference.SCORERS`; ``"fast"`` for large libraries).
         design: how proposals are ordered: ``"allocation"`` (Chernoff's allocation of the
             remaining dose, :func:`inference.allocate_conditions`) or ``"eig"`` (one-frame
             expected information gain per electron, :func:`inference.rank_conditions`); both
             figures are recorded with every proposal either way.
-        resume: continue the record in ``directory`` (see :meth:`resume_from_record`).
+        resume: continue the record in ``directory`` (see :meth:`restore`).
     """
 
     def __init__(self, directory, *, hypotheses, model, source: FrameSource, candidate_beams, beam: dict,
@@ -108,10 +111,6 @@ class LiveSession(SessionQueries):
             raise InputError(f"unknown design {design!r}: expected one of {DESIGNS}")
         if not hypotheses:
             raise InputError("the library is empty: the session needs at least one hypothesis")
-        if not 0 < rule_threshold < 1:
-            raise InputError(f"rejection threshold must be in (0, 1), got {rule_threshold!r}")
-        if not 0.5 < target < 1:
-            raise InputError(f"decision target must be in (0.5, 1), got {target!r}")
         self.dir = Path(directory)
         self.hyps = list(hypotheses)
         self.model = model
@@ -123,10 +122,10 @@ class LiveSession(SessionQueries):
         self._beam_label = self._label_of(self._beam)
         parsed = parse_beam(self._beam, where="initial beam")
         self.noise = noise_from_detector(parsed.beam.detector)
-        self._nprior = make_nuisance_prior()
+        self.live_config = make_live_config(scorer, self.noise, rule_threshold=rule_threshold, target=target,
+                                            stop_on_decision=stop_on_decision)  # fmt: skip
         self.scorer_kind = scorer
         self.design = design
-        self._score = make_step_scorer(scorer, self.noise, self._nprior, tuple(model.frame_shape))
         self.rule_threshold = float(rule_threshold)
         self.target = float(target)
         self.auto_apply = bool(auto_apply)
@@ -134,8 +133,11 @@ class LiveSession(SessionQueries):
         self.max_steps = max_steps
         self._log = log or (lambda s: None)
         self._seed = int(seed)
-        self.tracker = SegmentTracker(np.log([float(h.prior) for h in self.hyps]), expected_run_length=expected_run_length)
-        self._dropped: set[int] = set()
+        self.images = StepImages(model)
+        self.live: LiveState = init_live_state(self.live_config, [h.id for h in self.hyps], [h.name for h in self.hyps],
+                                               [float(h.prior) for h in self.hyps],
+                                               expected_run_length=expected_run_length)  # fmt: skip
+        self._live_step = live_step
         cfg = {
             "hypotheses": [{"id": h.id, "name": h.name, "family": h.family, "prior": float(h.prior)} for h in self.hyps],
             "candidate_beams": [{"label": lbl, "beam": b} for lbl, b in self.candidates],
@@ -147,7 +149,7 @@ class LiveSession(SessionQueries):
         self.writer = SessionWriter(self.dir, cfg, resume=resume, fsync=fsync)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._pending: collections.deque[_Pending] = collections.deque()
+        self._pending: collections.deque[PendingFrame] = collections.deque()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subs: list[queue.Queue] = []
@@ -158,16 +160,30 @@ class LiveSession(SessionQueries):
         self._received_times: collections.deque[float] = collections.deque(maxlen=2000)
         self._latency = {s: collections.deque(maxlen=1000) for s in STAGES}
         self._next_index = 0
-        self._step = 0
-        self._history: list[dict] = []  # per step: ids, posterior, frames, beam label, map
-        self._rejected: dict[int, str] = {}
+        self._history: list[dict] = []  # the recorded step lines
         self._rejection_log: dict[int, list[dict]] = collections.defaultdict(list)
         self._proposals: list[dict] = []
         self._propose_request = None
-        self._latest: dict | None = None  # counts, images (active), fit, active idx
-        self._dose_used = 0.0
-        self.decision: dict | None = None
+        self._latest: StepInfo | None = None  # the last step's scored frame, beam and fit
         self.error: str | None = None
+
+    # ---------------------------------------------------------------- the state, read
+    @property
+    def decision(self) -> dict | None:
+        return self.live.decision
+
+    @property
+    def _step(self) -> int:
+        return self.live.step
+
+    @property
+    def _dose_used(self) -> float:
+        return self.live.dose_used
+
+    def view(self):
+        """The posterior over the current segment (:class:`inference.TrackerInfo`)."""
+        with self._lock:
+            return self.live.view()
 
     # ---------------------------------------------------------------- plumbing
     def _label_of(self, beam: dict) -> str:
@@ -204,17 +220,17 @@ class LiveSession(SessionQueries):
         before the first frame, so the first frames do not wait for compilation; returns seconds."""
         t = time.perf_counter()
         self.model.prepare([self._beam] + [b for _, b in self.candidates])
-        active = self._active()
+        active = self.live.active()
+        sc = self.images.scorer(self.live_config.scorer)
         shapes = set()
         for _, b in [("current", self._beam)] + self.candidates:
-            imgs = self.model.images(b)[active]
-            if imgs.shape in shapes:  # one compiled scorer per frame shape
+            prepared = self.images.prepared(b, active, self.live_config.scorer)
+            if prepared.images.shape in shapes:  # one compiled scorer per frame shape
                 continue
-            shapes.add(imgs.shape)
+            shapes.add(prepared.images.shape)
             exposure = float(b["dose"]) * self.model.pixel_area_of(b)
-            self._score(np.asarray(imgs[0] * exposure, np.float32), imgs, exposure, (0.0, 0.0),
-                        cache_key=(beam_key(b), tuple(active.tolist())))
-        self._propose(0, self.tracker.view(), active)
+            sc.score(np.asarray(prepared.images[0] * exposure, np.float32), prepared, exposure, (0.0, 0.0))
+        self._propose(0, self.live.view(), active)
         return time.perf_counter() - t
 
     def start(self, warm_up: bool = True) -> LiveSession:
@@ -262,13 +278,7 @@ class LiveSession(SessionQueries):
                     if self.source_ended:
                         break
                     for ev in self.source.poll(0.5):
-                        if isinstance(ev, RawFrame):
-                            self._receive(ev)
-                        elif isinstance(ev, BadMessage):
-                            self.counters["bad_messages"] += 1
-                            self.writer.append("bad_message", t=ev.timestamp, source_id=ev.source_id, reason=ev.reason)
-                        else:
-                            self._stream_event(ev)
+                        self._source_event(ev)
                     continue
                 p = self._pending.popleft()
                 self._process([p])
@@ -311,6 +321,17 @@ class LiveSession(SessionQueries):
             self.writer.close()
             self._publish({"type": "stopped"})
 
+    def _source_event(self, ev) -> None:
+        if isinstance(ev, RawFrame):
+            self._receive(ev)
+        elif isinstance(ev, BadMessage):
+            with self._lock:
+                self.counters["bad_messages"] += 1
+            self.writer.append("bad_message", t=ev.timestamp, source_id=ev.source_id, reason=ev.reason)
+            self._log(f"bad message from the source: {ev.reason}")
+        elif isinstance(ev, StreamEvent):
+            self._stream_event(ev)
+
     def _ingest_loop(self) -> None:
         while not self._stop.is_set() and not self.source_ended:
             try:
@@ -320,15 +341,7 @@ class LiveSession(SessionQueries):
                 time.sleep(0.2)
                 continue
             for ev in events:
-                if isinstance(ev, RawFrame):
-                    self._receive(ev)
-                elif isinstance(ev, BadMessage):
-                    with self._lock:
-                        self.counters["bad_messages"] += 1
-                    self.writer.append("bad_message", t=ev.timestamp, source_id=ev.source_id, reason=ev.reason)
-                    self._log(f"bad message from the source: {ev.reason}")
-                elif isinstance(ev, StreamEvent):
-                    self._stream_event(ev)
+                self._source_event(ev)
         with self._cond:
             self._cond.notify_all()
 
@@ -358,7 +371,7 @@ class LiveSession(SessionQueries):
         self.writer.append_frame(counts, index=index, source_id=raw.source_id, t_source=raw.timestamp,
                                  t_received=t_recv, beam_label=label, beam=beam)  # fmt: skip
         with self._cond:
-            self._pending.append(_Pending(index, raw.source_id, counts, beam, label, raw.timestamp, t_recv))
+            self._pending.append(PendingFrame(index, raw.source_id, counts, beam, label, raw.timestamp, t_recv))
             self._latency["ingest"].append(max(t_recv - raw.timestamp, 0.0))
             self._cond.notify_all()
 
@@ -398,88 +411,41 @@ class LiveSession(SessionQueries):
         return self.max_steps is not None and self._step >= self.max_steps
 
     # ---------------------------------------------------------------- one step
-    def _active(self) -> np.ndarray:
-        return np.asarray([i for i in range(len(self.hyps)) if i not in self._dropped], dtype=int)
-
-    def _process(self, batch: list[_Pending]) -> list[_Pending]:
-        t0 = time.perf_counter()
-        valid = []
-        for p in batch:
-            try:
-                parse_beam(p.beam, where=f"frame {p.source_id} beam")
-                c = _check_counts(p.counts, tuple(self.model.frame_shape_of(p.beam)), self.noise)
-            except InputError as exc:
-                reason = f"frame {p.source_id}: {exc}"
-                self.writer.append("fate", index=p.index, source_id=p.source_id, fate="rejected", reason=reason)
-                with self._lock:
-                    self.counters["rejected"] += 1
-                self._log(f"rejected {reason}")
-                continue
-            valid.append((p, c))
-        if not valid:
-            return []
-        key = beam_key(valid[0][0].beam)
-        group = [(p, c) for p, c in valid if beam_key(p.beam) == key]
-        rest = [p for p, _ in valid if beam_key(p.beam) != key]
-        beam = group[0][0].beam
-        bc = parse_beam(beam, where="frame beam").beam
-        counts = self.model.model_layout(beam, np.sum([c for _, c in group], axis=0, dtype=np.float32))
-        n = len(group)
-        dose = float(bc.dose) * n
-        exposure = dose * self.model.pixel_area_of(beam)
-        active = self._active()
-        images = self.model.images(beam)[active]
+    def _process(self, batch: list[PendingFrame]) -> list[PendingFrame]:
+        """One live step on ``batch``, recorded; returns the frames left for the next step."""
         with self._lock:
-            best_prev = int(self.tracker.view()["best"])
-        ref = self.model.images(beam)[best_prev]
-        drift = register_shift(counts, ref, shift_sd=float(self._nprior.shift_sd))
-        mean_expected = float(np.mean(ref)) * exposure * float(bc.detector.gain)
-        dose_ratio = float(np.mean(counts)) / mean_expected if mean_expected > 0 else float("nan")
-        t1 = time.perf_counter()
-
-        ev = self._score(counts, images, exposure, drift, cache_key=(key, tuple(active.tolist())))
-        le_active = ev.log_evidence
-        t2 = time.perf_counter()
-
-        le = np.full(len(self.hyps), -np.inf)
-        le[active] = le_active
-        with self._lock:
-            view = self.tracker.update(le)
-            post = view["posterior"]
-            l10 = view["log10_bayes_factor"]
-            best = int(view["best"])
-            self._step += 1
-            step = self._step - 1
-            self._dose_used += dose
-            newly, returned = self._update_rejections(step, l10, best, [p.index for p, _ in group])
+            state = self.live
+        new, info = self._live_step(state, batch, self.images)
+        for f in info.fates:
+            self.writer.append("fate", **f)
+            with self._lock:
+                self.counters["rejected"] += 1
+            self._log(f"rejected {f['reason']}")
+        if info.entry is None:
+            return list(info.rest)
         t3 = time.perf_counter()
-
         with self._cond:  # the design step runs beside the loop: only the newest request is served
-            self._propose_request = (step, view, active) if self.decision is None else None
+            self.live = new
+            # proposals for this step's posterior unless a decision stood before it (the step that
+            # reaches the decision still proposes: the operator sees what would come next)
+            self._propose_request = (new.step - 1, info.view, info.active) if state.decision is None else None
             self._cond.notify_all()
             proposals = list(self._proposals)
-        t4 = time.perf_counter()
-        bi = int(np.flatnonzero(active == best)[0]) if best in active else 0
-        fit = {
-            "hypothesis": self.hyps[best].id,
-            "scale": float(ev.scale[bi]), "scale_sd": float(ev.scale_sd[bi]),
-            "background": float(ev.background[bi]), "background_sd": float(ev.background_sd[bi]),
-            "shift_px": [float(v) for v in np.asarray(ev.shift[bi])],
-            "shift_sd_px": [float(v) for v in np.asarray(ev.shift_sd[bi])],
-        }  # fmt: skip
+        handoff = time.perf_counter() - t3
+        group = info.entry["frames"]
         now = time.time()
-        lat = {"ingest": float(np.mean([p.t_received - p.t_source for p, _ in group])),
-               "preprocess": t1 - t0, "score": t2 - t1, "update": t3 - t2, "handoff": t4 - t3,
-               "total": now - min(p.t_received for p, _ in group)}  # fmt: skip
-        ids = [h.id for h in self.hyps]
-        entry = self.writer.append(
-            "step", step=step, t=now, frames=[p.index for p, _ in group], source_ids=[p.source_id for p, _ in group],
-            coalesced=n - 1, beam_label=group[0][0].label, beam=beam, dose_e_per_A2=dose, ids=ids,
-            log_evidence=le.tolist(), posterior=post.tolist(), log10_bayes_factor=l10.tolist(),
-            rejected={ids[i]: r for i, r in sorted(self._rejected.items())}, proposals=proposals, fit=fit,
-            drift_px=list(drift), screen_error_bound=ev.screen_error_bound, dose_ratio=dose_ratio, segment_start=view["segment_start"],
-            change_point=bool(view["change_point"]), map_state=ids[best], latency_s=lat,
-        )  # fmt: skip
+        t_recv = {p.index: p.t_received for p in batch}
+        t_src = {p.index: p.t_source for p in batch}
+        lat = {"ingest": float(np.mean([t_recv[i] - t_src[i] for i in group])), **info.timings, "handoff": handoff,
+               "total": now - min(t_recv[i] for i in group)}  # fmt: skip
+        for e in info.events:  # rejections and returns, before the step that made them
+            rec = e.to_record()
+            self.writer.append("rejection" if e.event == "rejected" else "return", **rec)
+            with self._lock:
+                self._rejection_log[e.index].append({"event": e.event, **rec})
+        entry = self.writer.append("step", t=now, **info.entry, proposals=proposals, latency_s=lat)
+        n = len(group)
+        step = info.entry["step"]
         with self._lock:
             for s in STAGES:
                 if s in lat:
@@ -487,22 +453,21 @@ class LiveSession(SessionQueries):
             self.counters["scored"] += 1
             self.counters["coalesced"] += n - 1
             self._history.append(entry)
-            self._latest = {"counts": counts, "beam": beam, "active": active, "exposure": exposure, "ev": ev}
+            self._latest = info
         if n > 1:
             self._log(f"step {step}: {n} frames coalesced (scoring fell behind)")
-        self._log(f"step {step:3d} [{group[0][0].label}] best {self.hyps[best].name:<36.36} P={post[best]:.4f} "
-                  f"rejected {len(self._rejected)}/{len(self.hyps)}")  # fmt: skip
-        if post[best] >= self.target and self.decision is None:
-            self.decision = {"id": self.hyps[best].id, "name": self.hyps[best].name, "posterior": float(post[best]),
-                             "step": step, "dose_used_e_per_A2": self._dose_used,
-                             "frames": sum(len(h["frames"]) for h in self._history)}  # fmt: skip
-            self.writer.append("decision", **self.decision)
+        best = int(info.view.best)
+        post = info.view.posterior
+        self._log(f"step {step:3d} [{info.entry['beam_label']}] best {self.hyps[best].name:<36.36} P={post[best]:.4f} "
+                  f"rejected {len(new.rejected)}/{len(self.hyps)}")  # fmt: skip
+        if info.decision is not None:
+            self.writer.append("decision", **info.decision)
             self._log(f"decision at step {step}: {self.hyps[best].name} (P = {post[best]:.4f})")
-        elif self.decision is not None and post[best] < self.target and not self.stop_on_decision:
-            self.decision = None  # a switch undid it
-        self._publish({"type": "step", "step": step, "posterior": post.tolist(), "ids": ids,
+        newly = [e.hypothesis_id for e in info.events if e.event == "rejected"]
+        returned = [e.hypothesis_id for e in info.events if e.event == "returned"]
+        self._publish({"type": "step", "step": step, "posterior": post.tolist(), "ids": list(new.ids),
                        "status": self.status(), "new_rejections": newly, "returns": returned})  # fmt: skip
-        return rest
+        return list(info.rest)
 
     def _proposer_loop(self) -> None:
         """Background design step: rank the candidate beams for the newest posterior; apply the
@@ -532,36 +497,10 @@ class LiveSession(SessionQueries):
         if self.auto_apply and proposals and beam_key(proposals[0]["beam"]) != beam_key(self._beam):
             self._set_beam(proposals[0]["beam"], proposals[0]["label"], by="auto")
 
-    def _update_rejections(self, step, l10, best, frames) -> tuple[list[str], list[str]]:
-        thr = math.log10(self.rule_threshold)
-        newly, returned = [], []
-        for i in range(len(self.hyps)):
-            if i in self._dropped:
-                continue
-            below = bool(l10[i] < thr)
-            if below and i not in self._rejected:
-                reason = (f"Bayes factor 10^{l10[i]:.1f} against {self.hyps[best].name} is below the rule "
-                          f"(< {self.rule_threshold:g}) after {len(self.tracker._le) - self.tracker.segment_start} "
-                          f"step(s) of the current segment, {self._dose_used:g} e-/Å² used")  # fmt: skip
-                self._rejected[i] = reason
-                rec = {"id": self.hyps[i].id, "name": self.hyps[i].name, "step": step, "log10_bayes_factor": float(l10[i]),
-                       "frames": frames, "dose_e_per_A2": self._dose_used, "reason": reason}  # fmt: skip
-                self.writer.append("rejection", **rec)
-                self._rejection_log[i].append({"event": "rejected", **rec})
-                newly.append(self.hyps[i].id)
-            elif not below and i in self._rejected:
-                del self._rejected[i]
-                rec = {"id": self.hyps[i].id, "name": self.hyps[i].name, "step": step, "log10_bayes_factor": float(l10[i]),
-                       "reason": "the Bayes factor rose above the rule again (new segment or new evidence)"}  # fmt: skip
-                self.writer.append("return", **rec)
-                self._rejection_log[i].append({"event": "returned", **rec})
-                returned.append(self.hyps[i].id)
-        return newly, returned
-
-    def _propose(self, step: int, view: dict, active: np.ndarray) -> list[dict]:
+    def _propose(self, step: int, view, active: np.ndarray) -> list[dict]:
         if len(self.candidates) < 2:
             return []
-        lp = view["log_posterior"]
+        lp = view.log_posterior
         # The most probable active hypotheses, rejected ones included (their posterior is tiny): a
         # fixed number keeps the compiled design step's shapes, so it is not re-traced per step.
         live = sorted(active.tolist(), key=lambda i: -lp[i])[:PROPOSAL_HYPOTHESES]
@@ -600,25 +539,26 @@ class LiveSession(SessionQueries):
         return {"label": label, "beam": beam, "sent_to_source": bool(sent)}
 
     def restore(self, rec) -> int:
-        """Continue from a session record (:func:`hypotest.live.record.load_record`): the posterior
-        is rebuilt from the recorded per-step log evidence, and frames received but never given a
-        fate (in flight when the process died) are queued again. Returns how many were queued."""
-        col = {h.id: i for i, h in enumerate(self.hyps)}
-        for e in rec.events:
-            if e["kind"] == "hypothesis_dropped" and e["id"] in col:
-                self._dropped.add(col[e["id"]])
-                self.tracker.drop(col[e["id"]])
+        """Continue from a session record (:func:`hypotest.live.record.load_record`): the state is
+        rebuilt from the recorded steps (:func:`hypotest.live.step.restore_state`), and frames
+        received but never given a fate (in flight when the process died) are queued again.
+        Returns how many were queued."""
+
+        def rescore(index: int, event: dict) -> list[float]:  # records written before past evidence was kept
+            return rescore_steps([s for s in rec.steps if s["step"] < event["step"]], rec.frame, self.images,
+                                 self.live_config, index, self.live.ids)  # fmt: skip
+
+        self.live = restore_state(self.live, rec.steps, rec.events, rescore=rescore)
         for st in rec.steps:
-            le = np.full(len(self.hyps), -np.inf)
-            for h, v in zip(st["ids"], st["log_evidence"]):
-                le[col[h]] = -np.inf if v is None else v
-            view = self.tracker.update(le)
             self._history.append(st)
-            self._dose_used += st["dose_e_per_A2"]
             self.counters["scored"] += 1
             self.counters["coalesced"] += st["coalesced"]
-        self._step = len(rec.steps)
-        self._rejected = {col[h]: r for h, r in (rec.steps[-1]["rejected"] if rec.steps else {}).items()}
+        col = {h: i for i, h in enumerate(self.live.ids)}
+        returns = [e for e in rec.events if e["kind"] == "return"]
+        for e in sorted(rec.rejections + returns, key=lambda e: e.get("step") or 0):  # stable: record order per step
+            if e["id"] in col:
+                event = "rejected" if e["kind"] == "rejection" else "returned"
+                self._rejection_log[col[e["id"]]].append({"event": event, **{k: v for k, v in e.items() if k != "kind"}})
         self._next_index = len(rec.frame_lines)
         self.counters["received"] = len(rec.frame_lines)
         self.counters["rejected"] = sum(1 for f in rec.frames if f["fate"] == "rejected")
@@ -627,14 +567,14 @@ class LiveSession(SessionQueries):
         if beams:
             self._beam, self._beam_label = dict(beams[-1]["beam"]), beams[-1]["label"]
             self.source.apply_beam(self._beam)
-        if self.decision is None and rec.decision is not None and rec.steps and self.stop_on_decision:
-            self.decision = {k: v for k, v in rec.decision.items() if k != "kind"}
+        if rec.decision is not None and rec.steps and self.stop_on_decision and self.live.decision is None:
+            self.live = dataclasses.replace(self.live, decision={k: v for k, v in rec.decision.items() if k != "kind"})
         queued = 0
         for f in rec.frames:  # in flight at a crash (no fate), or left queued at a stop
             if f["fate"] in (None, "unscored"):
                 fl = rec.frame_lines[f["index"]]
-                self._pending.append(_Pending(f["index"], fl["source_id"], rec.frame(f["index"]), fl["beam"],
-                                              fl["beam_label"], fl["t_source"], fl["t_received"]))  # fmt: skip
+                self._pending.append(PendingFrame(f["index"], fl["source_id"], rec.frame(f["index"]), fl["beam"],
+                                                  fl["beam_label"], fl["t_source"], fl["t_received"]))  # fmt: skip
                 queued += 1
         self.writer.append("resumed", t=time.time(), steps=self._step, frames=self._next_index, requeued=queued)
         return queued
@@ -671,6 +611,7 @@ class LiveSession(SessionQueries):
 
     def add_hypothesis(self, structure: dict) -> dict:
         from hypotest.hypothesis import make_hypothesis
+        from hypotest.live.record import load_record
         from library.provenance import Provenance
 
         if not isinstance(structure, dict):
@@ -686,41 +627,22 @@ class LiveSession(SessionQueries):
             raise InputError(f"hypothesis {h.name!r} has the same structure as an existing one (id {h.id})")
         with self._lock:
             i = self.model.add(spec)
-            past = self._rescore_past(i)
+            rec = load_record(self.dir) if self._history else None
+            past = [] if rec is None else rescore_steps(self._history, rec.frame, self.images, self.live_config, i,
+                                                        self.live.ids)  # fmt: skip
+            self.live = add_hypothesis(self.live, h.id, h.name, prior, past)
             self.hyps.append(h)
-            base = np.log([float(x.prior) for x in self.hyps[:-1]]).max() if len(self.hyps) > 1 else 0.0
-            self.tracker.add(math.log(prior) - base + float(self.tracker._lp.max()), past)
             self.writer.append("hypothesis_added", t=time.time(), step=self._step, id=h.id, name=h.name, family=h.family,
-                               prior=prior, structure={"positions": np.asarray(spec.positions).tolist(),
-                                                       "numbers": np.asarray(spec.numbers).tolist()})  # fmt: skip
+                               prior=prior, past_log_evidence=past,
+                               structure={"positions": np.asarray(spec.positions).tolist(),
+                                          "numbers": np.asarray(spec.numbers).tolist()})  # fmt: skip
         self._publish({"type": "hypotheses"})
         return self.hypothesis(h.id)
-
-    def _rescore_past(self, i: int) -> list[float]:
-        """Log evidence of hypothesis ``i`` for every past step, from the frames in the record."""
-        from hypotest.live.record import load_record
-
-        out = []
-        if not self._history:
-            return out
-        rec = load_record(self.dir)
-        for e in self._history:
-            counts = self.model.model_layout(e["beam"], np.sum([rec.frame(j).astype(np.float32) for j in e["frames"]], axis=0))
-            exposure = e["dose_e_per_A2"] * self.model.pixel_area_of(e["beam"])
-            img = self.model.images(e["beam"])[i : i + 1]
-            out.append(float(self._score(counts, img, exposure, tuple(e["drift_px"])).log_evidence[0]))
-        return out
 
     def drop_hypothesis(self, hypothesis_id: str) -> dict:
         i = self._index(hypothesis_id)
         with self._lock:
-            if i in self._dropped:
-                raise InputError(f"hypothesis {hypothesis_id!r} is already dropped")
-            if len(self._dropped) + 1 >= len(self.hyps):
-                raise InputError("cannot drop the last hypothesis of the session")
-            self._dropped.add(i)
-            self._rejected.pop(i, None)
-            self.tracker.drop(i)
+            self.live = drop_hypothesis(self.live, i)
             self.writer.append("hypothesis_dropped", t=time.time(), step=self._step, id=hypothesis_id)
         self._publish({"type": "hypotheses"})
         return self.hypothesis(hypothesis_id)

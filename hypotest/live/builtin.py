@@ -1,5 +1,6 @@
-"""Building sessions: the embedded default (built-in library + simulated microscope), and
-resuming a recorded session.
+"""The embedded default session: a built-in library, its imaging settings and candidate beams, and a
+simulated microscope (:func:`make_demo_session`). Resuming and replaying a recorded session is
+:mod:`hypotest.live.resume`.
 
 Per built-in library the imaging settings are fixed here (energy, spherical aberration, dose per
 frame); the candidate beams the design step chooses from are a defocus series in multiples of the
@@ -21,13 +22,11 @@ from forward import InputError
 from forward.constants import scherzer_defocus
 from hypotest.hypothesis import Hypothesis, make_hypothesis
 from hypotest.live.model import ImageModel
-from hypotest.live.session import LiveSession
+from hypotest.live.runner import LiveSession
 from hypotest.live.simscope import SimulatedMicroscopeSource
 
-__all__ = [
-    "LIBRARY_SETTINGS", "load_builtin_hypotheses", "load_hypotheses", "demo_beams", "make_demo_session",
-    "resume_session", "replay_record", "ReplayReport",
-]
+__all__ = ["LIBRARY_SETTINGS", "ImagingSettings", "load_builtin_hypotheses", "load_hypotheses", "demo_beams",
+           "make_demo_session"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,156 +193,3 @@ def load_hypotheses(library: str) -> list[Hypothesis]:
         f"library {library!r}: expected a built-in name ({', '.join(sorted(LIBRARY_SETTINGS))}) or a library file "
         "(.h5, `hypotest library build`)"
     )
-
-
-def _session_hypotheses(rec) -> tuple[list[Hypothesis], ImageModel]:
-    """The session's hypotheses (library + added during the session) and image model, from its record."""
-    from forward import make_specimen
-    from library.provenance import Provenance
-
-    cfg = rec.config
-    hyps = load_hypotheses(cfg["library"])
-    want = [h["id"] for h in cfg["hypotheses"]]
-    if [h.id for h in hyps] != want:
-        raise InputError(
-            f"{rec.dir}: the library {cfg['library']!r} no longer holds the session's hypotheses "
-            f"(ids differ); restore the library file the session was started with"
-        )
-    m = cfg["model"]
-    model = ImageModel([h.specimen for h in hyps], sampling=m["sampling"], binning=m["binning"],
-                            slice_thickness=m["slice_thickness"])  # fmt: skip
-    for e in rec.events:
-        if e["kind"] == "hypothesis_added":
-            spec = make_specimen(e["structure"]["positions"], e["structure"]["numbers"], cell=model.cell)
-            h = make_hypothesis(spec, name=e["name"], family=e["family"], prior=e["prior"],
-                                provenance=Provenance(source="added during the session"))  # fmt: skip
-            model.add(spec)
-            hyps.append(h)
-    return hyps, model
-
-
-def _source_from_config(rec, model_states_from, start_frame: int):
-    cfg = rec.config["source"]
-    kind = cfg.get("kind")
-    if kind == "simulated":
-        lib = rec.config["library"]
-        st = LIBRARY_SETTINGS[lib]
-        hyps = model_states_from
-        states = cfg["states"]
-        scope_model = ImageModel([hyps[s].specimen for s in states], sampling=st.sampling, binning=st.binning,
-                                      slice_thickness=st.slice_thickness)  # fmt: skip
-        remaining = None if cfg["max_frames"] is None else max(cfg["max_frames"] - start_frame, 0)
-        return SimulatedMicroscopeSource(
-            scope_model, [(hyps[s].id, hyps[s].name) for s in states], rec.config["beam"], seed=cfg["seed"],
-            rate_hz=cfg["rate_hz"], max_frames=remaining, schedule=[tuple(x) for x in cfg["schedule"]],
-            switch_rate_hz=cfg["switch_rate_hz"], truth_path=rec.dir / "truth.jsonl", start_frame=start_frame,
-        )  # fmt: skip
-    if kind == "zmq":
-        from hypotest.live.zmqstream import ZmqSource
-
-        return ZmqSource(cfg["address"], bind=cfg.get("bind", True), control_address=cfg.get("control_address"),
-                         start_id=start_frame)  # source ids stay unique across a resume
-    raise InputError(
-        f"{rec.dir}: cannot reopen a {kind!r} source by itself; pass the source again "
-        "(`hypotest session resume DIR --source ...`)"
-    )
-
-
-def resume_session(directory, *, source=None, log: Callable[[str], None] | None = None,
-                   stop_on_decision: bool = True) -> LiveSession:  # fmt: skip
-    """A :class:`LiveSession` that continues the record in ``directory`` (not started).
-
-    The posterior is rebuilt from the record, frames in flight when the process died are scored
-    first, and the source is reopened from the configuration (a simulated microscope continues
-    its frame sequence) unless ``source`` is given.
-    """
-    from hypotest.live.record import load_record
-
-    rec = load_record(directory)
-    hyps, model = _session_hypotheses(rec)
-    n_lib = len(rec.config["hypotheses"])
-    start = 1 + max((f["source_id"] for f in rec.frame_lines), default=-1)
-    src = source if source is not None else _source_from_config(rec, hyps[:n_lib], start)
-    cfg = rec.config
-    session = LiveSession(
-        rec.dir, hypotheses=hyps, model=model, source=src,
-        candidate_beams=[(c["label"], c["beam"]) for c in cfg["candidate_beams"]], beam=cfg["beam"],
-        rule_threshold=cfg["rule_threshold"], target=cfg["target"], auto_apply=True, stop_on_decision=stop_on_decision,
-        expected_run_length=cfg["expected_run_length"], resume=True, log=log, seed=cfg.get("seed", 0),
-        scorer=cfg.get("scorer", "laplace"), design=cfg.get("design", "allocation"),
-    )  # fmt: skip
-    session.config = cfg
-    session.restore(rec)
-    return session
-
-
-@dataclasses.dataclass(frozen=True)
-class ReplayReport:
-    """Posteriors recomputed from the stored frames against those recorded."""
-
-    steps: int
-    max_abs_posterior_diff: float
-    max_abs_log_evidence_diff: float  # [nats], over finite entries
-    decision_reproduced: bool
-
-    @property
-    def ok(self) -> bool:
-        return self.max_abs_posterior_diff <= 1e-4
-
-
-def replay_record(directory, log: Callable[[str], None] | None = None) -> ReplayReport:
-    """Re-score every recorded step from the frames in ``frames.bin`` with a fresh model and
-    tracker, and compare the posteriors with the recorded ones."""
-    from hypotest.beamfile import parse_beam
-    from hypotest.live.record import load_record
-    from hypotest.live.tracking import SegmentTracker
-    from inference import make_nuisance_prior, noise_from_detector
-    from hypotest.live.scoring import make_step_scorer, register_shift
-
-    rec = load_record(directory)
-    hyps, model = _session_hypotheses(rec)
-    n_lib = len(rec.config["hypotheses"])
-    noise = noise_from_detector(parse_beam(rec.config["beam"]).beam.detector)
-    nprior = make_nuisance_prior()
-    scorer = make_step_scorer(rec.config.get("scorer", "laplace"), noise, nprior, model.frame_shape)
-    tracker = SegmentTracker(np.log([float(h.prior) for h in hyps[:n_lib]]),
-                             expected_run_length=rec.config["expected_run_length"])  # fmt: skip
-    col = {h.id: i for i, h in enumerate(hyps)}
-    added = [e for e in rec.events if e["kind"] == "hypothesis_added"]
-    dropped = [e for e in rec.events if e["kind"] == "hypothesis_dropped"]
-    max_dp = max_dl = 0.0
-    n_active = n_lib
-    last = None
-    for st in rec.steps:
-        while added and added[0]["step"] <= st["step"]:  # re-score the added hypothesis' past
-            e = added.pop(0)
-            past = []
-            for old in rec.steps[: st["step"]]:
-                counts = model.model_layout(old["beam"], np.sum([rec.frame(j).astype(np.float32) for j in old["frames"]], axis=0))
-                img = model.images(old["beam"])[n_active : n_active + 1]
-                ex = old["dose_e_per_A2"] * model.pixel_area_of(old["beam"])
-                past.append(float(scorer(counts, img, ex, tuple(old["drift_px"])).log_evidence[0]))
-            tracker.add(np.log(e["prior"]) - np.log(max(h.prior for h in hyps[:n_lib])) + float(tracker._lp.max()), past)
-            n_active += 1
-        while dropped and dropped[0]["step"] <= st["step"]:
-            tracker.drop(col[dropped.pop(0)["id"]])
-        counts = model.model_layout(st["beam"], np.sum([rec.frame(j).astype(np.float32) for j in st["frames"]], axis=0))
-        active = np.asarray([col[h] for h, v in zip(st["ids"], st["log_evidence"]) if v is not None], dtype=int)
-        exposure = st["dose_e_per_A2"] * model.pixel_area_of(st["beam"])
-        drift = register_shift(counts, model.images(st["beam"])[int(tracker.view()["best"])], shift_sd=float(nprior.shift_sd))
-        ev = scorer(counts, model.images(st["beam"])[active], exposure, drift)
-        le = np.full(len(st["ids"]), -np.inf)
-        le[active] = np.asarray(ev.log_evidence, dtype=np.float64)
-        view = tracker.update(le)
-        rec_le = np.asarray([np.nan if v is None else v for v in st["log_evidence"]], dtype=np.float64)
-        ok = np.isfinite(rec_le)
-        max_dl = max(max_dl, float(np.max(np.abs(rec_le[ok] - le[ok]))))
-        rec_post = np.asarray([0.0 if v is None else v for v in st["posterior"]])
-        max_dp = max(max_dp, float(np.max(np.abs(rec_post - view["posterior"]))))
-        last = view
-        if log:
-            log(f"step {st['step']}: max |dP| so far {max_dp:.2e}")
-    dec = rec.decision
-    reproduced = dec is None or (last is not None and hyps[int(last["best"])].id == dec["id"]
-                                 and float(last["posterior"][last["best"]]) >= rec.config["target"])  # fmt: skip
-    return ReplayReport(len(rec.steps), max_dp, max_dl, bool(reproduced))
