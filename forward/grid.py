@@ -12,7 +12,14 @@ from forward._pytree import pytree_dataclass, static_field
 from forward._validate import as_float_array
 from forward.errors import InputError
 
-__all__ = ["Grid", "make_grid", "fft_friendly_size"]
+__all__ = ["Grid", "make_grid", "fft_friendly_size", "MAX_GRID_POINTS"]
+
+#: The most points a simulation grid may have: 8192 x 8192. One complex64 wave on it takes
+#: 512 MiB and a multislice holds several such arrays (potential slice, transmission function,
+#: wave, FFT work space), so a larger grid would not fit a workstation's memory; a sampling that
+#: asks for more (e.g. 1e-4 Å over a 10 Å cell: 1e10 points, ~80 GiB per wave) is refused with
+#: the finest sampling that fits.
+MAX_GRID_POINTS = 8192 * 8192
 
 
 @pytree_dataclass
@@ -75,7 +82,9 @@ def make_grid(
 
     With ``extent`` and ``sampling``, the number of points is rounded *up* to an FFT-friendly
     size (unless ``fft_friendly=False``) and the sampling actually used, ``extent / gpts``, is
-    what the returned grid reports; it is never coarser than requested.
+    what the returned grid reports; it is never coarser than requested. A grid of more than
+    :data:`MAX_GRID_POINTS` points is refused (with the finest sampling that fits the extent)
+    before anything is allocated.
     """
     given = [n for n, v in (("extent", extent), ("gpts", gpts), ("sampling", sampling)) if v is not None]
     if len(given) != 2:
@@ -87,6 +96,12 @@ def make_grid(
         if any(x != int(x) or x < 1 for x in g):
             raise InputError(f"gpts must be positive integers, got {gpts!r}")
         n = (int(g[0]), int(g[1]))
+        if n[0] * n[1] > MAX_GRID_POINTS:
+            raise InputError(
+                f"a simulation grid of {n[0]} x {n[1]} points ({n[0] * n[1]:.3g}) exceeds the limit of "
+                f"{MAX_GRID_POINTS} points (forward.grid.MAX_GRID_POINTS, 8192 x 8192: one complex64 wave takes "
+                f"{_gib(MAX_GRID_POINTS):.2g} GiB); use fewer points"
+            )
         if extent is not None:
             e = _positive_pair(extent, "extent")
             return Grid(gpts=n, sampling=(e[0] / n[0], e[1] / n[1]))
@@ -94,9 +109,47 @@ def make_grid(
         return Grid(gpts=n, sampling=s)
     e = _positive_pair(extent, "extent")
     s = _positive_pair(sampling, "sampling")
-    raw = tuple(max(1, math.ceil(ei / si - 1e-9)) for ei, si in zip(e, s))
-    n = tuple(fft_friendly_size(r) if fft_friendly else r for r in raw)
+    n = _gpts_for(e, s, fft_friendly)
+    if n[0] * n[1] > MAX_GRID_POINTS:
+        fit = _finest_sampling(e, fft_friendly)
+        points = float(n[0]) * n[1]
+        raise InputError(
+            f"sampling {min(s):.4g} Å over the {e[0]:.4g} x {e[1]:.4g} Å cell needs a grid of {n[0]:.6g} x "
+            f"{n[1]:.6g} points ({points:.3g}; one complex64 wave would take {_gib(points):.3g} GiB), beyond the "
+            f"limit of {MAX_GRID_POINTS} points (forward.grid.MAX_GRID_POINTS, 8192 x 8192); the finest sampling "
+            f"that fits this cell is {fit:.4g} Å (typical: 0.02-0.1 Å)"
+        )
     return Grid(gpts=(int(n[0]), int(n[1])), sampling=(e[0] / n[0], e[1] / n[1]))
+
+
+def _gpts_for(extent, sampling, fft_friendly: bool) -> tuple[int, int]:
+    """Grid points that sample ``extent`` at ``sampling`` or finer, counted without building
+    anything; beyond :data:`MAX_GRID_POINTS` along an axis the count is not rounded to an
+    FFT-friendly size (it is refused anyway)."""
+    raw = []
+    for ei, si in zip(extent, sampling):
+        r = ei / si
+        raw.append(max(1, math.ceil(r - 1e-9)) if math.isfinite(r) else 2**63)
+    if max(raw) > MAX_GRID_POINTS or not fft_friendly:
+        return (int(raw[0]), int(raw[1]))
+    return (fft_friendly_size(raw[0]), fft_friendly_size(raw[1]))
+
+
+def _finest_sampling(extent, fft_friendly: bool) -> float:
+    """The finest sampling [Å] (one number for both axes, rounded up to 4 digits) whose grid over
+    ``extent`` has at most :data:`MAX_GRID_POINTS` points."""
+    s = math.sqrt(extent[0] * extent[1] / MAX_GRID_POINTS)
+    while True:
+        q = 10.0 ** (math.floor(math.log10(s)) - 3)
+        s = math.ceil(s / q) * q  # up to 4 significant digits: never finer than what fits
+        n = _gpts_for(extent, (s, s), fft_friendly)
+        if n[0] * n[1] <= MAX_GRID_POINTS:
+            return s
+        s *= 1.001
+
+
+def _gib(points: float) -> float:
+    return points * 8 / 2**30  # complex64: 8 bytes per point
 
 
 def _positive_pair(value, name: str) -> tuple[float, float]:

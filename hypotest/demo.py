@@ -26,7 +26,7 @@ import numpy as np
 
 from hypotest.live.builtin import LIBRARY_SETTINGS, load_builtin_hypotheses, make_demo_session
 
-__all__ = ["run_demo", "load_hypotheses", "LIBRARY"]
+__all__ = ["run_demo", "load_hypotheses", "summarize", "LIBRARY"]
 
 LIBRARY = "mos2_defects"
 load_hypotheses = load_builtin_hypotheses
@@ -112,23 +112,48 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
             server.stop()
     status = session.status()
     truth = json.loads((out / "truth.jsonl").read_text().splitlines()[-1]) if (out / "truth.jsonl").exists() else None
-    dec = status["decision"]
-    summary = {
-        "decision": None if dec is None else dec["name"], "decision_id": None if dec is None else dec["id"],
-        "posterior_of_decision": None if dec is None else round(dec["posterior"], 6),
-        "frames_received": status["frames"]["received"], "frames": status["frames"],
-        "steps": status["step"], "dose_used_e_per_A2": status["dose_used_e_per_A2"],
-        "truth": None if truth is None else truth["name"],
-        "correct": bool(dec is not None and truth is not None and dec["id"] == truth["id"]),
-        "rejected": {h["name"]: h["reason"] for h in session.hypotheses() if h["rejected"]},
-        "latency_s": status["latency_s"],
-    }  # fmt: skip
+    rejected = {h["name"]: h["reason"] for h in session.hypotheses() if h["rejected"]}
+    summary, line = summarize(status, truth, rejected)
     stages["session"] = {"seconds": round(time.perf_counter() - t, 2), "record": str(out)}
-    outcome = "identified" if dec else f"undecided after {status['step']} steps"
-    log(f"[4/4] {outcome}: {summary['decision'] or '-'} (P = {summary['posterior_of_decision']}) after "
-        f"{status['frames']['received']} frames ({status['frames']['coalesced']} coalesced), "
-        f"{status['dose_used_e_per_A2']:g} e-/Å²; truth: {summary['truth']} -> "
-        f"{'correct' if summary['correct'] else 'NOT correct'}")  # fmt: skip
+    log(f"[4/4] {line}")
     record = {"schema": "hypotest-demo/2", "seed": seed, "stages": stages, "summary": summary}
     (out / "demo.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def summarize(status: dict, truth: dict | None, rejected: dict[str, str]) -> tuple[dict, str]:
+    """The demo's summary and its one-line report, from the session's final ``status``.
+
+    The decision's frames and dose are those AT the decision (its record: ``frames``,
+    ``dose_used_e_per_A2``, ``step``); frames received afterwards (while the dashboard lingers, or
+    in flight when it stopped) are counted apart, and ``dose_used_e_per_A2`` stays the total scored.
+    """
+    dec = status["decision"]
+    received = status["frames"]["received"]
+    summary = {
+        "decision": None if dec is None else dec["name"], "decision_id": None if dec is None else dec["id"],
+        "posterior_of_decision": None if dec is None else round(dec["posterior"], 6),
+        "frames_received": received, "frames": status["frames"],
+        "steps": status["step"], "dose_used_e_per_A2": status["dose_used_e_per_A2"],
+        "truth": None if truth is None else truth["name"],
+        "correct": bool(dec is not None and truth is not None and dec["id"] == truth["id"]),
+        "rejected": rejected, "latency_s": status["latency_s"],
+    }  # fmt: skip
+    verdict = f"truth: {summary['truth']} -> {'correct' if summary['correct'] else 'NOT correct'}"
+    if dec is None:
+        line = (f"undecided after {status['step']} steps: - (P = None) after {received} frames "
+                f"({status['frames']['coalesced']} coalesced), {status['dose_used_e_per_A2']:g} e-/Å²; {verdict}")  # fmt: skip
+        return summary, line
+    frames_at, steps_at = int(dec.get("frames", received)), int(dec.get("step", status["step"] - 1)) + 1
+    dose_at = float(dec.get("dose_used_e_per_A2", status["dose_used_e_per_A2"]))
+    after = max(received - frames_at, 0)
+    summary.update({
+        "frames_at_decision": frames_at, "steps_at_decision": steps_at, "coalesced_at_decision": frames_at - steps_at,
+        "dose_at_decision_e_per_A2": dose_at, "frames_after_decision": after,
+    })  # fmt: skip
+    line = (f"identified: {dec['name']} (P = {summary['posterior_of_decision']}) after {frames_at} frames "
+            f"({frames_at - steps_at} coalesced), {dose_at:g} e-/Å²; {verdict}")  # fmt: skip
+    if after:
+        more = status["dose_used_e_per_A2"] - dose_at
+        line += f"; {after} more frames received after the decision (not part of it; {more:g} e-/Å² more scored)"
+    return summary, line

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import glob as _glob
+import math
+import re
 from pathlib import Path
 
 import jax
@@ -26,10 +28,18 @@ from forward.constants import scherzer_defocus
 from hypotest.beamfile import BeamFile
 from inference import SCORERS, ScoreResult, ScorerConfig, noise_from_detector, rank_conditions, score_frames
 
-__all__ = ["ScoringInput", "library_file_entries", "load_hypotheses_for_scoring", "read_frames", "run_score", "CELL_RTOL"]
+__all__ = [
+    "ScoringInput", "library_file_entries", "load_hypotheses_for_scoring", "read_frames", "run_score", "CELL_RTOL",
+    "MAX_COUNT", "check_frame_counts", "check_result_finite",
+]  # fmt: skip
 
 #: Relative tolerance for "the frame spans the cell" and "the hypotheses share a cell".
 CELL_RTOL = 2e-3
+#: The largest magnitude a frame pixel may hold [counts]. Frames are scored in float32 (largest
+#: 3.4e38); 1e12 counts in one pixel is far beyond any detector (a 32-bit counter stops at 4.3e9,
+#: a pixel at 1e9 e-/Å², the highest dose a BEAM.json takes, over 1 Å² and gain 1 holds 1e9) and
+#: keeps float32 sums of counts, squares and logs over a frame finite.
+MAX_COUNT = 1e12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,15 +160,92 @@ def _defocus_series(beam):
     return beams, labels
 
 
+def check_frame_counts(counts: np.ndarray, where: str = "frames") -> None:
+    """Frames ``[T, ...]`` that can be counts: at least one frame, every pixel finite and within
+    :data:`MAX_COUNT` (so nothing overflows in float32); errors name ``where``, the frame and the pixel."""
+    c = np.asarray(counts)
+    if c.ndim < 3 or c.shape[0] == 0:
+        raise InputError(f"no frames in {where}: got shape {list(c.shape)}; give one frame [nx, ny] or a stack [T, nx, ny]")
+    if c.dtype.kind not in "uif":
+        raise InputError(f"{where}: frames must be numeric counts, got dtype {c.dtype}")
+    if c.dtype.kind == "f":
+        bad = ~np.isfinite(c)
+        if bad.any():
+            t, *px = (int(k) for k in np.argwhere(bad)[0])
+            raise InputError(
+                f"{where}: frame {t} pixel {tuple(px)} is {c[(t, *px)]}: counts must be finite; mask or repair bad pixels"
+            )
+    big = np.abs(c) > MAX_COUNT
+    if big.any():
+        t, *px = (int(k) for k in np.argwhere(big)[0])
+        raise InputError(
+            f"{where}: frame {t} pixel {tuple(px)} holds {float(c[(t, *px)]):.4g}, which cannot be a count: a pixel may hold "
+            f"at most {MAX_COUNT:g} counts in magnitude (hypotest.scoring.MAX_COUNT; frames are scored in float32, whose "
+            f"range ends at {float(np.finfo(np.float32).max):.3g}); check the file's units and dtype"
+        )
+
+
+def _first_nonfinite(x, path: str = ""):
+    """(path, value) of the first non-finite float in a JSON-like ``x``, or None."""
+    if isinstance(x, (float, np.floating)) and not math.isfinite(x):
+        return path, float(x)
+    if isinstance(x, dict):
+        for k, v in x.items():
+            hit = _first_nonfinite(v, f"{path}.{k}" if path else str(k))
+            if hit:
+                return hit
+    if isinstance(x, (list, tuple)):
+        for i, v in enumerate(x):
+            hit = _first_nonfinite(v, f"{path}[{i}]")
+            if hit:
+                return hit
+    return None
+
+
+def check_result_finite(out: dict, names: dict | None = None) -> None:
+    """Every number of a RESULT.json dict is finite (JSON has no NaN or infinity), else an
+    :class:`InputError` naming the hypothesis, the field and (for per-frame values) the frame."""
+    names = names or {}
+    for h in out.get("hypotheses", []):
+        hit = _first_nonfinite({k: v for k, v in h.items() if k != "nuisance"})
+        frame = _first_nonfinite(h.get("nuisance", {}))
+        if hit is None and frame is None:
+            continue
+        field, value = hit if hit is not None else (f"nuisance.{frame[0]}", frame[1])
+        where = ""
+        if frame is not None:
+            t = re.search(r"\[(\d+)\]", frame[0])
+            where = f" (frame {t.group(1)}: nuisance {frame[0]} = {frame[1]})" if t else f" (nuisance {frame[0]} = {frame[1]})"
+        hid = h.get("id", "?")
+        label = f"{names[hid]} ({hid})" if hid in names and names[hid] != hid else str(hid)
+        raise InputError(
+            f"the score of hypothesis {label} is not finite: {field} = {value}{where}; nothing was written. The "
+            "frames are outside what the model can score (check their counts, dose and sampling against BEAM.json)"
+        )
+    rest = _first_nonfinite({k: v for k, v in out.items() if k != "hypotheses"})
+    if rest is not None:
+        raise InputError(f"the result is not finite: {rest[0]} = {rest[1]}; nothing was written")
+
+
 def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int = 0, progress=None,
-              scorer: str = "laplace") -> ScoreResult:
-    """Simulate every hypothesis under ``bf``, score ``counts`` and (HRTEM) propose the next defocus."""
-    if scorer not in SCORERS:  # before the simulations
+              scorer: str = "laplace", where: str = "frames") -> ScoreResult:
+    """Simulate every hypothesis under ``bf``, score ``counts`` and (HRTEM) propose the next defocus.
+
+    ``counts`` are checked first (:func:`check_frame_counts`; ``where`` names their file in errors),
+    and the scorer's name, before any simulation.
+    """
+    if scorer not in SCORERS:
         raise InputError(f"unknown scorer {scorer!r}: expected one of {SCORERS}")
+    check_frame_counts(counts, where)
     cell = _shared_cell(hyps)
     shape = counts.shape[1:]
     _check_frame_geometry(cell, shape, bf.sampling)
-    grid = make_grid(extent=cell[:2], sampling=min(bf.sim_sampling, 0.5 * min(bf.sampling)))
+    sim_sampling = min(bf.sim_sampling, 0.5 * min(bf.sampling))
+    try:
+        grid = make_grid(extent=cell[:2], sampling=sim_sampling)
+    except InputError as exc:  # a grid too large: say which setting asked for it
+        what = "BEAM.json simulation.sampling" if sim_sampling == bf.sim_sampling else "half the frame sampling"
+        raise InputError(f"the simulation grid ({what}, {sim_sampling:g} Å): {exc}") from None
     mode = bf.beam.detector.mode
     it = progress(hyps.specimens) if progress else hyps.specimens
     if mode == "hrtem":

@@ -32,6 +32,7 @@ frame.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from pathlib import Path
 
@@ -110,6 +111,67 @@ class LibrarySpec:
     source: str = ""
 
 
+#: Numbers of the spec and what they must be: "length" > 0, "extent" >= 0 (vacuum, least sizes),
+#: "count" a whole number >= 1, "index" a whole number >= 0, "fraction" in [0, 1), "temperature" > 0.
+_HOST_NUMBERS = {
+    "bulk": {"a": ("length", "Å"), "c": ("length", "Å")},
+    "mx2": {"a": ("length", "Å"), "thickness": ("length", "Å"), "vacuum": ("extent", "Å")},
+    "file": {"index": ("index", "")},
+}
+_SLAB_NUMBERS = {"min_slab_size": ("length", "Å"), "min_vacuum_size": ("extent", "Å")}
+_GENERATOR_NUMBERS = {
+    "count": ("count", ""), "tol": ("length", "Å"), "min_distance": ("length", "Å"), "merge": ("extent", "Å"),
+    "distance": ("length", "Å"),
+}  # fmt: skip
+_ORIENTATION_NUMBERS = {"beam_repeats": ("count", ""), "vacuum": ("extent", "Å"), "min_vacuum": ("extent", "Å")}
+_RELAX_NUMBERS = {"fmax": ("length", "eV/Å"), "steps": ("index", ""), "fix_fraction": ("fraction", "")}
+_KINDS = {
+    "length": "a positive finite number", "extent": "a finite number >= 0", "count": "a whole number >= 1",
+    "index": "a whole number >= 0", "fraction": "a number in [0, 1)", "temperature": "a positive finite number",
+    "integer": "a whole number",
+}  # fmt: skip
+
+
+def _number(v, path: str, kind: str, unit: str, src: str) -> float:
+    """``v`` checked as ``kind`` (see :data:`_KINDS`); errors name the file and the field path."""
+    x = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+    ok = math.isfinite(x) and {
+        "length": x > 0, "extent": x >= 0, "count": x >= 1 and x == int(x), "index": x >= 0 and x == int(x),
+        "fraction": 0 <= x < 1, "temperature": x > 0, "integer": x == int(x),
+    }[kind]  # fmt: skip
+    if not ok:
+        u = f" [{unit}]" if unit else ""
+        raise InputError(f"{src}: {path} must be {_KINDS[kind]}{u}, got {v!r}")
+    return x
+
+
+def _numbers(d: dict, table: dict, where: str, src: str) -> None:
+    for k, (kind, unit) in table.items():
+        if k in d:
+            _number(d[k], f"{where}.{k}", kind, unit, src)
+
+
+def _list_of(v, n: int | None, path: str, kind: str, unit: str, src: str, shape: str) -> list[float]:
+    if not isinstance(v, (list, tuple)) or (n is not None and len(v) != n):
+        raise InputError(f"{src}: {path} must be {shape}, got {v!r}")
+    return [_number(x, f"{path}[{i}]", kind, unit, src) for i, x in enumerate(v)]
+
+
+def _check_lattice(lat, path: str, src: str) -> None:
+    """3 positive lengths [Å], or a 3x3 matrix of finite numbers whose rows have positive length."""
+    if isinstance(lat, (list, tuple)) and len(lat) == 3 and all(isinstance(r, (list, tuple)) for r in lat):
+        for i, row in enumerate(lat):
+            if len(row) != 3:
+                raise InputError(f"{src}: {path}[{i}] must be a lattice vector of 3 numbers [Å], got {row!r}")
+            for j, x in enumerate(row):
+                if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
+                    raise InputError(f"{src}: {path}[{i}][{j}] must be a finite number [Å], got {x!r}")
+            if math.hypot(*(float(x) for x in row)) <= 0:
+                raise InputError(f"{src}: {path}[{i}] is a lattice vector of length 0; each must have a positive length [Å]")
+        return
+    _list_of(lat, 3, path, "length", "Å", src, "3 positive lengths [Å] or a 3x3 matrix of row vectors [Å]")
+
+
 def _freeze(v):
     if isinstance(v, dict):
         return tuple(sorted((str(k), _freeze(x)) for k, x in v.items()))
@@ -167,12 +229,18 @@ def _family(d: dict, src: str, k: int) -> FamilySpec:
         need = {"bulk": {"name"}, "cell": {"lattice", "species", "frac_coords"}, "file": {"path"}}.get(b, set())
         if need - set(host):
             raise InputError(f"{src}: {where} host ({b}) needs {sorted(need - set(host))}")
+        _numbers(host, _HOST_NUMBERS.get(b, {}), f"{where} host", src)
+        if b == "cell":
+            _check_lattice(host["lattice"], f"{where} host.lattice", src)
+        if "cubic" in host and not isinstance(host["cubic"], bool):
+            raise InputError(f"{src}: {where} host.cubic must be true or false, got {host['cubic']!r}")
     sources = d.get("sources", [])
     sources = [sources] if isinstance(sources, str) else list(sources)
     if not host and not sources:
         raise InputError(f"{src}: {where} needs a host table or sources (files to ingest)")
     slab = _table(d.get("slab"), f"{where} slab", src)
     _keys(slab, {"miller", "min_slab_size", "min_vacuum_size", "termination", "all_terminations"}, f"{where} slab", src)
+    _numbers(slab, _SLAB_NUMBERS, f"{where} slab", src)
     gens = []
     for j, g in enumerate(d.get("generate", [])):
         g = _table(g, f"{where} generate #{j}", src)
@@ -183,19 +251,34 @@ def _family(d: dict, src: str, k: int) -> FamilySpec:
         missing = sorted(_REQUIRED.get(kind, set()) - set(g))
         if missing:
             raise InputError(f"{src}: {where} generate #{j} ({kind}) needs {missing}")
+        _numbers(g, _GENERATOR_NUMBERS, f"{where} generate #{j} ({kind})", src)
         gens.append((kind, _freeze({k: v for k, v in g.items() if k != "kind"})))
-    ori = _dataclass(OrientationConfig, _table(d.get("orientation"), f"{where} orientation", src), f"{where} orientation", src)
+    ori_d = _table(d.get("orientation"), f"{where} orientation", src)
+    _numbers(ori_d, _ORIENTATION_NUMBERS, f"{where} orientation", src)
+    if "min_lengths" in ori_d:
+        _list_of(ori_d["min_lengths"], 2, f"{where} orientation.min_lengths", "extent", "Å", src, "[x, y] [Å]")
+    if "zone_axis" in ori_d:
+        za = _list_of(ori_d["zone_axis"], 3, f"{where} orientation.zone_axis", "integer", "", src, "[u, v, w]")
+        if not any(za):
+            raise InputError(f"{src}: {where} orientation.zone_axis must not be [0, 0, 0]")
+    ori = _dataclass(OrientationConfig, ori_d, f"{where} orientation", src)
     if ori.mode not in ("zone_axis", "as_is"):
         raise InputError(f"{src}: {where} orientation mode must be 'zone_axis' or 'as_is', got {ori.mode!r}")
     relax = None
     if d.get("relax") is not None:
-        relax = _dataclass(RelaxConfig, _table(d["relax"], f"{where} relax", src), f"{where} relax", src)
+        relax_d = _table(d["relax"], f"{where} relax", src)
+        _numbers(relax_d, _RELAX_NUMBERS, f"{where} relax", src)
+        relax = _dataclass(RelaxConfig, relax_d, f"{where} relax", src)
     pri = dict(_table(d.get("priors"), f"{where} priors", src))
     refs = tuple(pri.pop("reference_molecules", ()))
     dmu = tuple(sorted((str(a), float(b)) for a, b in dict(pri.pop("delta_mu", {})).items()))
+    if "temperature" in pri:
+        _number(pri["temperature"], f"{where} priors.temperature", "temperature", "K", src)
     priors = _dataclass(PriorConfig, pri, f"{where} priors", src)
-    sc = tuple(int(x) for x in d.get("supercell", (1, 1, 1)))
-    dw = tuple(sorted((str(a), float(b)) for a, b in _table(d.get("dw_sigmas"), f"{where} dw_sigmas", src).items()))
+    sc_v = d.get("supercell", [1, 1, 1])
+    sc = tuple(int(x) for x in _list_of(sc_v, 3, f"{where} supercell", "count", "", src, "[n1, n2, n3]"))
+    dw_d = _table(d.get("dw_sigmas"), f"{where} dw_sigmas", src)
+    dw = tuple(sorted((str(a), _number(b, f"{where} dw_sigmas.{a}", "extent", "Å", src)) for a, b in dw_d.items()))
     return FamilySpec(
         name=str(name),
         host=_freeze(host),

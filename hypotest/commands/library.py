@@ -1,17 +1,22 @@
 """``hypotest library``: build, list, show, add to and export hypothesis libraries.
 
-    hypotest library build SPEC.toml --out LIB.h5
+    hypotest library build SPEC.toml --out LIB.h5 [--force]
     hypotest library list LIB.h5 [--family NAME]
     hypotest library show LIB.h5 ID
     hypotest library add LIB.h5 FILES... --family NAME [--zone-axis U V W ...]
     hypotest library export LIB.h5 --format extxyz|cif --out DIR [--family NAME]
 
 Errors are :class:`forward.InputError`; ``hypotest``'s main prints them as
-``hypotest library: error: ...`` and exits with status 2.
+``hypotest library: error: ...`` and exits with status 2. Output paths are checked before any
+work (:mod:`hypotest.outputs`): ``build`` does not replace an existing library without
+``--force``; a directory, a path under a file or an unwritable place is refused; library files
+are written under a temporary name and renamed, exported files collected in a temporary
+directory and moved into ``--out`` when all are written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import numpy as np
@@ -33,6 +38,7 @@ def register(subparsers) -> None:
     b = sub.add_parser("build", help="build a library from a TOML spec")
     b.add_argument("spec", help="TOML spec (see library/builtin/*.toml)")
     b.add_argument("--out", required=True, help="library file to write (HDF5)")
+    b.add_argument("--force", action="store_true", help="replace --out if it exists")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=_build)
 
@@ -73,13 +79,26 @@ def _no_subcommand(args) -> int:
     return 2
 
 
+@contextlib.contextmanager
+def _writing(path: str, what: str):
+    """An OSError while writing ``path`` (after the up-front check: a full disk, a race) is an InputError."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+
+
 def _build(args) -> int:
+    from hypotest.outputs import check_output_file
     from library.build import build_library
+
+    check_output_file(args.out, force=args.force, example="library.h5")
 
     def report(name: str, n: int) -> None:
         print(f"family {name!r}: {n} hypotheses", file=sys.stderr)
 
-    out = build_library(args.spec, args.out, progress=not args.no_progress, on_family=report)
+    with _writing(args.out, "--out"):
+        out = build_library(args.spec, args.out, progress=not args.no_progress, on_family=report)
     print(f"wrote {out}")
     return 0
 
@@ -149,6 +168,7 @@ def _mu(items) -> tuple[tuple[str, float], ...]:
 
 
 def _add(args) -> int:
+    from hypotest.outputs import check_output_file
     from library.build import add_to_library
     from library.priors import PriorConfig
     from library.spec import OrientationConfig
@@ -164,9 +184,12 @@ def _add(args) -> int:
     else:
         ori = OrientationConfig(mode="as_is")
     pri = PriorConfig(kind=args.priors, temperature=args.temperature, chemical_potentials=_mu(args.mu))
-    out, added = add_to_library(
-        args.library, args.files, family=args.family, orientation=ori, priors=pri, allow_mixed_cells=args.allow_mixed_cells
-    )
+    check_output_file(args.library, option="library", example="library.h5")  # it is rewritten
+    with _writing(args.library, "library"):
+        out, added = add_to_library(
+            args.library, args.files, family=args.family, orientation=ori, priors=pri,
+            allow_mixed_cells=args.allow_mixed_cells,
+        )  # fmt: skip
     for e in added:
         print(f"added {e.id}  {e.name}")
     print(f"wrote {out}")
@@ -174,9 +197,13 @@ def _add(args) -> int:
 
 
 def _export(args) -> int:
+    from hypotest.outputs import atomic_dir
     from library.export import export_library
+    from library.format import open_library
 
-    paths = export_library(args.library, args.format, args.out, family=args.family)
+    open_library(args.library).close()  # a missing or broken library is reported before --out is touched
+    with atomic_dir(args.out) as tmp, _writing(args.out, "--out"):
+        paths = export_library(args.library, args.format, tmp, family=args.family)
     print(f"wrote {len(paths)} file(s) to {args.out}")
     return 0
 

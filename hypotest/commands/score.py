@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 
@@ -36,8 +34,16 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from hypotest.beamfile import read_beam_file
-    from hypotest.scoring import load_hypotheses_for_scoring, proposal_beams, read_frames, run_score
+    from hypotest.outputs import check_output_file, write_file_atomic
+    from hypotest.scoring import (
+        check_result_finite,
+        load_hypotheses_for_scoring,
+        proposal_beams,
+        read_frames,
+        run_score,
+    )
 
+    check_output_file(args.out, example="result.json")  # before any work: a run must not end in "cannot write"
     bf = read_beam_file(args.beam)
     counts = read_frames(args.frames)
     hyps = load_hypotheses_for_scoring(args.library)
@@ -45,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     def progress(xs):
         return tqdm(xs, desc="simulating hypotheses", unit="hyp", disable=args.no_progress)
 
-    result = run_score(hyps, counts, bf, seed=args.seed, progress=progress, scorer=args.scorer)
+    result = run_score(hyps, counts, bf, seed=args.seed, progress=progress, scorer=args.scorer, where=str(args.frames))
     out = result.to_json_dict()
     names = dict(zip(hyps.ids, hyps.names))
     for h in out["hypotheses"]:
@@ -54,11 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for prop in out["proposals"]:
         prop["aberrations"] = cands[prop["index"]]
     out["inputs"] = {"library": str(args.library), "frames": str(args.frames), "beam": str(args.beam)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=".result-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(tmp, args.out)  # atomic: a failed run leaves no half-written result
+    check_result_finite(out, names)  # JSON has no NaN: a non-finite score is an error, never a file
+    write_file_atomic(args.out, json.dumps(out, indent=2, allow_nan=False))  # a failed run leaves nothing
     best = out["best"]
     print(
         f"best: {names[best]} ({best}) P = {max(h['posterior'] for h in out['hypotheses']):.4f}; "

@@ -32,23 +32,31 @@ def run_show(args: argparse.Namespace) -> int:
         fates[str(f["fate"] or "in flight")] = fates.get(str(f["fate"] or "in flight"), 0) + 1
     print(f"session {r.dir}  library {r.config.get('library')}  source {r.config.get('source', {}).get('kind')}")
     print(f"frames received {len(r.frames)}: " + ", ".join(f"{k} {v}" for k, v in sorted(fates.items())))
-    print(f"steps {len(r.steps)}, dose used {sum(s['dose_e_per_A2'] for s in r.steps):g} e-/Å², change points {r.change_points}")
+    print(f"steps {len(r.steps)}, dose used {sum(s.get('dose_e_per_A2', 0.0) for s in r.steps):g} e-/Å², "
+          f"change points {r.change_points}")  # fmt: skip
     bad = [e for e in r.events if e["kind"] == "bad_message"]
     if bad:
-        print(f"bad messages {len(bad)}: last: {bad[-1]['reason']}")
-    if r.truncated:
-        print(f"note: the last record line was cut by a crash and is ignored ({len(r.truncated)} bytes)")
+        print(f"bad messages {len(bad)}: last: {bad[-1].get('reason', '')}")
+    for dmg in r.damaged:  # a line cut by a crash, or one damaged on disk: ignored, never fatal
+        cut = "cut by a crash?" in dmg["reason"]
+        print(f"note: record line {dmg['line']} is {'cut by a crash' if cut else 'damaged'} and is ignored"
+              f"{'' if cut else ': ' + dmg['reason']}")  # fmt: skip
     if r.steps:
         post = r.posterior[-1]
         print("\nposterior at the last step:")
+        rejected = r.steps[-1].get("rejected", {})
         for i in sorted(range(len(r.ids)), key=lambda i: -(post[i] if post[i] == post[i] else -1)):
-            rej = r.steps[-1]["rejected"].get(r.ids[i], "")
+            rej = str(rejected.get(r.ids[i], ""))
             print(f"  {post[i]:8.5f}  {r.names[i][:52]:<52} {'REJECTED: ' + rej if rej else ''}")
         print(f"\nlast {min(args.steps, len(r.steps))} steps:")
         for s in r.steps[-args.steps :]:
-            best = r.names[r.ids.index(s["map_state"])]
-            print(f"  step {s['step']:4d}  frames {len(s['frames'])}  [{s['beam_label']}]  best {best[:40]:<40} "
-                  f"P={max(p for p in s['posterior'] if p is not None):.4f}  {s['latency_s']['total'] * 1e3:.0f} ms")  # fmt: skip
+            ms = s.get("map_state")
+            best = r.names[r.ids.index(ms)] if ms in r.ids else "?"
+            ps = [p for p in s["posterior"] if p is not None]
+            total = s.get("latency_s", {}).get("total")
+            print(f"  step {s['step']:4d}  frames {len(s['frames'])}  [{s.get('beam_label', '')}]  best {best[:40]:<40} "
+                  f"P={max(ps) if ps else float('nan'):.4f}  "
+                  f"{'-' if not isinstance(total, (int, float)) else f'{total * 1e3:.0f}'} ms")  # fmt: skip
     d = r.decision
     print(f"\ndecision: {d['name']} (P = {d['posterior']:.4f}) at step {d['step']}" if d else "\ndecision: none yet")
     if r.truth is not None:

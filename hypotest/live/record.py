@@ -162,6 +162,9 @@ class SessionData:
         truth: ``{"frames": [{"source_id", "state", "id", "name"}], "states": [...]}`` from the
             ``truth.jsonl`` a simulated microscope writes (the session never reads it), or None.
         truncated: the text of a truncated last line, if the writer was killed mid-line.
+        damaged: every line ignored, ``{"line": n (1-based), "reason": str, "text": its first 80
+            characters}``: a line cut by a crash, or one that is not a JSON object with a ``kind``
+            and the fields its kind needs (a record edited or damaged on disk).
     """
 
     dir: Path
@@ -178,18 +181,25 @@ class SessionData:
     events: list[dict]
     truth: dict | None
     truncated: str | None
+    damaged: list[dict] = dataclasses.field(default_factory=list)
 
     def frame(self, index: int) -> np.ndarray:
         """The counts of received frame ``index`` (as received: dtype and shape)."""
-        if not 0 <= index < len(self.frame_lines):
-            raise InputError(f"frame index {index} out of range: the record holds {len(self.frame_lines)} frames")
-        fl = self.frame_lines[index]
+        fl = self.frame_lines[index] if 0 <= index < len(self.frame_lines) else None
+        if fl is None or fl["index"] != index:  # a damaged frame line shifted the list
+            fl = next((x for x in self.frame_lines if x["index"] == index), None)
+        if fl is None:
+            raise InputError(f"frame index {index} out of range or its record line is damaged: the record holds "
+                             f"{len(self.frame_lines)} frames")  # fmt: skip
         with open(self.dir / "frames.bin", "rb") as f:
             f.seek(fl["offset"])
             data = f.read(fl["nbytes"])
         if len(data) != fl["nbytes"]:
             raise InputError(f"{self.dir / 'frames.bin'}: frame {index} is truncated ({len(data)} of {fl['nbytes']} bytes)")
-        return np.frombuffer(data, dtype=np.dtype(fl["dtype"])).reshape(fl["shape"])
+        try:
+            return np.frombuffer(data, dtype=np.dtype(fl["dtype"])).reshape(fl["shape"])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{self.dir / 'record.jsonl'}: the line of frame {index} is damaged ({exc})") from None
 
     def unscored_frames(self) -> list[int]:
         """Frames received but not scored: in flight when the process died (no fate) or left
@@ -202,37 +212,155 @@ class SessionData:
         return d[-1] if d else None
 
 
-def load_record(directory) -> SessionData:
-    """Read a session directory written by :class:`SessionWriter`."""
-    d = Path(directory)
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _str(v) -> bool:
+    return isinstance(v, str)
+
+
+def _opt(check):
+    return lambda v: v is None or check(v)
+
+
+def _list_of(check):
+    return lambda v: isinstance(v, list) and all(check(x) for x in v)
+
+
+def _dict(v) -> bool:
+    return isinstance(v, dict)
+
+
+def _count(v) -> bool:
+    return _is_int(v) and v >= 0
+
+
+#: What each kind of record line must hold for :func:`load_record` and its readers (``session
+#: show``, replay, resume): field -> check. A line lacking a required field, or holding a field
+#: of the wrong type, is damaged: reported and ignored, never a crash.
+_REQUIRED_FIELDS = {
+    "frame": {"index": _count, "source_id": _is_int, "offset": _count, "nbytes": _count,
+              "shape": _list_of(_count), "dtype": _str},
+    "step": {"step": _count, "frames": _list_of(_count), "ids": _list_of(_str), "posterior": _list_of(_opt(_is_num))},
+    "fate": {"index": _count, "fate": _str},
+    "rejection": {"id": _str},
+    "beam": {"beam": _dict, "label": _str},
+    "hypothesis_added": {"id": _str, "name": _str},
+    "hypothesis_dropped": {"id": _str},
+    "decision": {"id": _str, "name": _str, "posterior": _is_num, "step": _count},
+}  # fmt: skip
+_OPTIONAL_FIELDS = {
+    "frame": {"beam": _opt(_dict), "beam_label": _opt(_str), "t_source": _opt(_is_num), "t_received": _opt(_is_num)},
+    "step": {"log_evidence": _list_of(_opt(_is_num)), "beam": _dict, "dose_e_per_A2": _is_num, "coalesced": _count,
+             "rejected": _dict, "latency_s": _dict, "map_state": _opt(_str), "beam_label": _opt(_str),
+             "segment_start": _count},
+    "hypothesis_added": {"step": _count, "prior": _is_num, "structure": _dict},
+    "hypothesis_dropped": {"step": _count},
+}  # fmt: skip
+
+
+def _line_problem(e) -> str | None:
+    """Why a parsed record line cannot be used, or None."""
+    if not isinstance(e, dict):
+        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(e), "null")
+        return f"not a JSON object (a JSON {kind})"
+    k = e.get("kind")
+    if not isinstance(k, str):
+        return "no 'kind'" if k is None else f"'kind' is not a string ({k!r:.40})"
+    for f, ok in _REQUIRED_FIELDS.get(k, {}).items():
+        if f not in e:
+            return f"a {k!r} line without {f!r}"
+        if not ok(e[f]):
+            return f"a {k!r} line whose {f!r} is {e[f]!r:.40}"
+    for f, ok in _OPTIONAL_FIELDS.get(k, {}).items():
+        if f in e and not ok(e[f]):
+            return f"a {k!r} line whose {f!r} is {e[f]!r:.40}"
+    if k == "step" and len(e["ids"]) != len(e["posterior"]):
+        return f"a 'step' line with {len(e['ids'])} ids and {len(e['posterior'])} posterior values"
+    if k == "step" and "log_evidence" in e and len(e["log_evidence"]) != len(e["ids"]):
+        return f"a 'step' line with {len(e['ids'])} ids and {len(e['log_evidence'])} log evidence values"
+    return None
+
+
+def _load_config(d: Path) -> dict:
     try:
         config = json.loads((d / "session.json").read_text())
     except FileNotFoundError:
         raise InputError(f"{d}: not a session directory (no session.json)") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"{d / 'session.json'} is corrupt: {exc}") from None
-    if config.get("schema") != SCHEMA:
-        raise InputError(f"{d / 'session.json'}: schema {config.get('schema')!r}, expected {SCHEMA!r}")
+    except OSError as exc:
+        raise InputError(f"{d / 'session.json'}: cannot read it ({exc.strerror or exc})") from None
+    if not isinstance(config, dict) or config.get("schema") != SCHEMA:
+        got = config.get("schema") if isinstance(config, dict) else f"a JSON {type(config).__name__}"
+        raise InputError(f"{d / 'session.json'}: schema {got!r}, expected {SCHEMA!r}")
+    hyps = config.get("hypotheses")
+    if not (isinstance(hyps, list) and all(isinstance(h, dict) and isinstance(h.get("id"), str)
+                                           and isinstance(h.get("name"), str) for h in hyps)):  # fmt: skip
+        raise InputError(f"{d / 'session.json'} is corrupt: 'hypotheses' must be a list of {{id, name, ...}} objects")
+    return config
+
+
+def _load_truth(path: Path) -> dict | None:
+    """A simulated microscope's truth, one line per frame it emitted; damaged lines are skipped."""
+    if not path.exists():
+        return None
+    tl = []
+    for x in path.read_text(errors="replace").splitlines():
+        try:
+            t = json.loads(x)
+        except (json.JSONDecodeError, RecursionError):
+            continue  # a line cut by a kill
+        if isinstance(t, dict) and isinstance(t.get("name"), str):
+            tl.append(t)
+    return {"frames": tl, "states": sorted({x["name"] for x in tl})}
+
+
+def load_record(directory) -> SessionData:
+    """Read a session directory written by :class:`SessionWriter`.
+
+    A line that cannot be used (cut by a crash, not a JSON object with a ``kind``, or lacking a
+    field its kind needs) is ignored and listed in ``damaged``; it never stops the reading."""
+    d = Path(directory)
+    config = _load_config(d)
     ids = [h["id"] for h in config["hypotheses"]]
     names = [h["name"] for h in config["hypotheses"]]
-    lines, truncated = [], None
-    text = (d / "record.jsonl").read_text() if (d / "record.jsonl").exists() else ""
-    raw = text.split("\n")
-    for ln in raw:
+    lines, truncated, damaged = [], None, []
+    try:
+        text = (d / "record.jsonl").read_text(errors="replace") if (d / "record.jsonl").exists() else ""
+    except OSError as exc:
+        raise InputError(f"{d / 'record.jsonl'}: cannot read it ({exc.strerror or exc})") from None
+    for n, ln in enumerate(text.split("\n"), start=1):
         if not ln.strip():
             continue
         try:
-            lines.append(json.loads(ln))
-        except json.JSONDecodeError:
+            e = json.loads(ln)
+        except (json.JSONDecodeError, RecursionError):
             # a line cut by a crash: the last line, or followed by the lines of a resumed session
             truncated = ln
+            damaged.append({"line": n, "reason": "not valid JSON (cut by a crash?)", "text": ln[:80]})
+            continue
+        why = _line_problem(e)
+        if why is not None:
+            damaged.append({"line": n, "reason": why, "text": ln[:80]})
+            continue
+        lines.append((e, n))
     steps, rejections, events, frame_lines = [], [], [], []
     fate: dict[int, dict] = {}
-    for e in lines:
+    for e, n in lines:
         k = e["kind"]
         if k == "frame":
             frame_lines.append(e)
         elif k == "step":
+            unknown = sorted(set(e["ids"]) - set(ids))
+            if unknown:
+                damaged.append({"line": n, "reason": f"a 'step' line naming unknown hypotheses {unknown[:3]}", "text": ""})
+                continue
             steps.append(e)
             for j in e["frames"]:
                 fate[j] = {"fate": "scored" if len(e["frames"]) == 1 else "coalesced", "step": e["step"], "reason": ""}
@@ -245,6 +373,7 @@ def load_record(directory) -> SessionData:
                 ids.append(e["id"])
                 names.append(e["name"])
             events.append(e)
+    damaged.sort(key=lambda x: x["line"])
     frame_lines.sort(key=lambda f: f["index"])
     frames = [
         {"index": f["index"], "source_id": f["source_id"], **fate.get(f["index"], {"fate": None, "step": None, "reason": ""})}
@@ -260,12 +389,8 @@ def load_record(directory) -> SessionData:
         if st.get("segment_start", 0) > seg:
             seg = st["segment_start"]
             cps.append(seg)
-    truth = None
-    if (d / "truth.jsonl").exists():  # a simulated microscope's truth, one line per frame it emitted
-        tl = [json.loads(x) for x in (d / "truth.jsonl").read_text().splitlines() if x.strip().endswith("}")]
-        truth = {"frames": tl, "states": sorted({x["name"] for x in tl})}
     return SessionData(
         dir=d, config=config, ids=ids, names=names, steps=steps, posterior=post, map_states=map_states,
         change_points=cps, rejections=rejections, frames=frames, frame_lines=frame_lines, events=events,
-        truth=truth, truncated=truncated,
+        truth=_load_truth(d / "truth.jsonl"), truncated=truncated, damaged=damaged,
     )  # fmt: skip
