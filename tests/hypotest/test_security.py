@@ -13,15 +13,22 @@ import base64
 import json
 import os
 import socket
+import threading
+import time
 
 import httpx
 import numpy as np
 import pytest
 
 from forward import InputError
+from hypotest.cli import main
 from hypotest.dashboard import serve
+from hypotest.live.events import BadMessage, RawFrame, StreamEvent
 from hypotest.live.sessions import make_demo_session
+from hypotest.live.zmqauth import is_local_endpoint, make_stream_keys
+from hypotest.live.zmqstream import ZmqSource, send_frames
 
+ANY = "tcp://127.0.0.1:*"
 DEMO = dict(seed=0, frame_rate_hz=1.0, dose=4.0, auto_apply=False, stop_on_decision=False, max_frames=2000)
 EVIL = "evil.example"
 
@@ -226,3 +233,143 @@ def test_structure_requests_take_atoms_not_server_files(client):
     assert r.status_code == 422, r.text
     msg = r.json()["detail"][0]["msg"]
     assert "does not read structure files on the server" in msg and "'positions' ([n, 3] Å) and 'numbers'" in msg
+
+
+# ------------------------------------------------------------------------------ ZeroMQ stream
+
+
+
+def _collect(src, until, timeout_s=30.0):
+    events, t_end = [], time.monotonic() + timeout_s
+    while not until(events) and time.monotonic() < t_end:
+        events += src.poll(0.05)
+    return events
+
+
+def _in_thread(fn, *args, **kwargs):
+    result = {}
+
+    def target():
+        try:
+            result["report"] = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (the test looks at it)
+            result["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, result
+
+
+@pytest.mark.parametrize("address", ["tcp://0.0.0.0:*", "tcp://*:*", "tcp://eth0:*", "tcp://192.0.2.1:5555"])
+def test_stream_refuses_a_network_address_without_keys(address):
+    with pytest.raises(InputError, match=r"is not a loopback address: ZeroMQ does not authenticate peers, so anyone who "
+                                         r"can reach the port can inject frames into the session.*--curve-key "
+                                         r"RECEIVER.key_secret --curve-clients DIR.*--allow-remote-stream"):  # fmt: skip
+        ZmqSource(address)
+    with pytest.raises(InputError, match=r"'tcp://0.0.0.0:\*' is not a loopback address"):
+        ZmqSource(ANY, control_address="tcp://0.0.0.0:*")
+    with pytest.raises(InputError, match=r"is not a loopback address: .*take the frames or send beam commands"):
+        send_frames(np.zeros((1, 2, 2), np.uint16), address, connect=False)
+
+
+def test_allow_remote_states_the_risk_and_passes_the_check():
+    # An unresolvable name: the check is passed, then the bind itself fails (nothing is exposed).
+    with pytest.raises(InputError, match=r"cannot bind data address 'tcp://no-such-host.invalid:\*'"):
+        ZmqSource("tcp://no-such-host.invalid:*", allow_remote=True)
+    with ZmqSource("tcp://localhost:*") as src:  # loopback needs nothing
+        assert src.address.startswith("tcp://127.0.0.1:")
+    local = ["tcp://127.0.0.1:5555", "tcp://127.3.0.1:*", "tcp://localhost:1", "tcp://[::1]:5555", "ipc:///tmp/x",
+             "inproc://x", "tcp://127.0.0.1:5;127.0.0.1:6"]  # fmt: skip
+    remote = ["tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://[::]:1", "tcp://eth0:1", "tcp://host.lab:1",
+              "tcp://127.0.0.1:5;10.0.0.1:6", "pgm://eth0;239.192.1.1:5555", "tcp://::1:5555"]  # fmt: skip
+    assert [is_local_endpoint(a) for a in local] == [True] * len(local)
+    assert [is_local_endpoint(a) for a in remote] == [False] * len(remote)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    clients = d / "clients"
+    assert main(["stream", "keys", str(d), "--name", "receiver"]) == 0
+    assert main(["stream", "keys", str(clients), "--name", "camera1"]) == 0
+    make_stream_keys(d / "strangers", "stranger")
+    return d, clients
+
+
+def test_stream_keys_cli_writes_a_pair_and_never_overwrites(keys, capsys):
+    d, clients = keys
+    assert (d / "receiver.key").read_text().count("secret-key") == 0
+    assert "secret-key" in (d / "receiver.key_secret").read_text()
+    assert (d / "receiver.key_secret").stat().st_mode & 0o777 == 0o600
+    assert main(["stream", "keys", str(d), "--name", "receiver"]) == 2
+    assert "receiver.key exists; choose another --name" in capsys.readouterr().err
+
+
+def test_curve_stream_admits_the_known_sender_only(keys):
+    d, clients = keys
+    frames = np.arange(3 * 4 * 3, dtype=np.uint16).reshape(3, 4, 3)
+    with ZmqSource(ANY, control_address=ANY, curve_key=d / "receiver.key_secret", curve_clients=clients) as src:
+        # a sender without keys, then one with a key the receiver does not know: refused, precisely
+        # (which handshake failure each side sees first is a race in ZeroMQ: both forms are precise)
+        with pytest.raises(InputError, match=r"the receiver at tcp://127.0.0.1:\d+ (requires CURVE keys|failed the "
+                                             r"ZeroMQ handshake 3 times in a row: it may require CURVE keys): "
+                                             r"--curve-key SENDER.key_secret --curve-server-key RECEIVER.key"):  # fmt: skip
+            send_frames(frames, src.address, send_timeout=20)
+        with pytest.raises(InputError, match=r"refused this sender's CURVE key: copy this sender's public certificate"):
+            send_frames(frames, src.address, curve_key=d / "strangers" / "stranger.key_secret",
+                        curve_server_key=d / "receiver.key", send_timeout=20)  # fmt: skip
+        refused = _collect(src, lambda ev: len([e for e in ev if isinstance(e, BadMessage)]) >= 3, timeout_s=3)
+        reasons = [e.reason for e in refused if isinstance(e, BadMessage)]
+        plain = ("refused a sender without CURVE keys: this stream needs them",
+                 "refused a connection: the ZeroMQ handshake failed before CURVE authentication (a sender without")
+        assert any(r.startswith(plain) for r in reasons), reasons
+        assert any(r.startswith("refused a sender: its CURVE public key is not among the accepted keys") for r in reasons)
+        assert not [e for e in refused if isinstance(e, (RawFrame, StreamEvent))]  # no frame, no "connected"
+        # the known sender: frames arrive, named by its key; the control channel reaches it
+        assert src.apply_beam({"energy": 80000, "dose": 40, "sampling": 0.1})
+        seen = []
+        t, res = _in_thread(send_frames, frames, src.address, rate_hz=20.0, control_address=src.control_address,
+                            on_beam=seen.append, curve_key=clients / "camera1.key_secret",
+                            curve_server_key=d / "receiver.key")  # fmt: skip
+        events = _collect(src, lambda ev: any(isinstance(e, StreamEvent) and e.kind == "disconnected" for e in ev))
+        t.join(30)
+    assert "error" not in res, res.get("error")
+    got = [e for e in events if isinstance(e, RawFrame)]
+    assert [f.meta["frame_id"] for f in got] == [0, 1, 2] and all(f.meta["curve_sender"] == "camera1" for f in got)
+    np.testing.assert_array_equal(got[2].counts, frames[2])
+    assert seen == [{"energy": 80000, "dose": 40, "sampling": 0.1}]
+
+
+def test_curve_arguments_are_checked(keys, tmp_path):
+    d, clients = keys
+    with pytest.raises(InputError, match=r"CURVE needs both curve_key .* and curve_clients"):
+        ZmqSource(ANY, curve_key=d / "receiver.key_secret")
+    with pytest.raises(InputError, match=r"receiver key '.*receiver.key' holds only a public key; give the secret"):
+        ZmqSource(ANY, curve_key=d / "receiver.key", curve_clients=clients)
+    with pytest.raises(InputError, match=r"curve clients '.*': no sender public keys \(\*.key\) in it"):
+        ZmqSource(ANY, curve_key=d / "receiver.key_secret", curve_clients=tmp_path)
+    with pytest.raises(InputError, match=r"sender key '.*nothing.key_secret': cannot read a ZeroMQ certificate"):
+        send_frames(np.zeros((1, 2, 2), np.uint16), "tcp://127.0.0.1:1", curve_key=tmp_path / "nothing.key_secret",
+                    curve_server_key=d / "receiver.key")  # fmt: skip
+
+
+def test_live_command_passes_the_stream_options(keys, tmp_path):
+    from hypotest.commands.live import open_source
+
+    d, clients = keys
+    with pytest.raises(InputError, match="is not a loopback address"):
+        open_source("zmq://tcp://0.0.0.0:*")
+    src = open_source(f"zmq://{ANY}", curve_key=d / "receiver.key_secret", curve_clients=clients)
+    try:
+        assert src._keys is not None and sorted(src._keys.clients.values()) == ["camera1"]
+    finally:
+        src.close()
+    np.save(tmp_path / "f.npy", np.zeros((2, 4, 3), np.uint16))
+    with ZmqSource(ANY, curve_key=d / "receiver.key_secret", curve_clients=clients, end_on_sender_end=True) as src:
+        argv = ["stream", "send", str(tmp_path / "f.npy"), "--address", src.address, "--sampling", "0.1",
+                "--curve-key", str(clients / "camera1.key_secret"), "--curve-server-key", str(d / "receiver.key")]
+        t, res = _in_thread(main, argv)
+        events = _collect(src, lambda ev: any(isinstance(e, StreamEvent) and e.kind == "end" for e in ev))
+        t.join(30)
+    assert res.get("report") == 0, res
+    assert [f.meta["curve_sender"] for f in events if isinstance(f, RawFrame)] == ["camera1", "camera1"]
