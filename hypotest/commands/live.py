@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-remote-stream", action="store_true",
                    help="zmq sources: a non-loopback address without CURVE (anyone reaching it can inject frames)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="a DNS name the dashboard is reached under besides localhost and IP addresses (repeatable)")
+                   help="a host name the dashboard may be reached under (Host header), besides localhost, loopback "
+                        "and the address it was reached at (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="dashboard host (other than loopback needs --token)")
     p.add_argument("--port", type=int, default=8765, help="dashboard port (0: any free port)")
     p.add_argument("--token", help="token for control actions; 'auto' makes one and prints it")
@@ -139,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
     from hypotest.live.sessions import LIBRARY_SETTINGS, make_demo_session
 
     from hypotest.dashboard import new_token
+    from hypotest.dashboard.guard import check_allowed_hosts
 
+    check_allowed_hosts(args.allowed_host)  # before the session directory is made
     token = new_token() if args.token == "auto" else args.token
     if args.source.startswith("sim"):
         if args.library not in LIBRARY_SETTINGS:
