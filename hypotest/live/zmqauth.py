@@ -158,7 +158,8 @@ def check_endpoints(addresses, *, curve: bool, allow_remote: bool, side: str) ->
         keys = "--curve-key RECEIVER.key_secret --curve-clients DIR (ZmqSource(curve_key=..., curve_clients=...))"
         risk = "anyone who can reach the port can inject frames into the session"
     else:
-        keys = "--curve-key SENDER.key_secret --curve-server-key RECEIVER.key (send_frames(curve_key=..., curve_server_key=...))"
+        keys = ("--curve-key SENDER.key_secret --curve-server-key RECEIVER.key "
+                "(send_frames(curve_key=..., curve_server_key=...))")  # fmt: skip
         risk = "anyone who can reach it can take the frames or send beam commands"
     raise InputError(
         f"{remote[0]!r} is not a loopback address: ZeroMQ does not authenticate peers, so {risk}. Use "

@@ -279,7 +279,8 @@ class ZmqSource:
                 self._alive(out, f"peer connected ({_endpoint(ev)})")
             elif kind & zmqauth.HANDSHAKE_FAILED:
                 clients = None if self._keys is None else self._keys.clients_dir
-                self._refused(zmqauth.refusal_reason(kind, ev["value"], curve=self._keys is not None, clients_dir=clients), out)
+                why = zmqauth.refusal_reason(kind, ev["value"], curve=self._keys is not None, clients_dir=clients)
+                self._refused(why, out)
         self._drain(out, limit=_MAX_BATCH)
         if self._ctrl is not None:
             self._serve_subscriptions()
