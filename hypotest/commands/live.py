@@ -30,6 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=Path, help="BEAM.json (required with a library file)")
     p.add_argument("--rate", type=float, default=None, help="replay / simulated frames per second")
     p.add_argument("--control", help="ZeroMQ control endpoint to send beam conditions to (zmq sources)")
+    p.add_argument("--curve-key", type=Path, metavar="RECEIVER.key_secret",
+                   help="zmq sources: CURVE secret certificate of this receiver (with --curve-clients)")
+    p.add_argument("--curve-clients", type=Path, metavar="DIR", help="zmq sources: the accepted senders' NAME.key files")
+    p.add_argument("--allow-remote-stream", action="store_true",
+                   help="zmq sources: a non-loopback address without CURVE (anyone reaching it can inject frames)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the dashboard may be reached under (Host header), besides localhost, loopback "
+                        "and the address it was reached at (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="dashboard host (other than loopback needs --token)")
     p.add_argument("--port", type=int, default=8765, help="dashboard port (0: any free port)")
     p.add_argument("--token", help="token for control actions; 'auto' makes one and prints it")
@@ -48,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def open_source(spec: str, *, rate=None, control=None, beam=None, sampling=None):
+def open_source(spec: str, *, rate=None, control=None, beam=None, sampling=None, curve_key=None, curve_clients=None,
+                allow_remote=False):  # fmt: skip
     """A frame source from its command-line form (module docstring)."""
     from forward import InputError
 
@@ -57,7 +66,8 @@ def open_source(spec: str, *, rate=None, control=None, beam=None, sampling=None)
 
         connect = spec.startswith("zmq+connect://")
         addr = spec.split("://", 1)[1]
-        return ZmqSource(addr, bind=not connect, control_address=control)
+        return ZmqSource(addr, bind=not connect, control_address=control, curve_key=curve_key,
+                         curve_clients=curve_clients, allow_remote=allow_remote)  # fmt: skip
     files = sorted(glob.glob(spec)) or ([spec] if Path(spec).exists() or ":/" in spec else [])  # file.h5:/dataset
     if not files:
         raise InputError(f"source {spec!r}: no such file; give zmq://ADDRESS, a frame file or glob, or sim[:SEED]")
@@ -111,12 +121,17 @@ def _session_for_library_file(args, source_spec):
                   {**beam, "aberrations": {**{a: v for a, v in beam["aberrations"].items() if a not in ("C10", "defocus")},
                                            "defocus": k * f0}})
                  for k in (-1.0, 0.5, 1.0, 1.5, 2.0, 3.0)] + cands  # fmt: skip
-    source = open_source(source_spec, rate=args.rate, control=args.control, beam=beam, sampling=beam["sampling"])
+    source = open_source(source_spec, rate=args.rate, control=args.control, beam=beam, sampling=beam["sampling"],
+                         curve_key=args.curve_key, curve_clients=args.curve_clients,
+                         allow_remote=args.allow_remote_stream)  # fmt: skip
     return LiveSession(
         args.out, hypotheses=hyps, model=model, source=source, candidate_beams=cands, beam=beam,
         config={"library": str(Path(args.library).resolve()), "model": model.settings,
                 "source": {"kind": "zmq" if source_spec.startswith("zmq") else "replay", "spec": source_spec,
-                           "address": getattr(source, "address", None), "control_address": args.control}},
+                           "address": getattr(source, "address", None), "control_address": args.control,
+                           "curve_key": args.curve_key and str(args.curve_key.resolve()),
+                           "curve_clients": args.curve_clients and str(args.curve_clients.resolve()),
+                           "allow_remote": args.allow_remote_stream}},
         auto_apply=not args.no_auto_apply, stop_on_decision=args.stop_on_decision, log=print, scorer=args.scorer,
         design=args.design,
     )  # fmt: skip
@@ -126,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
     from hypotest.live.builtin import LIBRARY_SETTINGS, make_demo_session
 
     from hypotest.dashboard import new_token
+    from hypotest.dashboard.guard import check_allowed_hosts
 
+    check_allowed_hosts(args.allowed_host)  # before the session directory is made
     token = new_token() if args.token == "auto" else args.token
     if args.source.startswith("sim"):
         if args.library not in LIBRARY_SETTINGS:
@@ -148,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_dashboard:
         from hypotest.dashboard.server import serve
 
-        server = serve(session, host=args.host, port=args.port, token=token)
+        server = serve(session, host=args.host, port=args.port, token=token, allowed_hosts=args.allowed_host)
         print(f"dashboard: {server.url}" + (f"  token: {token}" if token else ""))
     print(f"live session on {args.source}; record in {args.out}; Ctrl-C stops (resume: hypotest session resume {args.out})")
     try:

@@ -1,5 +1,9 @@
 """``hypotest stream send FILE [FILE...] --rate R --address ADDR [--loop]``: replay frame files over
-the ZeroMQ protocol of :mod:`hypotest.live.zmqstream` (formats: :mod:`hypotest.live.readers`)."""
+the ZeroMQ protocol of :mod:`hypotest.live.zmqstream` (formats: :mod:`hypotest.live.readers`).
+
+``hypotest stream keys DIR --name NAME``: a CURVE key pair for a stream beyond loopback
+(:mod:`hypotest.live.zmqauth`); ``send --curve-key SENDER.key_secret --curve-server-key
+RECEIVER.key`` uses it."""
 
 from __future__ import annotations
 
@@ -30,7 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--sampling", type=float, default=None, help="pixel size [Å/pixel]; default: from the files")
     s.add_argument("--start-id", type=int, default=0, help="frame_id of the first frame")
     s.add_argument("--heartbeat", type=float, default=0.5, help="heartbeat interval when idle [s]")
+    s.add_argument("--curve-key", type=Path, default=None, metavar="SENDER.key_secret",
+                   help="this sender's CURVE secret certificate (with --curve-server-key): encrypted, authenticated")
+    s.add_argument("--curve-server-key", type=Path, default=None, metavar="RECEIVER.key",
+                   help="the receiver's CURVE public certificate")
+    s.add_argument("--allow-remote-stream", action="store_true",
+                   help="allow a non-loopback address without CURVE (the network must be trusted)")
     s.set_defaults(func=run)
+    k = actions.add_parser("keys", help="make a CURVE key pair (NAME.key public, NAME.key_secret secret)")
+    k.add_argument("dir", type=Path, metavar="DIR", help="directory to write the two files into (created)")
+    k.add_argument("--name", required=True, help="e.g. receiver or camera1")
+    k.set_defaults(func=run_keys)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -97,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             sampling=sampling, start_id=args.start_id, heartbeat_s=args.heartbeat,
             connect=not args.bind, control_address=args.control, stop=stop,
             on_beam=lambda b: print(f"beam from the control channel: {json.dumps(b)}"),
+            curve_key=args.curve_key, curve_server_key=args.curve_server_key, allow_remote=args.allow_remote_stream,
         )  # fmt: skip
     except TimeoutError as exc:
         print(f"hypotest stream send: error: {exc}", file=sys.stderr)
@@ -107,4 +122,15 @@ def run(args: argparse.Namespace) -> int:
     rate_out = report.sent / report.elapsed_s if report.elapsed_s > 0 else float("nan")
     print(f"sent {report.sent} frame(s) (ids {report.first_id}..{report.last_id}) in {report.elapsed_s:.2f} s "
           f"({rate_out:.1f} frames/s), sender {report.sender}; {len(skipped)} unreadable frame(s) skipped")  # fmt: skip
+    if report.ignored_control:
+        print(f"ignored {report.ignored_control} control message(s) that were not hypotest.control/1 beams",
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from hypotest.live.zmqauth import make_stream_keys
+
+    public, secret = make_stream_keys(args.dir, args.name)
+    print(f"public key {public} (give it to the other side)\nsecret key {secret} (keep it; mode 600)")
     return 0

@@ -18,9 +18,14 @@ loop. Routes (``/openapi.json`` lists them with their schemas)::
     GET    /api/residual.png                Poisson residual of the best match (diverging)
     WS     /ws                              the view's events as JSON, one message per event
 
+Every route, the page and the ``/ws`` handshake included, passes :mod:`hypotest.dashboard.guard`
+first: 421 when ``Host`` does not name this machine (DNS rebinding), 403 when ``Origin`` is another
+site's page, 413 for a body over the cap (1 MiB) before it is read.
+
 Errors: 401 for a control call without the right ``Authorization: Bearer <token>`` (when a token
-is set), 403 for a control call from another site's page (its ``Origin`` is not this server),
-404 for an unknown hypothesis id or proposal index or a missing image, 409 when the session's state does not allow the action, 422 for a malformed body (FastAPI names the field) or
+is set), 404 for an unknown hypothesis id or proposal index or a missing image, 409 when the
+session's state does not allow the action, 422 for a malformed body (the field named in ``loc``;
+an ``input`` is echoed only when short and finite, non-finite numbers such as NaN are refused) or
 one the session rejects (:class:`forward.InputError`, its message as ``detail``).
 
 Numbers that are not finite (a log Bayes factor of -inf) are sent as JSON ``null``: JSON has no
@@ -38,17 +43,18 @@ import struct
 import zlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import Body, Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Security
-from fastapi.responses import FileResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from forward import InputError
+from hypotest.dashboard.guard import MAX_BODY_BYTES, RequestGuard, check_allowed_hosts, check_max_body_bytes
 from hypotest.live.view import SessionView
 
 __all__ = ["make_app", "encode_png", "render_png"]
@@ -58,6 +64,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 _FINISHED = ("stopped", "failed")
 #: How often the WebSocket handler looks at its event queue when it is empty [s].
 _POLL_S = 0.05
+#: Longest ``input`` echoed in a 422 and longest error message [characters].
+_ECHO_CHARS, _DETAIL_CHARS = 200, 2000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,29 +310,36 @@ class BeamJSON(_Strict):
     def _sampling_pair(self):
         s = self.sampling
         if isinstance(s, list) and (len(s) != 2 or min(s) <= 0):
-            raise ValueError(f"sampling must be a positive number or [dx, dy] [Å/pixel], got {s}")
+            got = s if len(s) <= 4 else f"a list of {len(s)} numbers"
+            raise ValueError(f"sampling must be a positive number or [dx, dy] [Å/pixel], got {got}")
         if isinstance(s, float) and s <= 0:
             raise ValueError(f"sampling must be positive [Å/pixel], got {s}")
         return self
 
 
 class StructureRequest(_Strict):
-    """A new hypothesis: atoms in the session's cell, or a structure file on the server."""
+    """A new hypothesis: its atoms in the session's cell (the dashboard reads no files on the server)."""
 
     name: str | None = None
     prior: float | None = Field(None, gt=0)
     positions: list[Annotated[list[float], Field(min_length=3, max_length=3)]] | None = Field(None, description="[n, 3] Å")
     numbers: list[Annotated[int, Field(ge=1, le=118)]] | None = Field(None, description="[n] atomic numbers")
-    file: str | None = Field(None, description="a structure file readable by the server")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_file(cls, data):
+        if isinstance(data, dict) and "file" in data:
+            raise ValueError(
+                "the dashboard does not read structure files on the server; send the atoms in the session's cell: "
+                "'positions' ([n, 3] Å) and 'numbers' ([n]), e.g. from ASE: atoms.get_positions().tolist(), "
+                "atoms.numbers.tolist()"
+            )
+        return data
 
     @model_validator(mode="after")
     def _one_form(self):
-        if self.file is not None:
-            if self.positions is not None or self.numbers is not None:
-                raise ValueError("give either 'file' or 'positions' + 'numbers', not both")
-            return self
         if self.positions is None or self.numbers is None:
-            raise ValueError("a structure needs 'positions' ([n, 3] Å) and 'numbers' ([n]), or a 'file'")
+            raise ValueError("a structure needs 'positions' ([n, 3] Å) and 'numbers' ([n])")
         if len(self.positions) != len(self.numbers) or not self.numbers:
             raise ValueError(
                 f"'positions' has {len(self.positions)} atoms but 'numbers' has {len(self.numbers)}; "
@@ -356,6 +371,40 @@ def _jsonable(x):
     return x
 
 
+def _echo(x):
+    """``x`` as JSON data for an error body: non-finite floats as their name ("nan", "inf")."""
+    if isinstance(x, dict):
+        return {str(k): _echo(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_echo(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return str(x)
+
+
+def _cut(text: str, n: int = _DETAIL_CHARS) -> str:
+    return text if len(text) <= n else f"{text[: n - 40]}... ({len(text)} characters, cut)"
+
+
+def _validation_errors(errors) -> list[dict]:
+    """FastAPI's validation errors, safe to send: ``type``, ``loc``, ``msg`` (cut) and the ``input``
+    only when short (``ctx`` is dropped: ``msg`` already says it)."""
+    out = []
+    for e in errors:
+        item = {"type": str(e.get("type")), "loc": _echo(list(e.get("loc", ()))), "msg": _cut(str(e.get("msg", "")))}
+        if "input" in e:
+            shown = _echo(e["input"])
+            size = len(json.dumps(shown))
+            if size <= _ECHO_CHARS:
+                item["input"] = shown
+            else:
+                item["input_omitted"] = f"the input at this location is {size} characters of JSON; not echoed"
+        out.append(item)
+    return out
+
+
 def _applied(result: dict) -> dict:
     """What an apply returned, as :class:`Applied`: the beam itself (BEAM.json form, as the
     SessionView contract says) or ``{"beam", "label", "sent_to_source"}`` (LiveSession)."""
@@ -372,12 +421,16 @@ def _png_response(array, cmap: str, low: float, high: float) -> Response:
     return Response(render_png(a, cmap, low=low, high=high), media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
-def make_app(view: SessionView, *, token: str | None = None) -> FastAPI:
+def make_app(
+    view: SessionView, *, token: str | None = None, allowed_hosts=(), max_body_bytes: int = MAX_BODY_BYTES
+) -> FastAPI:
     """The dashboard application for ``view`` (see the module docstring for the routes).
 
     ``token``: when set, control actions (POST and DELETE) need ``Authorization: Bearer <token>``;
     reads, images and the WebSocket stay open (bind to 127.0.0.1 or tunnel over SSH to keep them
-    private).
+    private). ``allowed_hosts``: host names besides loopback (and the address a request arrived
+    at) that ``Host`` may name; ``max_body_bytes``: the largest request body read
+    (:mod:`hypotest.dashboard.guard`).
     """
     if not isinstance(view, SessionView):
         raise InputError(f"make_app expects a SessionView (hypotest.live.view), got {type(view).__name__}")
@@ -385,6 +438,7 @@ def make_app(view: SessionView, *, token: str | None = None) -> FastAPI:
         raise InputError("token must be a string of at least 8 characters (use hypotest.dashboard.new_token()), or None")
     from hypotest import __version__
 
+    guard = dict(allowed_hosts=check_allowed_hosts(allowed_hosts), max_body_bytes=check_max_body_bytes(max_body_bytes))
     app = FastAPI(
         title="hypotest dashboard",
         version=__version__,
@@ -392,14 +446,13 @@ def make_app(view: SessionView, *, token: str | None = None) -> FastAPI:
     )
     bearer = HTTPBearer(auto_error=False, description="the dashboard token, required for control actions when set")
 
+    app.add_middleware(RequestGuard, **guard)  # Host, Origin (another site's page) and body size
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": _validation_errors(exc.errors())}, status_code=422)
+
     def require_token(request: Request, _creds=Security(bearer)) -> None:
-        # Another site open in the operator's browser may POST here (a form needs no CORS
-        # preflight); browsers name that site in Origin, so control is same-origin only.
-        origin = request.headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-            raise HTTPException(
-                403, f"control actions are accepted from this dashboard's own page only, not from origin {origin!r}"
-            )
         if token is None:
             return
         header = request.headers.get("authorization")
@@ -453,7 +506,7 @@ def make_app(view: SessionView, *, token: str | None = None) -> FastAPI:
         try:
             return _jsonable(view.hypothesis(hypothesis_id))
         except InputError as exc:
-            raise HTTPException(404, str(exc)) from None
+            raise HTTPException(404, _cut(str(exc))) from None
 
     @app.get("/api/history", response_model=History, tags=["query"])
     def get_history():
@@ -482,7 +535,7 @@ def make_app(view: SessionView, *, token: str | None = None) -> FastAPI:
         try:
             applied = view.apply_proposal(index)
         except InputError as exc:
-            raise HTTPException(409, str(exc)) from None
+            raise HTTPException(409, _cut(str(exc))) from None
         return {**_applied(applied), "proposal": props[index]}
 
     @app.post("/api/beam", response_model=Applied, dependencies=control, tags=["control"], responses={401: {}, 409: {}})
@@ -491,7 +544,7 @@ def make_app(view: SessionView, *, token: str | None = None) -> FastAPI:
         try:
             applied = view.apply_beam(beam.model_dump(by_alias=True, exclude_none=True))
         except InputError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(422, _cut(str(exc))) from None
         return _applied(applied)
 
     @app.post(
@@ -503,7 +556,7 @@ def make_app(view: SessionView, *, token: str | None = None) -> FastAPI:
         try:
             return _jsonable(view.add_hypothesis(structure.model_dump(exclude_none=True)))
         except InputError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(422, _cut(str(exc))) from None
 
     @app.delete(
         "/api/hypotheses/{hypothesis_id}", dependencies=control, tags=["control"], responses={401: {}, 404: {}, 409: {}}
@@ -516,7 +569,7 @@ def make_app(view: SessionView, *, token: str | None = None) -> FastAPI:
         try:
             return _jsonable(view.drop_hypothesis(hypothesis_id))
         except InputError as exc:
-            raise HTTPException(409, str(exc)) from None
+            raise HTTPException(409, _cut(str(exc))) from None
 
     @app.post("/api/auto_apply", response_model=Status, dependencies=control, tags=["control"], responses={401: {}, 409: {}})
     def set_auto_apply(body: AutoApplyRequest):
@@ -524,7 +577,7 @@ def make_app(view: SessionView, *, token: str | None = None) -> FastAPI:
         try:
             return _jsonable(view.set_auto_apply(body.on))
         except InputError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(422, _cut(str(exc))) from None
 
     pct_low = Query(0.5, ge=0, lt=100, description="percentile shown as black / full blue")
     pct_high = Query(99.5, gt=0, le=100, description="percentile shown as white / full red")
@@ -549,7 +602,7 @@ def make_app(view: SessionView, *, token: str | None = None) -> FastAPI:
         try:
             a = view.simulated_image(hypothesis_id)
         except InputError as exc:
-            raise HTTPException(404, str(exc)) from None
+            raise HTTPException(404, _cut(str(exc))) from None
         return _png_response(a, "grey", low, high)
 
     @app.get("/api/residual.png", response_class=Response, responses=png, tags=["images"])

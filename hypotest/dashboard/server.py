@@ -5,6 +5,10 @@ so it needs a token (control actions then need ``Authorization: Bearer <token>``
 to reach a session on a remote machine is an SSH tunnel to its loopback port::
 
     ssh -N -L 8765:127.0.0.1:8765 user@microscope-pc    # then open http://127.0.0.1:8765/
+
+Whatever the address, requests must name this machine in ``Host`` (loopback, the server's own
+address, or ``allowed_hosts``) and come from no other site's page (``Origin``); bodies are capped
+(:mod:`hypotest.dashboard.guard`).
 """
 
 from __future__ import annotations
@@ -72,11 +76,15 @@ class DashboardServer:
         return f"DashboardServer({self.url}, token={'set' if self.token else 'none'})"
 
 
-def serve(view: SessionView, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> DashboardServer:
+def serve(
+    view: SessionView, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None, allowed_hosts=()
+) -> DashboardServer:
     """Serve the dashboard of ``view`` on ``host:port`` (port 0: a free one) in a daemon thread.
 
     Returns once the socket is bound. A host other than loopback needs a ``token`` (make one with
-    :func:`new_token` and print it for the operator).
+    :func:`new_token` and print it for the operator). ``allowed_hosts``: DNS names the dashboard
+    is reached under besides ``localhost`` and IP addresses (e.g. ``["microscope-pc.lab"]``);
+    a request naming any other host is refused with 421.
     """
     if not isinstance(host, str) or not host:
         raise InputError(f"host must be an address like '127.0.0.1', got {host!r}")
@@ -89,7 +97,7 @@ def serve(view: SessionView, *, host: str = "127.0.0.1", port: int = 0, token: s
         )
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise InputError(f"port must be an integer in [0, 65535] (0 = any free port), got {port!r}")
-    app = make_app(view, token=token)
+    app = make_app(view, token=token, allowed_hosts=allowed_hosts)
     # Bind here, so a busy port fails in the caller's thread with a clear message.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

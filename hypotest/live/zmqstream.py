@@ -49,6 +49,14 @@ Connection state is reported as :class:`StreamEvent` ``connected`` (first sign o
 ``disconnected`` (the peer closed its socket, a sender sent ``end``, or nothing arrived for
 ``heartbeat_timeout``) and ``reconnected`` (the next sign of life after a disconnect).
 
+Who may send (:mod:`hypotest.live.zmqauth`): ZeroMQ authenticates nobody by itself, so both ends
+accept only local endpoints (loopback tcp, ipc, inproc) unless CURVE keys are given (every message
+encrypted; the receiver admits only the senders whose public keys it holds, and records the
+accepting key's name in each frame's ``meta["curve_sender"]``) or ``allow_remote=True`` states
+that anyone who can reach the port may inject frames. A refused connection is reported as a
+:class:`BadMessage` with the reason (the first of each kind, then at most one summary per 10 s).
+A header over 64 KiB is malformed without being parsed.
+
 Throughput: the receiver takes messages with ``copy=False`` and wraps the counts with
 ``np.frombuffer`` (no copy). The array keeps the ZeroMQ message alive through the buffer it views,
 so it may outlive the message with no further copy (the buffer belongs to that one frame; pyzmq
@@ -61,141 +69,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from forward.errors import InputError
+from hypotest.live import zmqauth
 from hypotest.live.events import BadMessage, RawFrame, SourceEvent, StreamEvent
+from hypotest.live.zmqcodec import (
+    _KNOWN, CONTROL_SCHEMA, SCHEMA, MalformedMessage, _control_header, _control_message, _is_int, _is_num, _Malformed,
+    _short, decode_message, encode_frame,
+)
 
-__all__ = ["SCHEMA", "CONTROL_SCHEMA", "ZmqSource", "SendReport", "send_frames", "encode_frame"]
+__all__ = ["SCHEMA", "CONTROL_SCHEMA", "ZmqSource", "SendReport", "send_frames", "encode_frame", "decode_message",
+           "MalformedMessage"]  # fmt: skip
 
-SCHEMA = "hypotest.frame/1"
-CONTROL_SCHEMA = "hypotest.control/1"
-_REQUIRED = ("frame_id", "timestamp", "shape", "dtype")
-_KNOWN = {"schema", "kind", "frame_id", "timestamp", "shape", "dtype", "beam", "sampling", "sender"}
 _HWM = 1000  # frames queued per connection before the sender blocks (256x256 u2: 131 MB)
 _MAX_BATCH = 256  # messages returned by one poll at most (bounds the ingest latency)
-
-
-class _Malformed(Exception):
-    def __init__(self, reason: str, sender: str | None = None):
-        super().__init__(reason)
-        self.reason, self.sender = reason, sender
-
-
-# ---------------------------------------------------------------------------------------------
-# encoding / decoding
-
-
-def encode_frame(
-    counts: np.ndarray,
-    frame_id: int,
-    *,
-    timestamp: float | None = None,
-    beam: dict | None = None,
-    sampling: tuple[float, float] | None = None,
-    sender: str = "",
-) -> list:
-    """The two parts of a frame message: the JSON header (bytes) and the C-contiguous counts array.
-
-    ``counts`` is ``[mx, my]`` (or a 4D-STEM ``[sx, sy, kx, ky]``), integer or real; the array
-    itself is the second part (sent without a copy by ``socket.send_multipart(parts, copy=False)``).
-    """
-    arr = np.ascontiguousarray(counts)
-    if arr.ndim not in (2, 4) or arr.dtype.kind not in "uif":
-        raise InputError(
-            f"frame {frame_id}: expected a 2-D [mx, my] or 4D-STEM [sx, sy, kx, ky] integer or real array, got "
-            f"{arr.ndim}-D {arr.dtype}; pass one frame at a time"
-        )
-    header = {
-        "schema": SCHEMA, "kind": "frame", "frame_id": int(frame_id),
-        "timestamp": time.time() if timestamp is None else float(timestamp),
-        "shape": [int(n) for n in arr.shape], "dtype": arr.dtype.str, "beam": beam,
-        "sampling": None if sampling is None else [float(sampling[0]), float(sampling[1])],
-        "sender": sender,
-    }  # fmt: skip
-    return [json.dumps(header).encode(), arr]
-
-
-def _control_header(kind: str, sender: str, frames_sent: int) -> bytes:
-    msg = {"schema": SCHEMA, "kind": kind, "timestamp": time.time(), "sender": sender, "frames_sent": frames_sent}
-    return json.dumps(msg).encode()
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _decode_header(raw: bytes) -> dict:
-    try:
-        header = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise _Malformed(f"message (frame id unknown): header is not UTF-8 JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise _Malformed(f"message (frame id unknown): header must be a JSON object, got {type(header).__name__}")
-    sender = header.get("sender") if isinstance(header.get("sender"), str) else None
-    if header.get("schema") != SCHEMA:
-        fid = header.get("frame_id", "unknown")
-        raise _Malformed(f"frame {fid}: schema {header.get('schema')!r} is not {SCHEMA!r}", sender)
-    return header
-
-
-def _decode_frame(header: dict, parts: list, sender: str) -> tuple[np.ndarray, dict]:
-    """Counts (a view of the message buffer) and the checked header of a frame message."""
-    fid = header.get("frame_id", "unknown")
-    where = f"frame {fid}" + (f" from sender {sender}" if sender else "")
-    if len(parts) != 2:
-        raise _Malformed(f"{where}: expected 2 parts (JSON header, raw counts), got {len(parts)}", sender)
-    missing = [k for k in _REQUIRED if k not in header]
-    if missing:
-        raise _Malformed(f"{where}: header is missing field(s) {missing}; required: {list(_REQUIRED)}", sender)
-    if not _is_int(fid) or fid < 0:
-        raise _Malformed(f"frame {fid!r}: frame_id must be an integer >= 0", sender)
-    if not _is_num(header["timestamp"]):
-        raise _Malformed(f"{where}: timestamp must be a finite number [s], got {header['timestamp']!r}", sender)
-    shape = header["shape"]
-    if not (isinstance(shape, list) and len(shape) in (2, 4) and all(_is_int(s) and s > 0 for s in shape)):
-        raise _Malformed(
-            f"{where}: shape must be [mx, my] or [sx, sy, kx, ky] (4D-STEM) with positive ints, got {shape!r}", sender
-        )
-    try:
-        dtype = np.dtype(header["dtype"]) if isinstance(header["dtype"], str) else None
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind not in "uif":
-        raise _Malformed(
-            f"{where}: dtype {header['dtype']!r} is not an integer or real numpy dtype str (e.g. '<u2', '<f4')",
-            sender,
-        )
-    beam = header.get("beam")
-    if beam is not None and not isinstance(beam, dict):
-        raise _Malformed(f"{where}: beam must be a BEAM.json object or null, got {type(beam).__name__}", sender)
-    sampling = header.get("sampling")
-    if sampling is not None and not (
-        isinstance(sampling, list) and len(sampling) == 2 and all(_is_num(s) and s > 0 for s in sampling)
-    ):
-        raise _Malformed(f"{where}: sampling must be [sx, sy] > 0 [Å/pixel] or null, got {sampling!r}", sender)
-    buf = parts[1].buffer
-    expected = math.prod(shape) * dtype.itemsize
-    if buf.nbytes != expected:
-        raise _Malformed(
-            f"{where}: {buf.nbytes} bytes of counts, expected {expected} = {' x '.join(str(n) for n in shape)} x "
-            f"{dtype.itemsize} bytes ({dtype.str}); truncated or wrong shape/dtype",
-            sender,
-        )
-    return np.frombuffer(buf, dtype=dtype).reshape(shape), header
-
+_REPORT_EVERY_S = 10.0  # repeated refusals of one kind are summed into one report per interval
 
 # ---------------------------------------------------------------------------------------------
 # receiver
@@ -214,6 +111,11 @@ class ZmqSource:
         end_on_sender_end: a sender's ``end`` message ends this source (``StreamEvent("end")``,
             then ``[]`` forever) instead of a ``disconnected`` that a new sender may follow.
         start_id: ``source_id`` of the first message (a resumed session continues its ids).
+        curve_key: this receiver's secret certificate (``NAME.key_secret``): CURVE on the data and
+            control sockets, with ``curve_clients``, the directory of the accepted senders' public
+            certificates (``*.key``); :mod:`hypotest.live.zmqauth`.
+        allow_remote: accept a non-loopback endpoint without CURVE (anyone who can reach the port
+            can then inject frames); without it, or CURVE keys, such an endpoint is an InputError.
     """
 
     def __init__(
@@ -225,26 +127,44 @@ class ZmqSource:
         heartbeat_timeout: float = 2.0,
         end_on_sender_end: bool = False,
         start_id: int = 0,
+        curve_key: str | Path | None = None,
+        curve_clients: str | Path | None = None,
+        allow_remote: bool = False,
     ):
         if not (_is_int(start_id) and start_id >= 0):
             raise InputError(f"start_id must be an integer >= 0, got {start_id!r}")
         if not (_is_num(heartbeat_timeout) and heartbeat_timeout > 0):
             raise InputError(f"heartbeat_timeout must be a positive number [s], got {heartbeat_timeout!r}")
+        if (curve_key is None) != (curve_clients is None):
+            raise InputError(
+                "CURVE needs both curve_key (this receiver's NAME.key_secret) and curve_clients (the directory of the "
+                "accepted senders' NAME.key files), or neither"
+            )
+        self._keys = None if curve_key is None else zmqauth.load_server_keys(curve_key, curve_clients)
+        addresses = [a for a in (address, control_address) if isinstance(a, str) and "://" in a]  # others: _attach says
+        zmqauth.check_endpoints(addresses, curve=self._keys is not None, allow_remote=allow_remote, side="receiver")
         self._hb_timeout = float(heartbeat_timeout)
         self._end_on_end = bool(end_on_sender_end)
         self._ctx = zmq.Context()
+        self._auth = None if self._keys is None else zmqauth.start_authenticator(self._ctx, self._keys)
         self._sock = self._ctx.socket(zmq.PULL)
         self._sock.setsockopt(zmq.RCVHWM, _HWM)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._mon = self._sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        events = zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        refused = zmqauth.HANDSHAKE_FAILED if self._keys is not None else zmqauth.REFUSED
+        self._mon = self._sock.get_monitor_socket(events | refused)
         self._ctrl = None
         try:
+            if self._keys is not None:
+                zmqauth.make_server(self._sock, self._keys)
             self.address = _attach(self._sock, address, bind, "data")
             self.control_address = None
             if control_address is not None:
                 self._ctrl = self._ctx.socket(zmq.XPUB)
                 self._ctrl.setsockopt(zmq.XPUB_VERBOSE, 1)
                 self._ctrl.setsockopt(zmq.LINGER, 0)
+                if self._keys is not None:
+                    zmqauth.make_server(self._ctrl, self._keys)
                 self.control_address = _attach(self._ctrl, control_address, bind, "control")
         except InputError:
             self._close_sockets()
@@ -267,6 +187,7 @@ class ZmqSource:
         self._reported_lost: dict[str, int] = {}
         self._beam_msg: bytes | None = None
         self._beam_seq = 0
+        self._refusals: dict[str, list] = {}  # reason -> [refusals not yet reported, time of the last report]
 
     # FrameSource -------------------------------------------------------------------------
 
@@ -280,6 +201,7 @@ class ZmqSource:
             while True:
                 self._pump(out)
                 self._check_heartbeat(out)
+                self._report_refusals(out)
                 now = time.monotonic()
                 if out or now >= deadline or self._closing.is_set() or self._state == "ended":
                     return out
@@ -333,6 +255,8 @@ class ZmqSource:
         for s in (self._mon, self._sock, self._ctrl):
             if s is not None:
                 s.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         self._ctx.term()
 
     def _pump(self, out: list[SourceEvent]) -> None:
@@ -350,8 +274,13 @@ class ZmqSource:
                 if self._peers == 0 and self._state == "up":
                     self._set_down(out, f"peer closed the connection ({_endpoint(ev)})")
             elif kind in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
-                self._peers += 1
+                self._peers += 1  # alive only once the handshake succeeds (a refused peer is not a sender)
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._alive(out, f"peer connected ({_endpoint(ev)})")
+            elif kind & zmqauth.HANDSHAKE_FAILED:
+                clients = None if self._keys is None else self._keys.clients_dir
+                why = zmqauth.refusal_reason(kind, ev["value"], curve=self._keys is not None, clients_dir=clients)
+                self._refused(why, out)
         self._drain(out, limit=_MAX_BATCH)
         if self._ctrl is not None:
             self._serve_subscriptions()
@@ -379,21 +308,20 @@ class ZmqSource:
     def _handle(self, parts: list, out: list[SourceEvent]) -> None:
         now = time.time()
         try:
-            header = _decode_header(parts[0].bytes)
+            kind, header, counts = decode_message(parts)
         except _Malformed as exc:
-            self._alive(out, "message received")
+            self._alive(out, "message received" if exc.sender is None else f"frame from sender {exc.sender}")
             self._count(exc.sender)
             out.append(BadMessage(self._take_id(), now, exc.reason))
             return
-        sender = header.get("sender") if isinstance(header.get("sender"), str) else ""
-        kind = header.get("kind", "frame")
+        sender = (header.get("sender") if isinstance(header.get("sender"), str) else "")[:64]
         if kind in ("heartbeat", "end"):
             self._alive(out, f"{kind} from sender {sender}")
             if len(parts) != 1:
                 out.append(BadMessage(None, now, f"{kind} from sender {sender}: expected 1 part, got {len(parts)}"))
             self._account(sender, header.get("frames_sent"), out)
             if kind == "end":
-                detail = f"sender {sender} ended after {header.get('frames_sent')} frame(s)"
+                detail = f"sender {sender} ended after {_short(header.get('frames_sent'))} frame(s)"
                 if self._end_on_end:
                     self._state = "ended"
                     out.append(StreamEvent("end", now, detail))
@@ -402,17 +330,9 @@ class ZmqSource:
             return
         self._alive(out, f"frame from sender {sender}")
         self._count(sender)
-        if kind != "frame":
-            fid = header.get("frame_id", "unknown")
-            reason = f"frame {fid}: unknown kind {kind!r}; expected 'frame', 'heartbeat' or 'end'"
-            out.append(BadMessage(self._take_id(), now, reason))
-            return
-        try:
-            counts, header = _decode_frame(header, parts, sender)
-        except _Malformed as exc:
-            out.append(BadMessage(self._take_id(), now, exc.reason))
-            return
         meta = {"frame_id": header["frame_id"], "sender": sender, "address": self.address}
+        if self._keys is not None:
+            meta["curve_sender"] = parts[0].get("User-Id")  # the accepted key's certificate name
         extra = {k: v for k, v in header.items() if k not in _KNOWN}
         if extra:
             meta["header_extra"] = extra
@@ -461,6 +381,23 @@ class ZmqSource:
             self._state = "down"
             out.append(StreamEvent("disconnected", time.time(), detail))
 
+    def _refused(self, reason: str, out: list[SourceEvent]) -> None:
+        """Report the first refusal of each kind at once, later ones summed (a retrying peer
+        reconnects every ~0.1 s)."""
+        seen = self._refusals.get(reason)
+        if seen is None:
+            self._refusals[reason] = [0, time.monotonic()]
+            out.append(BadMessage(None, time.time(), f"{reason} (on {self.address})"))
+        else:
+            seen[0] += 1
+
+    def _report_refusals(self, out: list[SourceEvent]) -> None:
+        now = time.monotonic()
+        for reason, seen in self._refusals.items():
+            if seen[0] and now - seen[1] >= _REPORT_EVERY_S:
+                out.append(BadMessage(None, time.time(), f"{reason} (on {self.address}; {seen[0]} more time(s) since)"))
+                seen[0], seen[1] = 0, now
+
     def _check_heartbeat(self, out: list[SourceEvent]) -> None:
         if self._state == "up" and time.monotonic() - self._last_seen > self._hb_timeout:
             self._set_down(out, f"no frame or heartbeat for {self._hb_timeout:g} s")
@@ -494,7 +431,8 @@ def _attach(sock, address: str, bind: bool, what: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class SendReport:
-    """What :func:`send_frames` did: frame messages sent, ids, sender id, beams received, time [s]."""
+    """What :func:`send_frames` did: frame messages sent, ids, sender id, beams received, time [s],
+    and control messages ignored because they were not ``hypotest.control/1`` beam messages."""
 
     sent: int
     first_id: int
@@ -503,6 +441,7 @@ class SendReport:
     beams: tuple[dict, ...]
     elapsed_s: float
     ended: bool
+    ignored_control: int = 0
 
 
 def send_frames(
@@ -520,6 +459,9 @@ def send_frames(
     send_timeout: float = 30.0,
     stop: threading.Event | None = None,
     send_end: bool = True,
+    curve_key: str | Path | None = None,
+    curve_server_key: str | Path | None = None,
+    allow_remote: bool = False,
 ) -> SendReport:
     """Send frames over ZeroMQ (protocol in the module docstring); blocks until done.
 
@@ -537,6 +479,11 @@ def send_frames(
         send_timeout: [s] a frame no receiver takes within this raises TimeoutError.
         stop: set it to stop after the current frame.
         send_end: send the ``end`` message when done (False imitates a sender that crashed).
+        curve_key: this sender's secret certificate (``NAME.key_secret``), with ``curve_server_key``
+            the receiver's public certificate (``NAME.key``): CURVE on the data and control
+            sockets (:mod:`hypotest.live.zmqauth`). A receiver that refuses the key raises
+            InputError at once.
+        allow_remote: accept a non-loopback endpoint without CURVE.
 
     Returns:
         A :class:`SendReport`. Nothing is dropped at the sender: at the high water mark the send
@@ -544,6 +491,14 @@ def send_frames(
     """
     if rate_hz is not None and not (_is_num(rate_hz) and rate_hz > 0):
         raise InputError(f"rate_hz must be a positive number [Hz] or None, got {rate_hz!r}")
+    if (curve_key is None) != (curve_server_key is None):
+        raise InputError(
+            "CURVE needs both curve_key (this sender's NAME.key_secret) and curve_server_key (the receiver's "
+            "NAME.key), or neither"
+        )
+    keys = None if curve_key is None else zmqauth.load_client_keys(curve_key, curve_server_key)
+    endpoints = [a for a in (address, control_address) if isinstance(a, str) and "://" in a]
+    zmqauth.check_endpoints(endpoints, curve=keys is not None, allow_remote=allow_remote, side="sender")
     if not (_is_num(heartbeat_s) and heartbeat_s > 0):
         raise InputError(f"heartbeat_s must be a positive number [s], got {heartbeat_s!r}")
     if sampling is not None:
@@ -563,42 +518,70 @@ def send_frames(
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, _HWM)
     push.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing on a connection that is not up: block instead
-    push.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
     push.setsockopt(zmq.LINGER, int(send_timeout * 1000))
+    mon = push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmqauth.HANDSHAKE_FAILED)
     sub = None
     t_start = time.monotonic()
-    sent, fid, beams, seq = 0, int(start_id), [], 0
+    sent, fid, beams, seq, ignored = 0, int(start_id), [], 0, 0
+    failures = 0  # handshakes failed in a row
     try:
+        if keys is not None:
+            zmqauth.make_client(push, keys)
         _attach(push, address, not connect, "data")
         if control_address is not None:
             sub = ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             sub.setsockopt(zmq.LINGER, 0)
+            if keys is not None:
+                zmqauth.make_client(sub, keys)
             _attach(sub, control_address, not connect, "control")
         last_send = time.monotonic()
 
+        def check_handshakes() -> None:
+            """InputError when the receiver refuses this sender (its key, or CURVE at all)."""
+            nonlocal failures
+            while True:
+                try:
+                    ev = recv_monitor_message(mon, zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                failures = 0 if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED else failures + 1
+                why = zmqauth.sender_refusal(ev["event"], ev["value"], failures, curve=keys is not None)
+                if why is not None:
+                    raise InputError(f"the receiver at {address} {why}")
+
         def send(parts, what):
             nonlocal last_send
-            try:
-                push.send_multipart(parts, copy=False)
-            except zmq.Again:
-                raise TimeoutError(
-                    f"no receiver at {address} took {what} within {send_timeout:g} s; is a ZmqSource "
-                    "listening there (and the address right)?"
-                ) from None
+            deadline = time.monotonic() + send_timeout
+            while True:
+                try:
+                    push.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                    break
+                except zmq.Again:
+                    pass
+                check_handshakes()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"no receiver at {address} took {what} within {send_timeout:g} s; is a ZmqSource "
+                        "listening there (and the address right)?"
+                    )
+                push.poll(max(1, min(100, int(left * 1000))), zmq.POLLOUT)
             last_send = time.monotonic()
 
         def service(until: float) -> None:
             """Take control messages and send heartbeats until ``until`` (monotonic)."""
-            nonlocal beam, seq
+            nonlocal beam, seq, ignored
             while True:
                 now = time.monotonic()
                 if now - last_send >= heartbeat_s:
                     send([_control_header("heartbeat", sender, sent)], "a heartbeat")
                 if sub is not None:
                     while sub.poll(0):
-                        msg = json.loads(sub.recv())
-                        if msg.get("kind") == "beam" and msg.get("seq", 0) > seq:
+                        msg = _control_message(sub.recv())
+                        if msg is None:
+                            ignored += 1
+                        elif msg["seq"] > seq:
                             seq, beam = msg["seq"], msg["beam"]
                             beams.append(beam)
                             if on_beam is not None:
@@ -629,6 +612,10 @@ def send_frames(
     finally:
         if sub is not None:
             sub.close(linger=0)
+        push.disable_monitor()
+        mon.close(linger=0)
         push.close()  # LINGER = send_timeout: queued frames still leave
         ctx.term()
-    return SendReport(sent, int(start_id), fid - 1, sender, tuple(beams), time.monotonic() - t_start, bool(send_end))
+    return SendReport(sent, int(start_id), fid - 1, sender, tuple(beams), time.monotonic() - t_start, bool(send_end),
+                      ignored)  # fmt: skip
+
