@@ -71,7 +71,7 @@ from inference.refine import (
 )
 from inference.registration import register_shift
 from inference.score import ScoreResult, score_frames
-from inference.scorer import SCORERS, ImageSet, Score, Scorer, ScorerConfig, make_scorer, method_text
+from inference.scorer import SCORERS, ImageSet, NonFiniteEvidence, Score, Scorer, ScorerConfig, make_scorer, method_text
 from inference.screen import screen_margin
 
 __all__ = [
@@ -84,6 +84,7 @@ __all__ = [
     "MapInfo",
     "MapState",
     "NoiseModel",
+    "NonFiniteEvidence",
     "NuisancePrior",
     "PosteriorState",
     "Proposal",

@@ -285,9 +285,12 @@ def _laplace_one(counts, image, exposure, shift0, s0, b0, sat, noise, prior, n_n
 def _laplace_fit(counts, images, exposure, shift0, noise, prior, n_newton):
     counts = jnp.asarray(counts, jnp.float32)
     images = jnp.asarray(images, jnp.float32)
-    lin = _linear_fit(counts, images, exposure, jnp.zeros((2,), jnp.float32), noise, prior, 4)
+    # scale and background start from the linear fit at each hypothesis's start shift (a fit at
+    # zero shift of a drifted frame is far from the joint MAP and sent the Newton astray)
+    shifted = jax.vmap(fourier_shift)(images, shift0)
+    lin = _linear_fit(counts, shifted, exposure, jnp.zeros((2,), jnp.float32), noise, prior, 4)
     sat = jnp.sum(_saturated_part(noise, counts))
-    return jax.vmap(_laplace_one, in_axes=(None, 0, None, None, 0, 0, None, None, None, None))(
+    return jax.vmap(_laplace_one, in_axes=(None, 0, None, 0, 0, 0, None, None, None, None))(
         counts, images, exposure, shift0, lin.scale, lin.background, sat, noise, prior, n_newton
     )
 
@@ -295,8 +298,11 @@ def _laplace_fit(counts, images, exposure, shift0, noise, prior, n_newton):
 def laplace_fit(counts, images, exposure, noise: NoiseModel, prior: NuisancePrior, *, shift0=(0.0, 0.0),
                 n_newton: int = 6) -> tuple[LaplaceFit, jax.Array, jax.Array]:  # fmt: skip
     """``(fit [H], shift [H, 2], shift_sd [H, 2])``: the shift [pixels], scale and background all
-    marginalised (Laplace around a damped-Newton MAP started at ``shift0`` and the linear kernel's
-    scale and background; Hessian by autodiff).
+    marginalised (Laplace around a damped-Newton MAP started at ``shift0`` (``[2]``, or ``[H, 2]``
+    one start per hypothesis) and the linear kernel's scale and background; Hessian by autodiff).
+    The Newton moves the shift by at most half a pixel per iteration, so the start must lie within
+    a few pixels of the MAP: at high dose the log joint is sharply peaked and far from concave a
+    pixel or two away (:func:`inference.register_shift` finds such a start).
 
     The damped Newton is not invariant to the units of the images, so it runs on the images
     divided by their mean level ``m`` (exposure times ``m``, background prior divided by ``m``:
@@ -309,7 +315,9 @@ def laplace_fit(counts, images, exposure, noise: NoiseModel, prior: NuisancePrio
     m = jnp.maximum(jnp.mean(images), 1e-12)
     unit = dataclasses.replace(prior, background_mean=prior.background_mean / m, background_sd=prior.background_sd / m)
     ex = jnp.asarray(exposure, jnp.float32) * m
-    fit, shift, shift_sd = _laplace_fit(counts, images / m, ex, jnp.asarray(shift0, jnp.float32), noise, unit, int(n_newton))
+    h = images.shape[0]
+    s0 = jnp.broadcast_to(jnp.asarray(shift0, jnp.float32).reshape(-1, 2), (h, 2))
+    fit, shift, shift_sd = _laplace_fit(counts, images / m, ex, s0, noise, unit, int(n_newton))
     log_m = jnp.log(m)
     fit = fit._replace(background=fit.background * m, background_sd=fit.background_sd * m,
                        log_prior=fit.log_prior - log_m, laplace_term=fit.laplace_term + log_m)  # fmt: skip

@@ -144,9 +144,12 @@ def newton_laplace_host(lik_fn, theta0, prior, sat: float, n_newton: int) -> Lap
     only when ``with_data``."""
     import numpy as np
 
-    theta = theta0
-    for _ in range(n_newton):
-        g, h, _ = lik_fn(theta, False)
-        theta = newton_step(np, theta, g, h, prior)
-    g, h, data = lik_fn(theta, True)
-    return laplace_at(np, theta, g, h, data + sat, prior)
+    # corrupt counts (an overflowing pixel) make the sums infinite: the scorer reports the
+    # non-finite evidence that results (inference.scorer.NonFiniteEvidence), numpy need not warn
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        theta = theta0
+        for _ in range(n_newton):
+            g, h, _ = lik_fn(theta, False)
+            theta = newton_step(np, theta, g, h, prior)
+        g, h, data = lik_fn(theta, True)
+        return laplace_at(np, theta, g, h, data + sat, prior)

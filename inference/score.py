@@ -30,7 +30,7 @@ from inference.posterior import (
     rule_text,
     update_posterior,
 )
-from inference.scorer import SCORERS, Score, ScorerConfig, make_scorer, method_text
+from inference.scorer import SCORERS, NonFiniteEvidence, Score, ScorerConfig, make_scorer, method_text
 
 __all__ = ["ScoreResult", "score_frames"]
 
@@ -217,8 +217,11 @@ def score_frames(
     state = init_posterior(pr)
     per_frame = []
     lap = np.zeros(imgs.shape[0])
-    for c in checked:
-        ev = sc.score(c, prepared, exposure)
+    for t, c in enumerate(checked):
+        try:
+            ev = sc.score(c, prepared, exposure)
+        except NonFiniteEvidence as exc:  # never into the posterior: name the frame and the hypothesis
+            raise InputError(exc.describe(ids, t)) from None
         state = update_posterior(state, ev.log_evidence, dose)
         lap += ev.laplace_term
         per_frame.append(ev)

@@ -16,7 +16,11 @@ Gaussian priors on the nuisance (:class:`inference.evidence.NuisancePrior`). The
 **The scorers** (:data:`SCORERS`):
 
 - ``"laplace"``: shift, scale and background marginalised (4-parameter Laplace, autodiff
-  Hessian, one FFT pair per hypothesis and Newton iteration); ``shift`` is the Newton start.
+  Hessian, one FFT pair per hypothesis and Newton iteration); ``shift`` is the Newton start, and
+  without one the frame is registered against each hypothesis's image first (the MAP integer
+  shift within 3 pixels refined by a parabola, :func:`inference.register_shift`): the damped
+  Newton moves half a pixel per iteration and diverged (NaN or -inf evidence) from zero on
+  bright frames drifted by ~2.5 pixels.
 - ``"linear"``: the frame registered up to the known ``shift``; scale and background
   marginalised by the 2x2 Newton-Laplace step (:mod:`inference.newton`).
 - ``"fast"``: as ``"linear"`` for large libraries: a binned screen whose per-frame margin bounds
@@ -32,7 +36,9 @@ detected fraction (~1e-2) in annular STEM, where a prior in units of the beam wo
 times the whole signal and the Laplace approximation breaks down. ``prepare(images, level=m)``
 fixes ``m`` (the Ray shards pass the library's level so every shard scores with the same prior).
 
-**The result** is one type, :class:`Score`, whatever the scorer.
+**The result** is one type, :class:`Score`, whatever the scorer. A non-finite log evidence never
+leaves the scorer: it is a :class:`NonFiniteEvidence` error naming the hypothesis (and, from
+:func:`inference.score_frames` and the live step, the frame).
 """
 
 from __future__ import annotations
@@ -48,9 +54,10 @@ import numpy as np
 from forward import InputError, pytree_dataclass, static_field
 from inference.evidence import NuisancePrior, _check_inputs, laplace_fit, linear_fit, make_nuisance_prior
 from inference.noise import NoiseModel
+from inference.registration import register_shift
 from inference.screen import ScreenCache, _check_shift, make_fast_scorer, prepare_screen_cache
 
-__all__ = ["SCORERS", "ScorerConfig", "ImageSet", "Score", "Scorer", "make_scorer", "method_text"]
+__all__ = ["SCORERS", "ScorerConfig", "ImageSet", "Score", "Scorer", "NonFiniteEvidence", "make_scorer", "method_text"]
 
 #: The scorer kinds (module docstring).
 SCORERS = ("laplace", "linear", "fast")
@@ -168,6 +175,27 @@ class Scorer(NamedTuple):
     score: Callable[..., Score]
 
 
+class NonFiniteEvidence(InputError):
+    """A scorer gave a non-finite log evidence (NaN or infinite) for some hypotheses of a frame.
+
+    Attributes: ``kind`` (the scorer), ``indices`` (hypotheses, in the scored images' order),
+    ``values`` (their log evidence), ``max_count`` (the frame's largest count). ``describe(ids,
+    frame)`` words it with the hypotheses' ids and the frame's index."""
+
+    def __init__(self, kind: str, indices, values, max_count: float):
+        self.kind, self.indices, self.values, self.max_count = kind, [int(i) for i in indices], list(values), max_count
+        super().__init__(self.describe())
+
+    def describe(self, ids=None, frame=None) -> str:
+        i = self.indices[0]
+        who = f"hypothesis {ids[i]!r}" if ids is not None else f"hypothesis {i}"
+        more = f" (and {len(self.indices) - 1} more)" if len(self.indices) > 1 else ""
+        where = f"frame {frame}: " if frame is not None else ""
+        return (f"{where}the {self.kind} scorer gave a non-finite log evidence ({self.values[0]}) for {who}{more}: no "
+                f"nuisance value within the model makes the frame possible, or its counts are corrupt (largest count "
+                f"{self.max_count:.3g}); check the frame and the simulated images")  # fmt: skip
+
+
 def _auto_bin_factor(shape) -> int:
     return next(f for f in (4, 2, 1) if all(int(n) % f == 0 for n in shape[-2:]))
 
@@ -272,8 +300,16 @@ def make_scorer(config: ScorerConfig) -> Scorer:
 
     def score(counts, images, exposure, shift=None) -> Score:
         iset = images if isinstance(images, ImageSet) else prepare(images)
+        return _finite(_score(counts, iset, exposure, shift), counts)
+
+    def _score(counts, iset: ImageSet, exposure, shift) -> Score:
         sh = _check_shift(shift)
         if kind == "laplace":
+            _check_inputs(counts, iset.images, exposure)
+            if shift is None:  # a start within the Newton's reach: the frame registered on each image
+                y = np.asarray(counts, np.float64)
+                sd = float(iset.prior.shift_sd)
+                sh = np.asarray([register_shift(y, im, shift_sd=sd) for im in np.asarray(iset.images)], np.float32)
             fit, s, s_sd = laplace_fit(counts, iset.images, exposure, noise, iset.prior, shift0=sh, n_newton=n_newton or 6)
             return _from_fit(fit, kind, s, s_sd)
         if kind == "linear" or iset.screen is None:
@@ -287,6 +323,12 @@ def make_scorer(config: ScorerConfig) -> Scorer:
         _check_inputs(counts, iset.images, exposure)
         ff = fast_fn(iset.prior, iset.screen.bin_factor)(counts, iset.screen, exposure, shift=sh)
         return _from_fit(ff.fit, kind, sh, np.zeros(2), exact=ff.exact, screen=ff)
+
+    def _finite(sc: Score, counts) -> Score:
+        bad = np.flatnonzero(~np.isfinite(sc.log_evidence))
+        if bad.size:
+            raise NonFiniteEvidence(kind, bad, sc.log_evidence[bad].tolist(), float(np.max(np.asarray(counts))))
+        return sc
 
     return Scorer(config=config, prepare=prepare, score=score)
 

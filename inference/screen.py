@@ -1,6 +1,6 @@
 """Per-frame scoring fast enough for the live loop: a binned screen, then the exact scorer.
 
-The exact real-time scorer (:func:`inference.evidence.make_linear_scorer`: registered frame,
+The exact real-time scorer (the linear scorer, :func:`inference.evidence.linear_fit`: registered frame,
 ``(scale, background)`` marginalised by Laplace) reads every pixel of every cached image five
 times (four Newton steps and the final evaluation), with a logarithm and a division per pixel
 each time: about 3e8 of them for 1,000 hypotheses on 256x256 frames. The fast scorer
@@ -53,7 +53,7 @@ images exactly as the exact scorer does.
 
 **2. Exact.** The survivors (the top ``K`` by screen evidence, ``K`` the next power of two above
 the number within the margin, at least ``min_exact``) are scored with the model, prior and
-Laplace term of :func:`inference.evidence.make_linear_scorer`, by Newton from the screen's MAP
+Laplace term of the linear scorer (:func:`inference.evidence.linear_fit`), by Newton from the screen's MAP
 (``n_refine`` steps, default 1) completed by a closed-form last step (the Newton decrement,
 :func:`inference.newton.laplace_at`). A survivor is flagged exact (``Score.exact``) when the
 decrement at its last evaluation is below 0.05 nats (then within ~1e-4 nats of the maximum);

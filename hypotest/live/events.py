@@ -68,6 +68,9 @@ class FrameSource(Protocol):
     """
 
     name: str
+    #: whether :meth:`apply_beam` can reach the microscope (a control channel exists); a session
+    #: on a source without one turns auto-apply off (:func:`takes_control`)
+    controllable: bool
 
     def poll(self, timeout: float) -> list[SourceEvent]:
         """Wait at most ``timeout`` [s] and return what arrived, oldest first (possibly empty).
@@ -79,10 +82,18 @@ class FrameSource(Protocol):
     def apply_beam(self, beam: dict) -> bool:
         """Send a beam condition (BEAM.json form) to the microscope's control channel.
 
-        Returns False when the source has no control channel (file replay).
+        Returns True only when the beam reached the microscope; False when the source has no
+        control channel (file replay) or could not send it. A beam not sent is never assumed for
+        the frames that follow.
         """
         ...
 
     def close(self) -> None:
         """Release sockets and files; idempotent."""
         ...
+
+
+def takes_control(source) -> bool:
+    """Whether ``source`` can take beam commands (its ``controllable``; a source that does not say
+    is asked through ``apply_beam`` and trusted only for the beams it reports sent)."""
+    return bool(getattr(source, "controllable", True))

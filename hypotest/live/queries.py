@@ -33,7 +33,7 @@ class SessionQueries:
                 "frames": dict(self.counters), "frame_rate_hz": rate, "latency_s": lat,
                 "beam": dict(self._beam), "beam_label": self._beam_label, "dose_used_e_per_A2": self._dose_used,
                 "decision": None if self.decision is None else dict(self.decision), "auto_apply": self.auto_apply,
-                "step": self._step, "error": self.error,
+                "step": self._step, "error": self.error, "warnings": list(getattr(self, "warnings", [])),
             }  # fmt: skip
 
     def _index(self, hypothesis_id: str) -> int:

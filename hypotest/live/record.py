@@ -183,14 +183,19 @@ class SessionData:
     truncated: str | None
     damaged: list[dict] = dataclasses.field(default_factory=list)
 
-    def frame(self, index: int) -> np.ndarray:
-        """The counts of received frame ``index`` (as received: dtype and shape)."""
+    def frame_line(self, index: int) -> dict:
+        """The ``frame`` line of received frame ``index`` (looked up by index, not position)."""
         fl = self.frame_lines[index] if 0 <= index < len(self.frame_lines) else None
         if fl is None or fl["index"] != index:  # a damaged frame line shifted the list
             fl = next((x for x in self.frame_lines if x["index"] == index), None)
         if fl is None:
             raise InputError(f"frame index {index} out of range or its record line is damaged: the record holds "
                              f"{len(self.frame_lines)} frames")  # fmt: skip
+        return fl
+
+    def frame(self, index: int) -> np.ndarray:
+        """The counts of received frame ``index`` (as received: dtype and shape)."""
+        fl = self.frame_line(index)
         with open(self.dir / "frames.bin", "rb") as f:
             f.seek(fl["offset"])
             data = f.read(fl["nbytes"])

@@ -109,6 +109,9 @@ class FileReplaySource:
             if self._closed.wait(max(wait, 0.0)):
                 return []
 
+    #: a file has no control channel
+    controllable = False
+
     def apply_beam(self, beam: dict) -> bool:
         """A file has no control channel: returns False."""
         return False

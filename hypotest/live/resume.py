@@ -173,7 +173,7 @@ def replay_record(directory, log: Callable[[str], None] | None = None) -> Replay
                 state = drop_hypothesis(state, state.ids.index(e["id"]))
         batch = []
         for j in st["frames"]:
-            fl = rec.frame_lines[j]
+            fl = rec.frame_line(j)
             batch.append(PendingFrame(j, fl["source_id"], rec.frame(j), fl["beam"], fl["beam_label"], fl["t_source"],
                                       fl["t_received"]))  # fmt: skip
         state, info = live_step(state, batch, images)

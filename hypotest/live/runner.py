@@ -48,7 +48,7 @@ import numpy as np
 
 from forward import InputError, make_specimen
 from hypotest.beamfile import parse_beam
-from hypotest.live.events import BadMessage, FrameSource, RawFrame, StreamEvent
+from hypotest.live.events import BadMessage, FrameSource, RawFrame, StreamEvent, takes_control
 from hypotest.live.model import beam_key
 from hypotest.live.queries import SessionQueries
 from hypotest.live.record import SessionWriter
@@ -166,6 +166,7 @@ class LiveSession(SessionQueries):
         self._propose_request = None
         self._latest: StepInfo | None = None  # the last step's scored frame, beam and fit
         self.error: str | None = None
+        self.warnings: list[str] = []
 
     # ---------------------------------------------------------------- the state, read
     @property
@@ -236,6 +237,7 @@ class LiveSession(SessionQueries):
     def start(self, warm_up: bool = True) -> LiveSession:
         if self._threads:
             raise InputError("the session is already running")
+        self._check_control()
         if warm_up:
             self.writer.append("warm_up", t=time.time(), seconds=round(self.warm_up(), 3))
         self.state = "running"
@@ -268,6 +270,7 @@ class LiveSession(SessionQueries):
         applied before the next frame), for tests, benchmarks and scripted sessions."""
         if self._threads:
             raise InputError("the session is already running in the background")
+        self._check_control()
         if warm_up:
             self.writer.append("warm_up", t=time.time(), seconds=round(self.warm_up(), 3))
         self.state = "running"
@@ -294,6 +297,28 @@ class LiveSession(SessionQueries):
                 self.state = "decided" if self.decision else "stopped"
             self.stop()
         return self.status()
+
+    def _warn(self, message: str) -> None:
+        """A warning for the operator: in the record, on the page (status ``warnings``) and the log."""
+        with self._lock:
+            if message in self.warnings:
+                return
+            self.warnings.append(message)
+        self.writer.append("warning", t=time.time(), message=message)
+        self._log(f"warning: {message}")
+        self._publish({"type": "status", "status": self.status()})
+
+    def _check_control(self) -> None:
+        """A source that takes no beam commands cannot be steered: auto-apply goes off, with a
+        warning (a beam proposed but never applied must not be assumed for the next frames)."""
+        if self.auto_apply and not takes_control(self.source):
+            with self._lock:
+                self.auto_apply = False
+            self.writer.append("auto_apply", t=time.time(), on=False, by="session",
+                               reason="the source takes no beam commands")  # fmt: skip
+            self._warn(f"the source ({getattr(self.source, 'name', type(self.source).__name__)}) takes no beam commands, so "
+                       "auto-apply is off: proposals are shown for the operator, and frames are scored under the beam "
+                       "their header names, else the session's beam")  # fmt: skip
 
     def stop(self, reason: str | None = None) -> None:
         if self._stop.is_set():
@@ -529,14 +554,24 @@ class LiveSession(SessionQueries):
         return out
 
     def _set_beam(self, beam: dict, label: str, by: str) -> dict:
+        """Send ``beam`` to the microscope. The frames that follow (when their header names no beam)
+        are scored under it only if it was applied: the source took it, or the operator set it
+        (on a source without control, the operator's word is the only record of the microscope's
+        state). An automatic choice the source did not take is recorded and never assumed."""
         parse_beam(beam, where="beam condition")
-        sent = self.source.apply_beam(beam)
-        with self._lock:
-            self._beam = dict(beam)
-            self._beam_label = label
-        self.writer.append("beam", t=time.time(), step=self._step, label=label, beam=beam, by=by, sent_to_source=bool(sent))
+        sent = bool(self.source.apply_beam(beam))
+        applied = sent or by == "operator"
+        if applied:
+            with self._lock:
+                self._beam = dict(beam)
+                self._beam_label = label
+        self.writer.append("beam", t=time.time(), step=self._step, label=label, beam=beam, by=by, sent_to_source=sent,
+                           applied=applied)  # fmt: skip
+        if not applied:
+            self._warn(f"the source did not take the beam {label!r} chosen {by}: frames stay scored under "
+                       f"{self._beam_label!r}")  # fmt: skip
         self._publish({"type": "beam", "beam": beam, "label": label, "by": by})
-        return {"label": label, "beam": beam, "sent_to_source": bool(sent)}
+        return {"label": label, "beam": beam, "sent_to_source": sent, "applied": applied}
 
     def restore(self, rec) -> int:
         """Continue from a session record (:func:`hypotest.live.record.load_record`): the state is
@@ -563,7 +598,9 @@ class LiveSession(SessionQueries):
         self.counters["received"] = len(rec.frame_lines)
         self.counters["rejected"] = sum(1 for f in rec.frames if f["fate"] == "rejected")
         self.counters["bad_messages"] = sum(1 for e in rec.events if e["kind"] == "bad_message")
-        beams = [e for e in rec.events if e["kind"] == "beam"]
+        # the beam in use: the last one applied (older records: sent, or set by the operator)
+        beams = [e for e in rec.events if e["kind"] == "beam"
+                 and e.get("applied", e.get("sent_to_source", True) or e.get("by") == "operator")]  # fmt: skip
         if beams:
             self._beam, self._beam_label = dict(beams[-1]["beam"]), beams[-1]["label"]
             self.source.apply_beam(self._beam)
@@ -572,7 +609,7 @@ class LiveSession(SessionQueries):
         queued = 0
         for f in rec.frames:  # in flight at a crash (no fate), or left queued at a stop
             if f["fate"] in (None, "unscored"):
-                fl = rec.frame_lines[f["index"]]
+                fl = rec.frame_line(f["index"])
                 self._pending.append(PendingFrame(f["index"], fl["source_id"], rec.frame(f["index"]), fl["beam"],
                                                   fl["beam_label"], fl["t_source"], fl["t_received"]))  # fmt: skip
                 queued += 1

@@ -96,6 +96,9 @@ class SimulatedMicroscopeSource:
         lam = expected_electrons(self._model.images(beam)[0], bc.dose, self._model.pixel_area_of(beam))
         sample_frame(jax.random.key(0), lam, bc.detector).block_until_ready()
 
+    #: the simulated microscope obeys every beam command
+    controllable = True
+
     def apply_beam(self, beam: dict) -> bool:
         parse_beam(beam, where="beam command")  # validate before obeying
         with self._lock:

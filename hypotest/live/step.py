@@ -51,6 +51,7 @@ from hypotest.beamfile import parse_beam
 from hypotest.live.model import beam_key
 from inference import (
     ImageSet,
+    NonFiniteEvidence,
     Rejection,
     RejectionRule,
     Score,
@@ -84,6 +85,12 @@ __all__ = [
 ]
 
 
+#: A frame whose total counts differ from what its stated dose predicts by more than this factor
+#: (either way, beyond five Poisson standard deviations) is refused: calibration errors of the
+#: dose, the gain or the simulated contrast are factors of ~2, a wrong header orders of magnitude.
+DOSE_FACTOR = 10.0
+
+
 @dataclasses.dataclass(frozen=True)
 class PendingFrame:
     """A frame received and recorded, waiting to be scored.
@@ -113,12 +120,15 @@ class LiveConfig:
         rule: the rejection rule (:func:`inference.make_rejection_rule`).
         target: decide when the best hypothesis's posterior reaches this.
         stop_on_decision: keep a decision once reached (else a later switch undoes it).
+        dose_factor: refuse a frame whose counts are off by more than this factor from what its
+            stated dose gives (beyond Poisson noise; 0: no check).
     """
 
     scorer: ScorerConfig  # with noise and prior filled in (:func:`make_live_config`)
     rule: RejectionRule
     target: float = 0.99
     stop_on_decision: bool = True
+    dose_factor: float = DOSE_FACTOR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +251,7 @@ class StepImages:
 
 
 def make_live_config(scorer: str, noise, *, rule_threshold: float = 1e-3, target: float = 0.99,
-                     stop_on_decision: bool = True) -> LiveConfig:  # fmt: skip
+                     stop_on_decision: bool = True, dose_factor: float = DOSE_FACTOR) -> LiveConfig:  # fmt: skip
     """A validated :class:`LiveConfig`: the one scorer of kind ``scorer`` (:data:`inference.SCORERS`;
     a live frame's drift is registered, so ``"linear"`` and ``"fast"`` score at it) with the
     default nuisance prior, and the Bayes-factor rule at ``rule_threshold``."""
@@ -253,10 +263,13 @@ def make_live_config(scorer: str, noise, *, rule_threshold: float = 1e-3, target
         raise InputError(f"rejection threshold must be in (0, 1), got {rule_threshold!r}")
     if not 0.5 < target < 1:
         raise InputError(f"decision target must be in (0.5, 1), got {target!r}")
+    f = float(dose_factor)
+    if not (f == 0 or (math.isfinite(f) and f > 1)):
+        raise InputError(f"dose_factor must be > 1 (or 0 to accept any dose), got {dose_factor!r}")
     config = ScorerConfig(kind=scorer, noise=noise, prior=make_nuisance_prior())
     make_scorer(config)  # validate now, not at the first frame
     return LiveConfig(scorer=config, rule=make_rejection_rule("bayes_factor", rule_threshold), target=float(target),
-                      stop_on_decision=bool(stop_on_decision))  # fmt: skip
+                      stop_on_decision=bool(stop_on_decision), dose_factor=f)  # fmt: skip
 
 
 def init_live_state(config: LiveConfig, ids, names, priors, *, expected_run_length: float = 200.0) -> LiveState:
@@ -271,12 +284,40 @@ def init_live_state(config: LiveConfig, ids, names, priors, *, expected_run_leng
     return LiveState(config=config, ids=ids, names=names, priors=pr, tracker=tracker, reasons=("",) * len(ids))
 
 
-def _validate(p: PendingFrame, images: StepImages, noise) -> tuple[np.ndarray | None, str]:
+def _validate(p: PendingFrame, images: StepImages, noise, best: int, factor: float) -> tuple[np.ndarray | None, str]:
     try:
-        parse_beam(p.beam, where=f"frame {p.source_id} beam")
-        return _check_counts(p.counts, tuple(images.model.frame_shape_of(p.beam)), noise), ""
+        bf = parse_beam(p.beam, where=f"frame {p.source_id} beam")
+        c = _check_counts(p.counts, tuple(images.model.frame_shape_of(p.beam)), noise)
+        return c, _dose_problem(p, c, bf.beam, images, noise, best, factor)
     except InputError as exc:
         return None, f"frame {p.source_id}: {exc}"
+
+
+def _dose_problem(p: PendingFrame, counts: np.ndarray, bc, images: StepImages, noise, best: int, factor: float) -> str:
+    """Why a frame's counts contradict the dose its beam states ("" if they do not).
+
+    Under the current best hypothesis the frame's expected counts total ``N = gain x dose x pixel
+    area x sum(I)``. A frame whose total is off by more than ``factor`` either way, beyond five
+    Poisson standard deviations, was not taken at that dose (or with that gain): its header is
+    wrong (a forged or stale dose would otherwise be trusted: scored at 1e9 e-/Å² while its counts
+    match 400, a hypothesis jumps to P = 1). Gaussian read noise alone has no such scale: not
+    checked."""
+    if factor <= 0 or noise.kind == "gaussian":
+        return ""
+    model = images.model
+    expected = float(bc.dose) * model.pixel_area_of(p.beam) * float(np.sum(model.images(p.beam)[best], dtype=np.float64))
+    gain = float(noise.gain)
+    got = float(np.sum(counts, dtype=np.float64)) / gain
+    if not (expected > 0 and math.isfinite(expected)):
+        return ""
+    hi, lo = expected * factor, expected / factor
+    if got > hi + 5.0 * math.sqrt(hi) + 5.0 or got < lo - 5.0 * math.sqrt(lo) - 5.0:
+        ratio = got / expected
+        return (f"frame {p.source_id}: its counts ({got:.4g} electrons at gain {gain:g}) are {ratio:.2g} x what the stated "
+                f"dose of {float(bc.dose):g} e-/Å² gives under the current best hypothesis ({expected:.4g}): beyond the "
+                f"accepted factor {factor:g}, so the frame was not taken at that dose (they imply ~{float(bc.dose) * ratio:.3g} "
+                f"e-/Å²); fix the dose in the frame's header or BEAM.json, or the detector gain")  # fmt: skip
+    return ""
 
 
 def live_step(state: LiveState, batch: Sequence[PendingFrame], images: StepImages) -> tuple[LiveState, StepInfo]:
@@ -285,9 +326,10 @@ def live_step(state: LiveState, batch: Sequence[PendingFrame], images: StepImage
     cfg = state.config
     noise = cfg.scorer.noise
     fates, valid = [], []
+    best_prev = int(state.view().best)
     for p in batch:
-        c, reason = _validate(p, images, noise)
-        if c is None:
+        c, reason = _validate(p, images, noise, best_prev, cfg.dose_factor)
+        if reason:
             fates.append({"index": p.index, "source_id": p.source_id, "fate": "rejected", "reason": reason})
         else:
             valid.append((p, c))
@@ -305,14 +347,20 @@ def live_step(state: LiveState, batch: Sequence[PendingFrame], images: StepImage
     exposure = dose * model.pixel_area_of(beam)
     active = state.active()
     prepared = images.prepared(beam, active, cfg.scorer)
-    best_prev = int(state.view().best)
     ref = model.images(beam)[best_prev]
     drift = register_shift(counts, ref, shift_sd=float(cfg.scorer.prior.shift_sd))
     mean_expected = float(np.mean(ref)) * exposure * float(bc.detector.gain)
     dose_ratio = float(np.mean(counts)) / mean_expected if mean_expected > 0 else float("nan")
     t1 = time.perf_counter()
 
-    ev = images.scorer(cfg.scorer).score(counts, prepared, exposure, drift)
+    try:
+        ev = images.scorer(cfg.scorer).score(counts, prepared, exposure, drift)
+    except NonFiniteEvidence as exc:  # never into the posterior: the frames are refused with the reason
+        names = [state.names[i] for i in active]
+        for p, _ in group:
+            fates.append({"index": p.index, "source_id": p.source_id, "fate": "rejected",
+                          "reason": exc.describe(names, p.source_id if n == 1 else f"{p.source_id} (coalesced)")})  # fmt: skip
+        return state, StepInfo(fates=tuple(fates), rest=rest)
     t2 = time.perf_counter()
 
     h = state.n_hypotheses
@@ -411,7 +459,7 @@ def rescore_steps(steps: Sequence[dict], frame_fn: Callable[[int], np.ndarray], 
         beam = e["beam"]
         counts = model.model_layout(beam, np.sum([frame_fn(j).astype(np.float32) for j in e["frames"]], axis=0))
         exposure = e["dose_e_per_A2"] * model.pixel_area_of(beam)
-        active = [col[h] for h, v in zip(e["ids"], e["log_evidence"]) if v is not None]
+        active = [col[h] for h, v in zip(e["ids"], e["log_evidence"]) if v is not None and h in col]
         level = images.prepared(beam, active, config.scorer).level
         one = sc.prepare(model.images(beam)[index : index + 1], level=float(level))
         out.append(float(sc.score(counts, one, exposure, tuple(e["drift_px"])).log_evidence[0]))

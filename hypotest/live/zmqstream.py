@@ -210,6 +210,11 @@ class ZmqSource:
                     wait = min(wait, self._last_seen + self._hb_timeout - now)
                 self._poller.poll(max(1, min(int(wait * 1000) + 1, 50)))
 
+    @property
+    def controllable(self) -> bool:
+        """Whether beam commands can go out: a control channel (``control_address``) exists."""
+        return self._ctrl is not None
+
     def apply_beam(self, beam: dict) -> bool:
         """Publish ``beam`` (BEAM.json form) on the control channel; False without one.
 

@@ -30,7 +30,7 @@ from hypothesis.extra import numpy as hnp
 
 from hypotest.dashboard import serve
 from hypotest.live.events import BadMessage, RawFrame, StreamEvent
-from hypotest.live.sessions import make_demo_session
+from hypotest.live.builtin import make_demo_session
 from hypotest.live.zmqcodec import SCHEMA, MalformedMessage, decode_message, encode_frame
 from hypotest.live.zmqstream import ZmqSource
 

@@ -23,20 +23,6 @@ from hypotest.live.builtin import LIBRARY_SETTINGS, load_builtin_hypotheses, mak
 from hypotest.live.resume import replay_record, resume_session
 
 
-def _waves(library):
-    st = LIBRARY_SETTINGS[library]
-    hyps = load_builtin_hypotheses(library)
-    model = ImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
-                            slice_thickness=st.slice_thickness)  # fmt: skip
-    beam = make_beam(st.energy)
-    return [np.asarray(model.sim.exit_wave(h.specimen, beam)) for h in hyps]
-
-
-@pytest.fixture(scope="module")
-def mos2_waves():
-    return _waves("mos2_defects")
-
-
 def _fates_complete(rec):
     """Every received frame has exactly one fate, and the steps hold each scored frame once."""
     in_steps = [j for s in rec.steps for j in s["frames"]]

@@ -96,11 +96,12 @@ def test_damaged_truth_and_session_json(tmp_path, capsys):
 def test_show_replay_and_resume_a_real_record_with_a_junk_line(tmp_path, capsys):
     """`[1,2,3]` (valid JSON, not a record line) in a real session's record.jsonl crashed
     `hypotest session show`; show, replay and resume now read past it."""
-    from hypotest.live.sessions import make_demo_session, resume_session
-    from tests.hypotest.test_live_session import _waves
+    from hypotest.live.builtin import make_demo_session
+    from hypotest.live.resume import resume_session
+    from tests.hypotest.conftest import builtin_exit_waves
 
     d = tmp_path / "s"
-    s = make_demo_session(d, seed=3, dose=200.0, exit_waves=_waves("mos2_defects"), max_frames=3,
+    s = make_demo_session(d, seed=3, dose=200.0, exit_waves=builtin_exit_waves("mos2_defects"), max_frames=3,
                           stop_on_decision=False, auto_apply=False)  # fmt: skip
     s.run_sync()
     with open(d / "record.jsonl", "a") as f:

@@ -24,7 +24,7 @@ from forward import InputError
 from hypotest.cli import main
 from hypotest.dashboard import serve
 from hypotest.live.events import BadMessage, RawFrame, StreamEvent
-from hypotest.live.sessions import make_demo_session
+from hypotest.live.builtin import make_demo_session
 from hypotest.live.zmqauth import is_local_endpoint, make_stream_keys
 from hypotest.live.zmqstream import ZmqSource, send_frames
 

@@ -175,6 +175,9 @@ function renderStatus() {
   d.title = d.textContent;
   renderBeam(s.beam, s.beam_label);
   $("#auto-apply").checked = !!s.auto_apply;
+  const w = $("#warnings"), ws = s.warnings || [];  // what the session wants the operator to know
+  w.hidden = ws.length === 0;
+  w.replaceChildren(...ws.map((t) => el("p", {}, `⚠ ${t}`)));
   const tb = $("#latency-table tbody");
   tb.replaceChildren(...Object.entries(s.latency_s || {}).map(([stage, v]) =>
     el("tr", {}, el("td", {}, stage), el("td", {}, fmtMs(v && v.p50)), el("td", {}, fmtMs(v && v.p99)))));
