@@ -131,20 +131,6 @@ class ReplayReport:
         return self.max_abs_posterior_diff <= 1e-4
 
 
-@dataclasses.dataclass(frozen=True)
-class ReplayReport:
-    """Posteriors recomputed from the stored frames against those recorded."""
-
-    steps: int
-    max_abs_posterior_diff: float
-    max_abs_log_evidence_diff: float  # [nats], over finite entries
-    decision_reproduced: bool
-
-    @property
-    def ok(self) -> bool:
-        return self.max_abs_posterior_diff <= 1e-4
-
-
 def replay_record(directory, log: Callable[[str], None] | None = None) -> ReplayReport:
     """Re-run every recorded step through the live step (:func:`hypotest.live.step.live_step`)
     from the frames in ``frames.bin``, with a fresh model and state, the hypotheses added and

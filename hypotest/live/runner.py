@@ -234,13 +234,17 @@ class LiveSession(SessionQueries):
         self._propose(0, self.live.view(), active)
         return time.perf_counter() - t
 
-    def start(self, warm_up: bool = True) -> LiveSession:
+    def _begin(self, warm_up: bool) -> None:
+        """What starting takes, threaded or not: control checked, warm-up recorded, running."""
         if self._threads:
-            raise InputError("the session is already running")
+            raise InputError("the session is already running in the background")
         self._check_control()
         if warm_up:
             self.writer.append("warm_up", t=time.time(), seconds=round(self.warm_up(), 3))
         self.state = "running"
+
+    def start(self, warm_up: bool = True) -> LiveSession:
+        self._begin(warm_up)
         self._threads = [
             threading.Thread(target=self._ingest_loop, name="hypotest-ingest", daemon=True),
             threading.Thread(target=self._main_loop, name="hypotest-loop", daemon=True),
@@ -268,12 +272,7 @@ class LiveSession(SessionQueries):
         """Run in the calling thread, one frame at a time, with the design step inline: frame ->
         score -> propose -> apply -> next frame. Deterministic (no coalescing, every proposal is
         applied before the next frame), for tests, benchmarks and scripted sessions."""
-        if self._threads:
-            raise InputError("the session is already running in the background")
-        self._check_control()
-        if warm_up:
-            self.writer.append("warm_up", t=time.time(), seconds=round(self.warm_up(), 3))
-        self.state = "running"
+        self._begin(warm_up)
         limit = max_steps if max_steps is not None else self.max_steps
         try:
             while not self._finished() and (limit is None or self._step < limit):
