@@ -24,7 +24,7 @@ from pathlib import Path
 
 from forward.errors import InputError
 from hypotest.live.events import BadMessage, RawFrame, SourceEvent, StreamEvent
-from hypotest.live.readers import FrameReader, frame_file_format, open_frames
+from hypotest.frames import FrameReader, frame_file_format, open_frames
 
 __all__ = ["FileReplaySource"]
 
