@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hypotest.live.sessions import LIBRARY_SETTINGS, load_builtin_hypotheses, make_demo_session
+from hypotest.hypothesis import load_hypotheses
+from hypotest.live.sessions import LIBRARY_SETTINGS, make_demo_session
 
 __all__ = ["run_demo", "load_hypotheses", "LIBRARY"]
 
 LIBRARY = "mos2_defects"
-load_hypotheses = load_builtin_hypotheses
 
 
 def _exit_waves_task(specimens, settings: dict, energy: float):

@@ -34,7 +34,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from forward import InputError, Specimen, symbol
-from hypotest.hypothesis import Hypothesis, make_hypothesis
+from hypotest.hypothesis import Hypothesis, load_hypotheses
 
 __all__ = [
     "load_library",
@@ -62,46 +62,20 @@ LOG10_BF_FLOOR = -30.0
 
 
 def load_library(name_or_path: str | os.PathLike, family: str | None = None) -> list[Hypothesis]:
-    """The hypotheses of a built-in library (by name) or of a library file (``.h5``).
+    """The hypotheses of a built-in library (by name), of a library file (``.h5``) or of a
+    directory or glob of structure files (:func:`hypotest.hypothesis.load_hypotheses`).
 
     Args:
         name_or_path: ``"mos2_defects"``, ``"pt111_adsorbates"``, ``"srtio3_vacancy"``
-            (:data:`library.builtin.NAMES`) or the path of a library file written by
-            ``hypotest library build`` / :func:`library.write_library`.
+            (:data:`library.builtin.NAMES`), the path of a library file written by
+            ``hypotest library build`` / :func:`library.write_library`, or structure files.
         family: only the hypotheses of this family (default: all).
 
     Returns:
         :class:`hypotest.Hypothesis` objects in library order; each id is the library's content
         hash (checked).
     """
-    from library.builtin import NAMES
-    from library.builtin import load as load_builtin
-
-    text = os.fspath(name_or_path)
-    path = Path(text)
-    if text in NAMES:
-        entries = load_builtin(text, family)
-    elif path.is_file() and path.suffix.lower() in (".h5", ".hdf5"):
-        from library.format import open_library
-
-        with open_library(path) as lib:
-            entries = lib.family(family) if family is not None else lib.entries()
-    else:
-        what = "a file that is not .h5" if path.is_file() else "neither a built-in name nor an existing file"
-        raise InputError(
-            f"load_library expected a built-in library name (one of {list(NAMES)}) or a library file "
-            f"(.h5), got {text!r}, which is {what}; build a file with `hypotest library build SPEC.toml --out LIB.h5`"
-        )
-    hyps = []
-    for e in entries:
-        h = make_hypothesis(e.specimen, name=e.name, family=e.family, prior=float(e.prior), provenance=e.provenance)
-        if h.id != e.id:
-            raise InputError(
-                f"library entry {e.name!r} has id {e.id} but its structure hashes to {h.id}; the file was "
-                "written by another version of library.content_id: rebuild it with `hypotest library build`"
-            )
-        hyps.append(h)
-    return hyps
+    return load_hypotheses(name_or_path, family)
 
 
 def load_session(session_dir: str | os.PathLike):

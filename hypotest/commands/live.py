@@ -73,7 +73,7 @@ def _session_for_library_file(args, source_spec):
     from hypotest.beamfile import parse_beam
     from hypotest.live.model import ImageModel
     from hypotest.live.session import LiveSession
-    from hypotest.live.sessions import load_hypotheses
+    from hypotest.hypothesis import load_hypotheses
 
     if args.beam is None:
         raise InputError("a library file needs --beam BEAM.json (beam, frame sampling, simulation settings)")

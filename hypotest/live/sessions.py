@@ -76,15 +76,9 @@ DEFOCUS_FACTORS = (-1.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 def load_builtin_hypotheses(name: str = "mos2_defects") -> list[Hypothesis]:
     """The built-in library ``name`` as hypotheses (ids are the library's content hashes)."""
-    from library.builtin import load
+    from hypotest import hypothesis
 
-    hyps = []
-    for e in load(name):
-        h = make_hypothesis(e.specimen, name=e.name, family=e.family, prior=float(e.prior), provenance=e.provenance)
-        if h.id != e.id:
-            raise RuntimeError(f"library id {e.id} differs from the hypothesis id {h.id} of {e.name!r}")
-        hyps.append(h)
-    return hyps
+    return hypothesis.load_hypotheses(name)
 
 
 def demo_beams(settings: ImagingSettings, pixel_sampling, dose: float | None = None, cell=None) -> list[tuple[str, dict]]:
@@ -180,20 +174,11 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
 
 
 def load_hypotheses(library: str) -> list[Hypothesis]:
-    """Hypotheses from a built-in library name or a library file (.h5, :mod:`library.format`)."""
-    if library in LIBRARY_SETTINGS:
-        return load_builtin_hypotheses(library)
-    p = Path(library)
-    if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"):
-        from hypotest.scoring import library_file_entries
+    """Hypotheses from a built-in library name, a library file (.h5) or structure files
+    (:func:`hypotest.hypothesis.load_hypotheses`)."""
+    from hypotest import hypothesis
 
-        entries = library_file_entries(p)
-        return [make_hypothesis(e.specimen, name=e.name, family=e.family, prior=float(e.prior), provenance=e.provenance)
-                for e in entries]  # fmt: skip
-    raise InputError(
-        f"library {library!r}: expected a built-in name ({', '.join(sorted(LIBRARY_SETTINGS))}) or a library file "
-        "(.h5, `hypotest library build`)"
-    )
+    return hypothesis.load_hypotheses(library)
 
 
 def _session_hypotheses(rec) -> tuple[list[Hypothesis], ImageModel]:
