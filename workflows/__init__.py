@@ -5,8 +5,8 @@ refinement, and the ``ray job submit`` entrypoints (``python -m workflows.presim
 from workflows.cache import cached_ids, has_image, image_path, read_image, read_images, write_image
 from workflows.keys import stable_digest32, task_key
 from workflows.local import LOOPBACK, LocalRay, local_ray, worker_env
-from workflows.presim import PresimReport, SimulationWorker, make_workers, presimulate
-from workflows.refinement import RefineResult, refine_batch, refine_one, top_ids
+from workflows.presim_pool import PresimReport, SimulationWorker, make_workers, presimulate
+from workflows.refine_tasks import RefineResult, refine_batch, refine_one, top_ids
 from workflows.shards import ShardedLibrary, ShardScorer, ShardScores, posterior_from_scores
 from workflows.spec import (
     SIMULATOR_KINDS,
