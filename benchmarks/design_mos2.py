@@ -34,7 +34,8 @@ import numpy as np
 from forward import make_beam
 from hypotest.live.model import ImageModel
 from inference import decision_dose_bound, make_noise_model
-from hypotest.live.builtin import LIBRARY_SETTINGS, demo_beams, load_builtin_hypotheses, make_demo_session
+from hypotest.hypothesis import load_hypotheses
+from hypotest.live.builtin import LIBRARY_SETTINGS, demo_beams, make_demo_session
 
 
 POLICIES = ("scherzer", "adf", "allocation", "eig")
@@ -102,7 +103,7 @@ def main() -> None:
             raise SystemExit(f"unknown policy {p!r}: expected some of {POLICIES}")
 
     t0 = time.perf_counter()
-    hyps = load_builtin_hypotheses("mos2_defects")
+    hyps = load_hypotheses("mos2_defects")
     st = LIBRARY_SETTINGS["mos2_defects"]
     model = ImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
                        slice_thickness=st.slice_thickness)

@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 
+from forward import InputError
 from hypotest.hypothesis import make_hypothesis
 from hypotest.live.events import RawFrame, StreamEvent
-from hypotest.live.model import CachedImageModel
+from hypotest.live.model import beam_key
 from hypotest.live.record import load_record
 from hypotest.live.runner import LiveSession
 
@@ -51,6 +52,69 @@ def _library(n: int, seed: int = 0):
         d = np.fft.ifft2(np.fft.fft2(rng.normal(size=SHAPE)) * low).real
         imgs.append(1.0 + 0.3 * base / base.std() + 0.02 * d / d.std())
     return hyps, np.clip(np.stack(imgs), 0.05, None).astype(np.float32), cell
+
+
+class CachedImageModel:
+    """The benchmark's image model: images given directly, one stack per beam condition, behind the
+    interface the live session takes from :class:`hypotest.live.model.ImageModel` (no simulator).
+
+    A beam without images is an error (nothing here can simulate it). ``images_by_beam``: ``[(beam dict, images [H, mx, my])]`` (intensity
+    relative to the beam); ``pixel_sampling``: camera pixel [Å]; ``cell``: the shared cell [Å].
+    """
+
+    def __init__(self, images_by_beam, *, pixel_sampling, cell):
+        if not images_by_beam:
+            raise InputError("a cached image model needs at least one (beam, images) pair")
+        self._images = {}
+        shapes = set()
+        for beam, imgs in images_by_beam:
+            a = np.asarray(imgs, dtype=np.float32)
+            if a.ndim != 3 or not np.all(np.isfinite(a)):
+                raise InputError(f"cached images must be finite [H, mx, my], got shape {list(a.shape)}")
+            shapes.add(a.shape)
+            self._images[beam_key(beam)] = a
+        if len(shapes) != 1:
+            raise InputError(f"cached image stacks differ in shape: {sorted(shapes)}")
+        self._shape = shapes.pop()
+        self._sampling = (float(pixel_sampling[0]), float(pixel_sampling[1]))
+        self.cell = np.asarray(cell, dtype=np.float64)
+        self.settings = {"cached": True}
+        self.specimens = [None] * self._shape[0]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self._shape[1:]
+
+    @property
+    def pixel_sampling(self) -> tuple[float, float]:
+        return self._sampling
+
+    def frame_shape_of(self, beam: dict) -> tuple[int, ...]:
+        return tuple(self._shape[1:])
+
+    def pixel_area_of(self, beam: dict) -> float:
+        return float(self._sampling[0] * self._sampling[1])
+
+    def model_layout(self, beam: dict, frame: np.ndarray) -> np.ndarray:
+        return np.asarray(frame)
+
+    frame_layout = model_layout
+    virtual_image = model_layout
+
+    def prepare(self, beams) -> None:
+        for b in beams:
+            self.images(b)
+
+    def images(self, beam: dict) -> np.ndarray:
+        try:
+            return self._images[beam_key(beam)]
+        except KeyError:
+            raise InputError(
+                "no images for this beam condition; the benchmark gives images for its one beam only"
+            ) from None
+
+    def add(self, specimen) -> int:
+        raise InputError("the benchmark's image model cannot add hypotheses (no simulator)")
 
 
 class _Frames:

@@ -24,7 +24,7 @@ from inference import ScorerConfig, make_scorer
 from inference.noise import make_noise_model
 from library.provenance import content_id
 from workflows.local import local_ray
-from workflows.presim import make_workers, presimulate
+from workflows.presim_pool import make_workers, presimulate
 from workflows.shards import ShardedLibrary
 from workflows.spec import make_simulation_spec, make_spec_simulator
 

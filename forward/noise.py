@@ -38,12 +38,19 @@ def pixel_area(sampling) -> float:
 
 
 def expected_electrons(signal, dose, area):
-    """Mean number of electrons per pixel, ``dose * area * signal``.
+    """Mean number of electrons per pixel, ``dose * area * max(signal, 0)``.
+
+    The one definition: :mod:`inference.noise` imports it. Negative intensities are clipped to 0:
+    a Poisson mean cannot be negative, and a simulated intensity is negative only through float
+    round-off (FFT resampling, band-limited interpolation, ~1e-7 of the beam), where clipping
+    changes nothing physical and keeps the likelihoods and the sampler defined. For the
+    non-negative intensities of a simulation it is exactly ``dose * area * signal``; the gradient
+    with respect to a positive intensity is unchanged.
 
     Args:
         signal: noise-free simulation, fractions of the beam per pixel (any shape, e.g.
             ``[sx, sy]``, ``[sx, sy, segment]``, ``[sx, sy, kx, ky]`` or an HRTEM ``[nx, ny]``
-            image normalised to vacuum = 1); negative values (float round-off) are clipped to 0.
+            image normalised to vacuum = 1).
         dose: electron dose of the frame [e-/Å²] (scalar, may be traced).
         area: pixel or scan-step area [Å²] (see :func:`pixel_area`).
 

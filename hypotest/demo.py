@@ -2,9 +2,9 @@
 
 1. library: the built-in MoS2 point-defect library (pristine, V_S, V_S2, V_Mo, antisites, O_S,
    W_Mo), as validated hypotheses;
-2. pre-simulation: a loopback-only local Ray instance; workers compute the HRTEM exit wave of
-   every hypothesis once (the exit wave does not depend on the lens, so a new defocus later is
-   one FFT pair per hypothesis);
+2. pre-simulation: :func:`workflows.presimulate` on a loopback-only local Ray instance; its
+   workers compute the HRTEM exit wave of every hypothesis once (the exit wave does not depend on
+   the lens, so a new defocus later is one FFT pair per hypothesis);
 3. the live session (:mod:`hypotest.live.runner`): a simulated microscope hides one hypothesis
    (chosen by the seed) and streams Poisson frames at a set rate; each frame (or a coalesced group
    when scoring falls behind) updates the posterior, hypotheses the rule rejects are recorded with
@@ -17,51 +17,52 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from hypotest.live.builtin import LIBRARY_SETTINGS, load_builtin_hypotheses, make_demo_session
+from hypotest.hypothesis import load_hypotheses
+from hypotest.live.builtin import LIBRARY_SETTINGS, make_demo_session
 
-__all__ = ["run_demo", "load_hypotheses", "summarize", "LIBRARY"]
+__all__ = ["run_demo", "summarize", "LIBRARY"]
 
 LIBRARY = "mos2_defects"
-load_hypotheses = load_builtin_hypotheses
 
 
-def _exit_waves_task(specimens, settings: dict, energy: float):
-    """Ray task body: exit waves of a batch of specimens (simulator built inside the worker)."""
-    from forward import make_beam
-    from hypotest.live.model import ImageModel
+def presimulate_exit_waves(hyps, library: str = LIBRARY, workers: int = 2, cache_root=None) -> tuple[list, dict]:
+    """Exit waves of every hypothesis, pre-simulated by :func:`workflows.presimulate` on a
+    loopback-only local Ray instance (``workers`` simulation actors) into the content-addressed
+    cache at ``cache_root`` (a temporary directory by default) and read back.
 
-    model = ImageModel(specimens, **settings)
-    beam = make_beam(energy)
-    return [np.asarray(model.sim.exit_wave(s, beam)) for s in specimens]
-
-
-def presimulate_exit_waves(hyps, library: str = LIBRARY, workers: int = 2) -> tuple[list, dict]:
-    """Exit waves of every hypothesis on a loopback-only local Ray instance."""
-    from workflows.local import local_ray
+    The spec (:data:`workflows.spec.SIMULATOR_KINDS` ``"exit_wave"``) is the live image model's
+    own: its grid over the shared cell at the library's simulation sampling, slice thickness and
+    energy, so the waves are bit for bit those :class:`hypotest.live.model.ImageModel` computes.
+    """
+    from forward import make_beam, make_grid
+    from workflows import local_ray, make_simulation_spec, presimulate, read_images
 
     st = LIBRARY_SETTINGS[library]
-    settings = {"sampling": st.sampling, "binning": st.binning, "slice_thickness": st.slice_thickness}
+    cell = np.asarray(hyps[0].specimen.cell, dtype=np.float64)
+    spec = make_simulation_spec(
+        make_grid(extent=tuple(cell[:2]), sampling=st.sampling), make_beam(st.energy), thickness=float(cell[2]),
+        slice_thickness=st.slice_thickness, species=sorted({int(z) for h in hyps for z in np.asarray(h.specimen.numbers)}),
+        kind="exit_wave",
+    )  # fmt: skip
     t = time.perf_counter()
-    with local_ray() as r:
-        import ray  # only now: local_ray must configure Ray for loopback before its first import
-
-        task = ray.remote(_exit_waves_task)
-        parts = [hyps[k::workers] for k in range(workers)]
-        refs = [task.remote([h.specimen for h in part], settings, st.energy) for part in parts]
-        done = ray.get(refs, timeout=900)
-    waves = [None] * len(hyps)
-    for k, part in enumerate(done):
-        for j, w in enumerate(part):
-            waves[workers * j + k] = w
+    with contextlib.ExitStack() as stack:
+        root = cache_root or stack.enter_context(tempfile.TemporaryDirectory(prefix="hypotest-presim-"))
+        with local_ray() as r:
+            rep = presimulate([(h.id, h.specimen) for h in hyps], [spec], root, n_workers=workers, batch_size=1,
+                              progress=False)  # fmt: skip
+        waves = list(read_images(root, spec, [h.id for h in hyps]))
     info = {"seconds": round(time.perf_counter() - t, 2), "ray_address": r.address,
-            "ray_startup_s": round(r.startup_s, 2), "workers": workers, "exit_wave_shape": list(waves[0].shape)}  # fmt: skip
+            "ray_startup_s": round(r.startup_s, 2), "workers": rep.n_workers or workers,
+            "exit_wave_shape": list(waves[0].shape), "spec_digest": rep.digests[0], "computed": rep.n_computed}  # fmt: skip
     return waves, info
 
 

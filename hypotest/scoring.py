@@ -1,9 +1,11 @@
 """The batch front door behind ``hypotest score``: library + frames + BEAM.json -> RESULT.json.
 
-1. hypotheses from a library file (``library.format``, HDF5) or a directory/glob of structure
-   files (one hypothesis per file, id = file stem), all in one shared orthogonal cell;
-2. frames from .npy/.npz (one frame [nx, ny] or a stack [T, nx, ny]) that span exactly that
-   cell, pixel (0, 0) at the cell origin;
+1. hypotheses from a built-in library, a library file (``library.format``, HDF5) or a
+   directory/glob of structure files (one hypothesis per file, id = file stem;
+   :func:`hypotest.hypothesis.load_hypotheses`), all in one shared orthogonal cell;
+2. frames from any file :mod:`hypotest.frames` reads (.npy/.npz, MRC, HDF5/EMD, DM3/DM4, TIFF;
+   one frame [nx, ny] or a stack [T, nx, ny], :func:`hypotest.frames.read_image_frames`) that
+   span exactly that cell, pixel (0, 0) at the cell origin;
 3. one simulation per hypothesis (HRTEM: multislice + CTF on the camera grid; STEM annular:
    multislice over a scan of one probe position per frame pixel);
 4. :func:`inference.score_frames`: shift, scale and background marginalised per frame (Laplace),
@@ -15,10 +17,8 @@
 from __future__ import annotations
 
 import dataclasses
-import glob as _glob
 import math
 import re
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,10 +28,7 @@ from forward.constants import scherzer_defocus
 from hypotest.beamfile import BeamFile
 from inference import SCORERS, ScoreResult, ScorerConfig, noise_from_detector, rank_conditions, score_frames
 
-__all__ = [
-    "ScoringInput", "library_file_entries", "load_hypotheses_for_scoring", "read_frames", "run_score", "CELL_RTOL",
-    "MAX_COUNT", "check_frame_counts", "check_result_finite",
-]  # fmt: skip
+__all__ = ["ScoringInput", "run_score", "CELL_RTOL", "MAX_COUNT", "check_frame_counts", "check_result_finite"]
 
 #: Relative tolerance for "the frame spans the cell" and "the hypotheses share a cell".
 CELL_RTOL = 2e-3
@@ -49,79 +46,11 @@ class ScoringInput:
     specimens: tuple[Specimen, ...]
     priors: np.ndarray
 
-
-def library_file_entries(p: Path) -> list:
-    """Every entry of a library file (:mod:`library.format`); an empty library is an error."""
-    from library.format import open_library
-
-    with open_library(p) as f:
-        entries = f.entries()
-    if not entries:
-        raise InputError(f"{p}: the library is empty; add hypotheses with `hypotest library add`")
-    return entries
-
-
-def load_hypotheses_for_scoring(lib: str) -> ScoringInput:
-    """Hypotheses from a library file or a directory/glob of structure files (id = file stem)."""
-    p = Path(lib)
-    if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"):
-        entries = library_file_entries(p)
-        return ScoringInput(
-            ids=tuple(e.id for e in entries),
-            names=tuple(e.name for e in entries),
-            specimens=tuple(e.specimen for e in entries),
-            priors=np.asarray([float(e.prior) for e in entries]),
-        )
-    from library.ingest import read_structures
-    from library.orient import as_is_view, to_specimen
-
-    if p.is_dir():
-        files = sorted(x for x in p.iterdir() if x.is_file() and not x.name.startswith("."))
-    else:
-        files = sorted(Path(x) for x in _glob.glob(lib))
-    if not files:
-        raise InputError(f"{lib}: no structure files found (give a library .h5, a directory or a glob)")
-    ids, specs = [], []
-    for f in files:
-        cands = read_structures(f)
-        if len(cands) != 1:
-            raise InputError(f"{f}: holds {len(cands)} structures; give one hypothesis per file (id = file stem)")
-        atoms = cands[0].atoms
-        specs.append(to_specimen(atoms, as_is_view(atoms, where=str(f)), where=str(f)))
-        ids.append(f.stem)
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise InputError(f"{lib}: file stems must be unique hypothesis ids, got duplicates {dup}")
-    return ScoringInput(tuple(ids), tuple(ids), tuple(specs), np.ones(len(ids)))
-
-
-def read_frames(path: str) -> np.ndarray:
-    """Counts ``[T, nx, ny]`` from .npy (``[nx, ny]`` or ``[T, nx, ny]``) or .npz (its one array,
-    or the array named ``frames`` or ``counts``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"frames file {p} does not exist")
-    try:
-        if p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                keys = list(z.keys())
-                key = next((k for k in ("frames", "counts") if k in keys), keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise InputError(f"{p}: several arrays {keys}; name the frames 'frames' or 'counts'")
-                arr = z[key]
-        elif p.suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
-        else:
-            raise InputError(f"{p}: unsupported frames format {p.suffix!r}; give .npy or .npz")
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{p}: cannot read frames ({exc})") from None
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise InputError(f"{p}: frames must be [nx, ny] or [T, nx, ny], got shape {list(arr.shape)}")
-    if arr.dtype.kind not in "uif":
-        raise InputError(f"{p}: frames must be numeric, got dtype {arr.dtype}")
-    return np.asarray(arr, dtype=np.float64)
+    @classmethod
+    def from_hypotheses(cls, hyps) -> ScoringInput:
+        """The scoring input of :class:`hypotest.Hypothesis` objects (:func:`hypotest.hypothesis.load_hypotheses`)."""
+        return cls(tuple(h.id for h in hyps), tuple(h.name for h in hyps), tuple(h.specimen for h in hyps),
+                   np.asarray([float(h.prior) for h in hyps]))  # fmt: skip
 
 
 def _shared_cell(hyps: ScoringInput) -> np.ndarray:

@@ -4,7 +4,7 @@ Contract with the forward model: ``simulate_fn(params, beam) -> intensity [nx, n
 image relative to the incident beam (vacuum = 1 in HRTEM; the detected fraction of the probe in
 STEM), so the expected number of electrons in a pixel is
 
-    mu = intensity * dose [e-/Å²] * pixel area [Å²]      (:func:`expected_electrons`)
+    mu = intensity * dose [e-/Å²] * pixel area [Å²]      (:func:`forward.noise.expected_electrons`)
 
 and the recorded counts are ``gain * electrons + read noise``. Three models
 (:data:`NOISE_KINDS`):
@@ -37,6 +37,7 @@ import numpy as np
 
 from forward import Detector, InputError, pytree_dataclass, static_field
 from forward._validate import in_range
+from forward.noise import expected_electrons  # the one definition (clips round-off negatives)
 
 __all__ = [
     "NOISE_KINDS",
@@ -98,11 +99,6 @@ def noise_from_detector(detector: Detector) -> NoiseModel:
     r = float(detector.read_noise)
     kind = "poisson_gaussian" if r > 0 else "poisson"
     return make_noise_model(kind, gain=float(detector.gain), read_noise=r)
-
-
-def expected_electrons(intensity, dose, pixel_area):
-    """Expected electrons per pixel ``intensity * dose * pixel_area`` (dose [e-/Å²], area [Å²])."""
-    return jnp.asarray(intensity) * (jnp.asarray(dose) * jnp.asarray(pixel_area))
 
 
 def _shift(noise: NoiseModel):

@@ -1,85 +1,89 @@
 """library: candidate structures. Ingest DFT outputs, generate candidates, relax, priors, the
-library file format and the built-in example libraries. No JAX transforms."""
+library file format and the built-in example libraries. No JAX transforms.
 
-from library.build import add_to_library, build_family, build_library, make_entries, oriented
-from library.candidate import Candidate, check_atoms, make_candidate
-from library.defects import antisites, column_vacancies, interstitials, substitutions, vacancies
-from library.entry import LibraryEntry, make_entry
-from library.export import entry_to_atoms, export_library
-from library.format import SCHEMA_VERSION, FamilyInfo, LibraryFile, open_library, read_entries, write_library
-from library.hosts import bulk_host, cell_host, mx2_host, supercell
-from library.ingest import read_structures
-from library.orient import (
-    Orientation,
-    View,
-    apply_orientation,
-    as_is_view,
-    find_orientation,
-    identity_orientation,
-    make_view,
-    to_specimen,
-)
-from library.priors import K_B, PriorConfig, boltzmann_weights, prior_weights
-from library.provenance import ID_DECIMALS, Provenance, content_id
-from library.relax import RelaxConfig, gas_chemical_potentials, get_calculator, relax
-from library.spec import FamilySpec, LibrarySpec, OrientationConfig, load_spec, parse_spec
-from library.surfaces import ADSORBATES, SITE_KINDS, adsorbates, slabs
+The names below load on first use (PEP 562 module ``__getattr__``), so ``import library`` costs
+nothing and reading specs, structure files or a library file's index never imports JAX; building
+:class:`forward.Specimen` objects (library entries) does.
+"""
 
-__all__ = [
-    "ADSORBATES",
-    "ID_DECIMALS",
-    "K_B",
-    "SCHEMA_VERSION",
-    "SITE_KINDS",
-    "Candidate",
-    "FamilyInfo",
-    "FamilySpec",
-    "LibraryEntry",
-    "LibraryFile",
-    "LibrarySpec",
-    "Orientation",
-    "OrientationConfig",
-    "PriorConfig",
-    "Provenance",
-    "RelaxConfig",
-    "View",
-    "add_to_library",
-    "adsorbates",
-    "antisites",
-    "apply_orientation",
-    "as_is_view",
-    "boltzmann_weights",
-    "build_family",
-    "build_library",
-    "bulk_host",
-    "cell_host",
-    "check_atoms",
-    "column_vacancies",
-    "content_id",
-    "entry_to_atoms",
-    "export_library",
-    "find_orientation",
-    "gas_chemical_potentials",
-    "get_calculator",
-    "identity_orientation",
-    "interstitials",
-    "load_spec",
-    "make_candidate",
-    "make_entries",
-    "make_entry",
-    "make_view",
-    "mx2_host",
-    "open_library",
-    "oriented",
-    "parse_spec",
-    "prior_weights",
-    "read_entries",
-    "read_structures",
-    "relax",
-    "slabs",
-    "substitutions",
-    "supercell",
-    "to_specimen",
-    "vacancies",
-    "write_library",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+#: Public name -> the submodule that defines it.
+_SOURCES = {
+    "library.build": ("add_to_library", "build_family", "build_library", "make_entries", "oriented"),
+    "library.candidate": ("Candidate", "check_atoms", "make_candidate"),
+    "library.defects": ("antisites", "column_vacancies", "interstitials", "substitutions", "vacancies"),
+    "library.entry": ("LibraryEntry", "make_entry"),
+    "library.export": ("entry_to_atoms", "export_library"),
+    "library.format": ("SCHEMA_VERSION", "FamilyInfo", "LibraryFile", "open_library", "read_entries", "write_library"),
+    "library.hosts": ("bulk_host", "cell_host", "mx2_host", "supercell"),
+    "library.ingest": ("read_structures",),
+    "library.orient": (
+        "Orientation", "View", "apply_orientation", "as_is_view", "find_orientation", "identity_orientation",
+        "make_view", "to_specimen",
+    ),
+    "library.priors": ("K_B", "PriorConfig", "boltzmann_weights", "prior_weights"),
+    "library.provenance": ("ID_DECIMALS", "Provenance", "content_id"),
+    "library.relax": ("RelaxConfig", "gas_chemical_potentials", "get_calculator", "relax"),
+    "library.spec": ("FamilySpec", "LibrarySpec", "OrientationConfig", "load_spec", "parse_spec"),
+    "library.surfaces": ("ADSORBATES", "SITE_KINDS", "adsorbates", "slabs"),
+}  # fmt: skip
+_WHERE = {name: module for module, names in _SOURCES.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        if name.startswith("_"):
+            raise AttributeError(f"module 'library' has no attribute {name!r}")
+        try:  # a submodule: ``import library; library.builtin``
+            return importlib.import_module(f"library.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"library.{name}":
+                raise
+            raise AttributeError(f"module 'library' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what static analysis and IDEs see: the eager imports
+    from library.build import add_to_library, build_family, build_library, make_entries, oriented  # noqa: F401
+    from library.candidate import Candidate, check_atoms, make_candidate  # noqa: F401
+    from library.defects import antisites, column_vacancies, interstitials, substitutions, vacancies  # noqa: F401
+    from library.entry import LibraryEntry, make_entry  # noqa: F401
+    from library.export import entry_to_atoms, export_library  # noqa: F401
+    from library.format import (  # noqa: F401
+        SCHEMA_VERSION,
+        FamilyInfo,
+        LibraryFile,
+        open_library,
+        read_entries,
+        write_library,
+    )
+    from library.hosts import bulk_host, cell_host, mx2_host, supercell  # noqa: F401
+    from library.ingest import read_structures  # noqa: F401
+    from library.orient import (  # noqa: F401
+        Orientation,
+        View,
+        apply_orientation,
+        as_is_view,
+        find_orientation,
+        identity_orientation,
+        make_view,
+        to_specimen,
+    )
+    from library.priors import K_B, PriorConfig, boltzmann_weights, prior_weights  # noqa: F401
+    from library.provenance import ID_DECIMALS, Provenance, content_id  # noqa: F401
+    from library.relax import RelaxConfig, gas_chemical_potentials, get_calculator, relax  # noqa: F401
+    from library.spec import FamilySpec, LibrarySpec, OrientationConfig, load_spec, parse_spec  # noqa: F401
+    from library.surfaces import ADSORBATES, SITE_KINDS, adsorbates, slabs  # noqa: F401

@@ -48,12 +48,15 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from forward import InputError, make_specimen
-from library.entry import LibraryEntry
+from forward import InputError
 from library.provenance import Provenance
+
+if TYPE_CHECKING:
+    from library.entry import LibraryEntry
 
 __all__ = ["SCHEMA_VERSION", "FamilyInfo", "LibraryFile", "write_library", "open_library", "read_entries"]
 
@@ -122,6 +125,8 @@ def write_library(
     Raises :class:`InputError` on duplicate ids (the existing file, if any, is left untouched).
     """
     import h5py
+
+    from library.entry import LibraryEntry
 
     entries = list(entries)
     if not entries:
@@ -318,6 +323,9 @@ class LibraryFile:
         return self._read_rows(0, len(self))
 
     def _read_rows(self, lo: int, hi: int) -> list[LibraryEntry]:
+        from forward import make_specimen  # JAX: only when entries (Specimens) are built
+        from library.entry import LibraryEntry
+
         d = self._d
         offs = d["offset"][lo:hi]
         cnts = d["count"][lo:hi]

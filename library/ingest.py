@@ -28,7 +28,7 @@ from forward.elements import SYMBOLS
 from library.candidate import Candidate, make_candidate
 from library.provenance import Provenance
 
-__all__ = ["FORMATS", "detect_format", "read_structures", "expand_sources", "file_sha256"]
+__all__ = ["FORMATS", "detect_format", "read_structures", "list_sources", "expand_sources", "file_sha256"]
 
 #: Format name -> program recorded as provenance ``code`` when the file does not say.
 FORMATS = {
@@ -85,23 +85,44 @@ def _looks_like_pw(path) -> bool:
     return b"PWSCF" in head or b"Program PWSCF" in head
 
 
-def expand_sources(source: str | os.PathLike) -> list[Path]:
-    """Files named by ``source``: a file, a directory (its files, sorted) or a glob pattern."""
+def _files(paths) -> list[Path]:
+    """The plain files among ``paths``, sorted (directories skipped); a symbolic link whose target
+    does not exist is an error naming the link and its target, never skipped silently."""
+    out = []
+    for q in paths:
+        if q.is_symlink() and not q.exists():
+            raise InputError(
+                f"{q}: a symbolic link to {os.readlink(q)}, which does not exist; fix the link or remove it"
+            )
+        if q.is_file():
+            out.append(q)
+    return sorted(out)
+
+
+def list_sources(source: str | os.PathLike) -> list[Path]:
+    """Files named by ``source``: a file, a directory (its files, sorted, hidden ones skipped) or a
+    glob pattern (its matching files, sorted); ``[]`` when there are none or ``source`` does not
+    exist. A dangling symbolic link among them is an :class:`InputError` naming it and its target."""
     s = str(source)
     if any(c in s for c in "*?["):
-        hits = sorted(Path(p) for p in _glob.glob(s) if Path(p).is_file())
-        if not hits:
-            raise InputError(f"{s}: the glob pattern matches no files; check the path and pattern")
-        return hits
+        return _files(Path(p) for p in _glob.glob(s))
     p = Path(s)
     if p.is_dir():
-        hits = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
-        if not hits:
-            raise InputError(f"{s}: the directory holds no files to read")
+        return _files(q for q in p.iterdir() if not q.name.startswith("."))
+    return _files([p])
+
+
+def expand_sources(source: str | os.PathLike) -> list[Path]:
+    """Files named by ``source`` (:func:`list_sources`); an error when there are none."""
+    s = str(source)
+    hits = list_sources(s)
+    if hits:
         return hits
-    if not p.exists():
-        raise InputError(f"{s}: no such file or directory")
-    return [p]
+    if any(c in s for c in "*?["):
+        raise InputError(f"{s}: the glob pattern matches no files; check the path and pattern")
+    if Path(s).is_dir():
+        raise InputError(f"{s}: the directory holds no files to read")
+    raise InputError(f"{s}: no such file or directory")
 
 
 _VASP_GGA = {"PE": "PBE", "PS": "PBEsol", "RP": "RPBE", "91": "PW91", "AM": "AM05", "CA": "LDA"}

@@ -27,12 +27,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms
 from ase.build import make_supercell
 
-from forward import InputError, Specimen, make_specimen
+from forward import InputError
+
+if TYPE_CHECKING:
+    from forward import Specimen
 
 __all__ = [
     "Orientation",
@@ -306,6 +310,8 @@ def to_specimen(atoms: Atoms, view: View, *, where: str = "structure", dw_sigmas
             f"family's orthogonal cell {list(np.round(view.periodic_cell, 4))} Å; every hypothesis of "
             "a family must share one cell"
         )
+    from forward import make_specimen  # JAX: only when a Specimen is built
+
     pos = np.asarray(atoms.positions, dtype=np.float64).copy()
     if view.cut:
         period = view.periodic_cell[2]

@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from forward import InputError, Specimen
+from forward import InputError
+
+if TYPE_CHECKING:
+    from forward import Specimen
 
 __all__ = ["Provenance", "content_id", "ID_DECIMALS"]
 

@@ -4,7 +4,8 @@ Layout::
 
     ROOT/<spec digest>/spec.json                   canonical spec (workflows.spec.spec_to_json)
     ROOT/<spec digest>/<id[1:3]>/<hypothesis id>.h5
-        /image     float32, the simulated image ([x, y] indexing, fraction of the beam)
+        /image     float32, the simulated image ([x, y] indexing, fraction of the beam);
+                   complex64 for an exit-wave spec (relative to the incident wave)
         attrs: hypothesis_id, spec_digest, seconds (compute time), schema
 
 Why one file per item rather than one big HDF5 file: the cache is written by many workers at
@@ -99,10 +100,12 @@ def write_spec(root: str | os.PathLike, spec: SimulationSpec) -> Path:
 def write_image(
     root: str | os.PathLike, digest: str, hyp_id: str, image: np.ndarray, *, seconds: float = 0.0
 ) -> Path:
-    """Write one image atomically (temporary file, fsync, rename) and return its path."""
+    """Write one image atomically (temporary file, fsync, rename) and return its path; stored as
+    float32, or complex64 for a complex ``image`` (an exit wave)."""
     final = image_path(root, digest, hyp_id)
     final.parent.mkdir(parents=True, exist_ok=True)
-    img = np.asarray(image, dtype=np.float32)
+    img = np.asarray(image)
+    img = img.astype(np.complex64 if np.iscomplexobj(img) else np.float32, copy=False)
     if not np.all(np.isfinite(img)):
         raise InputError(f"image of {hyp_id} under {digest} has non-finite values; it is not cached")
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -121,7 +124,8 @@ def write_image(
 
 
 def read_image(root: str | os.PathLike, digest: str, hyp_id: str) -> np.ndarray:
-    """The cached image of ``hyp_id`` under ``digest`` (checks the stored keys match)."""
+    """The cached image of ``hyp_id`` under ``digest`` (checks the stored keys match): float32, or
+    complex64 where a complex image (an exit wave) was stored."""
     path = image_path(root, digest, hyp_id)
     if not path.is_file():
         raise InputError(
@@ -134,7 +138,8 @@ def read_image(root: str | os.PathLike, digest: str, hyp_id: str) -> np.ndarray:
                 f"{path} holds {f.attrs.get('hypothesis_id')!r} under {f.attrs.get('spec_digest')!r}, "
                 f"not {hyp_id!r} under {digest!r}: the cache was edited by hand; delete the file"
             )
-        return np.asarray(f["image"][()], dtype=np.float32)
+        image = f["image"][()]
+        return np.asarray(image, dtype=np.complex64 if np.iscomplexobj(image) else np.float32)
 
 
 def read_images(root: str | os.PathLike, spec: SimulationSpec | str, ids: Sequence[str]) -> np.ndarray:

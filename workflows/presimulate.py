@@ -1,5 +1,8 @@
 """``python -m workflows.presimulate``: pre-simulate a library under several beam conditions.
 
+The command-line entry point (for ``ray job submit`` and the SLURM script) around
+:func:`workflows.presim_pool.presimulate`, the actor pool that does the work.
+
 Every hypothesis is simulated (HRTEM, :mod:`forward.hrtem`) under every ``--defocus`` into the
 content-addressed cache CACHE (:mod:`workflows.cache`); hypotheses are grouped by cell, one spec
 per (cell, defocus). Resumable: rerun the same command after a crash and only the missing images
@@ -28,7 +31,7 @@ import sys
 from pathlib import Path
 
 from workflows._cli import add_common_args, connect, group_by_cell, specs_for_cell
-from workflows.presim import presimulate
+from workflows.presim_pool import presimulate
 from workflows.specimens import load_hypotheses
 
 __all__ = ["main", "build_parser"]

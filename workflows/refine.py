@@ -1,5 +1,8 @@
 """``python -m workflows.refine``: score a frame against the cached library, refine the top ones.
 
+The command-line entry point (for ``ray job submit``) around :func:`workflows.refine_tasks.refine_batch`
+(one Ray task per hypothesis) and :class:`workflows.ShardedLibrary`.
+
 Reads the cached images of every hypothesis (written by ``python -m workflows.presimulate`` with
 the same beam and grid options), holds them in Ray shards (:class:`workflows.ShardedLibrary`),
 scores the frame (Laplace evidence, nuisance scale and background marginalised), forms the
@@ -33,7 +36,7 @@ from forward import InputError
 from inference.noise import noise_from_detector
 from workflows._cli import add_common_args, connect, group_by_cell, specs_for_cell
 from workflows.cache import read_images
-from workflows.refinement import refine_batch, top_ids
+from workflows.refine_tasks import refine_batch, top_ids
 from workflows.shards import ShardedLibrary, posterior_from_scores
 from workflows.spec import output_shape
 from workflows.specimens import load_hypotheses

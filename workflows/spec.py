@@ -1,7 +1,7 @@
 """What a pre-simulation computes: a frozen :class:`SimulationSpec` and its stable digest.
 
 A spec fixes everything that turns a :class:`forward.Specimen` into a cached image: the
-simulator kind (HRTEM camera image or STEM scan), the grid, the specimen thickness and slice
+simulator kind (HRTEM camera image, STEM scan, or the HRTEM exit wave), the grid, the specimen thickness and slice
 thickness [Å], the beam condition (energy [eV], aperture [mrad], aberrations [Å, rad],
 detector), the potential parametrisation, the species the compiled program accepts, and the
 camera pixels (HRTEM) or scan (STEM). :func:`spec_digest` is a sha256 of a canonical JSON form of
@@ -42,8 +42,11 @@ __all__ = [
 ]
 
 #: ``"hrtem"``: plane-wave image on a camera ``[mx, my]``; ``"stem"``: a probe scan,
-#: ``[sx, sy]`` (annular), ``[sx, sy, segment]`` or ``[sx, sy, kx, ky]`` by the detector mode.
-SIMULATOR_KINDS = ("hrtem", "stem")
+#: ``[sx, sy]`` (annular), ``[sx, sy, segment]`` or ``[sx, sy, kx, ky]`` by the detector mode;
+#: ``"exit_wave"``: the HRTEM exit wave ``[gx, gy]`` complex64 on the simulation grid, which depends
+#: on the specimen, the energy and the tilt only (a new defocus is then one FFT pair, DESIGN
+#: section 3): what :class:`hypotest.live.model.ImageModel` takes as ``exit_waves``.
+SIMULATOR_KINDS = ("hrtem", "stem", "exit_wave")
 
 _SCHEMA = "hypotest.simulation-spec/1"
 
@@ -96,7 +99,9 @@ def make_simulation_spec(
         thickness: specimen thickness [Å] (usually ``cell[2]``).
         slice_thickness: requested slice thickness [Å].
         species: atomic numbers the specimens may contain (e.g. ``(16, 42)`` for MoS2).
-        kind: ``"hrtem"`` or ``"stem"``; default from ``beam.detector.mode``.
+        kind: ``"hrtem"``, ``"stem"`` or ``"exit_wave"``; default from ``beam.detector.mode``
+            (``"hrtem"`` or ``"stem"``). An exit-wave spec needs an HRTEM beam; of the beam only
+            its energy and tilt enter the digest (nothing else changes an exit wave).
         parametrization: ``"lobato"`` (default) or ``"kirkland"``.
         camera_gpts: HRTEM camera pixels (default: the simulation grid).
         scan: STEM scan (required for ``kind="stem"``).
@@ -110,10 +115,10 @@ def make_simulation_spec(
         kind = "hrtem" if mode == "hrtem" else "stem"
     if kind not in SIMULATOR_KINDS:
         raise InputError(f"unknown simulator kind {kind!r}: expected one of {SIMULATOR_KINDS}")
-    if (kind == "hrtem") != (mode == "hrtem"):
+    if (kind in ("hrtem", "exit_wave")) != (mode == "hrtem"):
         raise InputError(
-            f"simulator kind {kind!r} does not match the beam's detector mode {mode!r}: HRTEM needs an "
-            "'hrtem' detector, STEM an annular, segmented or 4dstem one (forward.make_detector)"
+            f"simulator kind {kind!r} does not match the beam's detector mode {mode!r}: HRTEM and its exit "
+            "wave need an 'hrtem' detector, STEM an annular, segmented or 4dstem one (forward.make_detector)"
         )
     t = _positive(thickness, "thickness")
     dz = _positive(slice_thickness, "slice_thickness")
@@ -123,7 +128,10 @@ def make_simulation_spec(
     cam = None
     if camera_gpts is not None:
         if kind != "hrtem":
-            raise InputError("camera_gpts applies to HRTEM only; a STEM image is sampled by its scan")
+            raise InputError(
+                "camera_gpts applies to HRTEM only, to its images: a STEM image is sampled by its scan, an "
+                "exit wave by the simulation grid"
+            )
         c = np.atleast_1d(np.asarray(camera_gpts))
         c = np.repeat(c, 2) if c.size == 1 else c
         if c.shape != (2,) or (c < 1).any() or (c != np.round(c)).any():
@@ -133,8 +141,8 @@ def make_simulation_spec(
         raise InputError(
             f"a STEM spec needs scan=forward.stem.make_scan(...), got {type(scan).__name__}"
         )
-    if kind == "hrtem" and scan is not None:
-        raise InputError("scan applies to STEM only; leave it None for HRTEM")
+    if kind != "stem" and scan is not None:
+        raise InputError(f"scan applies to STEM only; leave it None for {kind!r}")
     if parametrization not in ("lobato", "kirkland"):
         raise InputError(f"unknown parametrization {parametrization!r}: expected 'lobato' or 'kirkland'")
     _check_beam_on_grid(kind, grid, beam)
@@ -160,6 +168,8 @@ def _check_beam_on_grid(kind: str, grid: Grid, beam: BeamCondition) -> None:
     from forward.probe import check_probe
 
     e = check_energy(beam.energy)
+    if kind == "exit_wave":  # no lens, no detector: the energy is all that is checked
+        return
     if kind == "hrtem":
         sa = float(np.asarray(beam.semiangle_cutoff))
         if sa > 0:
@@ -187,6 +197,15 @@ def _leaves(tree) -> dict[str, list]:
     return out
 
 
+def _beam_leaves(spec: SimulationSpec) -> dict[str, list]:
+    """The beam's named leaves that determine the output: all of them, or for an exit wave the
+    energy and tilt only (so any lens, dose or detector shares the cached wave)."""
+    leaves = _leaves(spec.beam)
+    if spec.kind == "exit_wave":
+        return {k: v for k, v in leaves.items() if k in (".energy", ".tilt")}
+    return leaves
+
+
 def spec_to_json(spec: SimulationSpec) -> dict:
     """A canonical JSON-serialisable description of ``spec`` (what :func:`spec_digest` hashes)."""
     if not isinstance(spec, SimulationSpec):
@@ -200,7 +219,7 @@ def spec_to_json(spec: SimulationSpec) -> dict:
         "species": list(spec.species),
         "parametrization": spec.parametrization,
         "camera_gpts": None if spec.camera_gpts is None else list(spec.camera_gpts),
-        "beam": _leaves(spec.beam),
+        "beam": _beam_leaves(spec),
         "detector_mode": spec.beam.detector.mode,
         "detector_segments": spec.beam.detector.n_segments,
         "scan": None,
@@ -217,9 +236,12 @@ def spec_digest(spec: SimulationSpec) -> str:
 
 
 def output_shape(spec: SimulationSpec) -> tuple[int, ...]:
-    """Shape of one simulated image: ``[mx, my]`` (HRTEM) or the STEM layout's leading ``[sx, sy]``."""
+    """Shape of one simulated image: ``[mx, my]`` (HRTEM), the grid ``[gx, gy]`` (exit wave) or
+    the STEM layout's leading ``[sx, sy]``."""
     if spec.kind == "hrtem":
         return tuple(spec.camera_gpts or spec.grid.gpts)
+    if spec.kind == "exit_wave":
+        return tuple(spec.grid.gpts)
     return tuple(spec.scan.gpts)
 
 
@@ -254,11 +276,17 @@ def check_specimen(spec: SimulationSpec, specimen: Specimen, hyp_id: str = "") -
 
 
 def forward_simulator(spec: SimulationSpec):
-    """The forward simulator ``spec`` describes: an :class:`forward.hrtem.HRTEMSimulator` (HRTEM)
-    or the ``simulate(specimen, beam)`` of :func:`forward.stem.make_stem_simulator` (STEM)."""
+    """The forward simulator ``spec`` describes: an :class:`forward.hrtem.HRTEMSimulator` (HRTEM,
+    exit wave) or the ``simulate(specimen, beam)`` of :func:`forward.stem.make_stem_simulator` (STEM)."""
     from forward.hrtem import make_hrtem_simulator
     from forward.stem import make_stem_simulator
 
+    if spec.kind == "exit_wave":
+        # Called eagerly (make_spec_simulator does not jit it), so the potential takes the species
+        # of each specimen, exactly as the live image model computes its exit waves: the cached
+        # wave is bit for bit the one ImageModel would compute (a species list padded with absent
+        # elements changes the summation order and the last bit of some pixels).
+        return make_hrtem_simulator(spec.grid, spec.thickness, spec.slice_thickness, parametrization=spec.parametrization)
     if spec.kind == "hrtem":
         return make_hrtem_simulator(
             spec.grid,
@@ -279,16 +307,28 @@ def forward_simulator(spec: SimulationSpec):
 
 
 def make_spec_simulator(spec: SimulationSpec) -> Callable[[Specimen], np.ndarray]:
-    """``simulate(specimen) -> float32 numpy image`` for ``spec``, jit-compiled in this process.
+    """``simulate(specimen) -> float32 numpy image`` for ``spec``, jit-compiled in this process
+    (an exit wave: ``complex64 [gx, gy]``, see below).
 
     Calls :func:`forward.hrtem.make_hrtem_simulator` (Kirkland 2010 eq. 3.62-3.66) or
     :func:`forward.stem.make_stem_simulator` (Kirkland 2010 sec. 6.6). The result is in the
     units :mod:`inference.noise` expects: intensity relative to the incident beam (HRTEM:
     vacuum = 1; STEM: the detected fraction of the probe per scan position), so expected electrons
     per pixel = intensity x dose [e-/Å²] x pixel (or scan-step) area [Å²]. One compilation per
-    atom count. Build it inside a Ray task or actor, never ship the result.
+    atom count. Build it inside a Ray task or actor, never ship the result. An exit wave (the
+    plane wave after the multislice, Kirkland 2010 eq. 6.92, relative to the incident wave) is
+    computed by :meth:`forward.hrtem.HRTEMSimulator.exit_wave` as it stands, its propagation jitted
+    inside, the potential compiled per atom count and species set.
     """
     sim = forward_simulator(spec)
+    if spec.kind == "exit_wave":
+        beam = spec.beam
+
+        def exit_wave(specimen: Specimen) -> np.ndarray:
+            check_specimen(spec, specimen)
+            return np.asarray(sim.exit_wave(specimen, beam), dtype=np.complex64)
+
+        return exit_wave
     if spec.kind == "hrtem":
         sim = sim.simulate
     jitted = jax.jit(sim)

@@ -83,8 +83,8 @@ def _session_for_library_file(args, source_spec):
     from forward.constants import scherzer_defocus
     from hypotest.beamfile import parse_beam
     from hypotest.live.model import ImageModel
+    from hypotest.hypothesis import load_hypotheses
     from hypotest.live.runner import LiveSession
-    from hypotest.live.builtin import load_hypotheses
 
     if args.beam is None:
         raise InputError("a library file needs --beam BEAM.json (beam, frame sampling, simulation settings)")

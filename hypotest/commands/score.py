@@ -18,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "beam conditions. The BEAM.json schema is in the README and in hypotest/beamfile.py."
         ),
     )
-    p.add_argument("--library", required=True, help="library file (.h5) or a directory/glob of structure files")
-    p.add_argument("--frames", required=True, help=".npy or .npz: one frame [nx, ny] or a stack [T, nx, ny]")
+    p.add_argument("--library", required=True,
+                   help="built-in library name, library file (.h5) or a directory/glob of structure files")
+    p.add_argument("--frames", required=True,
+                   help="frame file (.npy/.npz, MRC, HDF5/EMD, DM3/DM4, TIFF): one frame [nx, ny] or a stack [T, nx, ny]")
     p.add_argument("--beam", required=True, help="BEAM.json (energy eV, dose e-/Å², sampling Å/pixel, ...)")
     p.add_argument("--out", required=True, type=Path, help="RESULT.json to write")
     p.add_argument("--seed", type=int, default=0, help="key of the Monte Carlo in the design step")
@@ -34,19 +36,15 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from hypotest.beamfile import read_beam_file
+    from hypotest.frames import read_image_frames
+    from hypotest.hypothesis import load_hypotheses
     from hypotest.outputs import check_output_file, write_file_atomic
-    from hypotest.scoring import (
-        check_result_finite,
-        load_hypotheses_for_scoring,
-        proposal_beams,
-        read_frames,
-        run_score,
-    )
+    from hypotest.scoring import ScoringInput, check_result_finite, proposal_beams, run_score
 
     check_output_file(args.out, example="result.json")  # before any work: a run must not end in "cannot write"
     bf = read_beam_file(args.beam)
-    counts = read_frames(args.frames)
-    hyps = load_hypotheses_for_scoring(args.library)
+    counts = read_image_frames(args.frames).frames
+    hyps = ScoringInput.from_hypotheses(load_hypotheses(args.library))
 
     def progress(xs):
         return tqdm(xs, desc="simulating hypotheses", unit="hyp", disable=args.no_progress)

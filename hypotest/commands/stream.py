@@ -1,5 +1,5 @@
 """``hypotest stream send FILE [FILE...] --rate R --address ADDR [--loop]``: replay frame files over
-the ZeroMQ protocol of :mod:`hypotest.live.zmqstream` (formats: :mod:`hypotest.live.readers`).
+the ZeroMQ protocol of :mod:`hypotest.live.zmqstream` (formats: :mod:`hypotest.frames`).
 
 ``hypotest stream keys DIR --name NAME``: a CURVE key pair for a stream beyond loopback
 (:mod:`hypotest.live.zmqauth`); ``send --curve-key SENDER.key_secret --curve-server-key
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _frames(paths: list[str], loop: bool, skipped: list[str]):
     """Every frame of every file, in order (again and again with ``loop``); unreadable ones skipped."""
-    from hypotest.live.readers import open_frames
+    from hypotest.frames import open_frames
 
     while True:
         for path in paths:
@@ -66,7 +66,7 @@ def _frames(paths: list[str], loop: bool, skipped: list[str]):
 
 
 def _file_sampling(paths: list[str]) -> tuple[float, float] | None:
-    from hypotest.live.readers import open_frames
+    from hypotest.frames import open_frames
 
     found = {}
     for path in paths:

@@ -20,13 +20,12 @@ import numpy as np
 
 from forward import InputError
 from forward.constants import scherzer_defocus
-from hypotest.hypothesis import Hypothesis, make_hypothesis
+from hypotest.hypothesis import load_hypotheses
 from hypotest.live.model import ImageModel
 from hypotest.live.runner import LiveSession
 from hypotest.live.simscope import SimulatedMicroscopeSource
 
-__all__ = ["LIBRARY_SETTINGS", "ImagingSettings", "load_builtin_hypotheses", "load_hypotheses", "demo_beams",
-           "make_demo_session"]
+__all__ = ["LIBRARY_SETTINGS", "ImagingSettings", "demo_beams", "make_demo_session"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,19 +70,6 @@ LIBRARY_SETTINGS = {
     "srtio3_vacancy": ImagingSettings(energy=300e3, c30=-1.5e5, dose=1e4),
 }
 DEFOCUS_FACTORS = (-1.0, 0.5, 1.0, 1.5, 2.0, 3.0)
-
-
-def load_builtin_hypotheses(name: str = "mos2_defects") -> list[Hypothesis]:
-    """The built-in library ``name`` as hypotheses (ids are the library's content hashes)."""
-    from library.builtin import load
-
-    hyps = []
-    for e in load(name):
-        h = make_hypothesis(e.specimen, name=e.name, family=e.family, prior=float(e.prior), provenance=e.provenance)
-        if h.id != e.id:
-            raise RuntimeError(f"library id {e.id} differs from the hypothesis id {h.id} of {e.name!r}")
-        hyps.append(h)
-    return hyps
 
 
 def demo_beams(settings: ImagingSettings, pixel_sampling, dose: float | None = None, cell=None) -> list[tuple[str, dict]]:
@@ -146,7 +132,7 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
     if library not in LIBRARY_SETTINGS:
         raise InputError(f"unknown built-in library {library!r}: expected one of {sorted(LIBRARY_SETTINGS)}")
     st = LIBRARY_SETTINGS[library]
-    hyps = load_builtin_hypotheses(library)
+    hyps = load_hypotheses(library)
     model = ImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
                             slice_thickness=st.slice_thickness, exit_waves=exit_waves, energy=st.energy)  # fmt: skip
     candidates = demo_beams(st, model.pixel_sampling, dose, cell=model.cell if pixelated else None)
@@ -176,20 +162,3 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
         auto_apply=auto_apply, stop_on_decision=stop_on_decision, expected_run_length=expected_run_length,
         log=log, seed=seed, scorer=scorer, design=design,
     )  # fmt: skip
-
-
-def load_hypotheses(library: str) -> list[Hypothesis]:
-    """Hypotheses from a built-in library name or a library file (.h5, :mod:`library.format`)."""
-    if library in LIBRARY_SETTINGS:
-        return load_builtin_hypotheses(library)
-    p = Path(library)
-    if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"):
-        from hypotest.scoring import library_file_entries
-
-        entries = library_file_entries(p)
-        return [make_hypothesis(e.specimen, name=e.name, family=e.family, prior=float(e.prior), provenance=e.provenance)
-                for e in entries]  # fmt: skip
-    raise InputError(
-        f"library {library!r}: expected a built-in name ({', '.join(sorted(LIBRARY_SETTINGS))}) or a library file "
-        "(.h5, `hypotest library build`)"
-    )

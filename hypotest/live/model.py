@@ -44,7 +44,7 @@ from forward.hrtem import make_hrtem_simulator
 from hypotest.beamfile import parse_beam
 from library.provenance import content_id
 
-__all__ = ["ImageModel", "CachedImageModel", "beam_key"]
+__all__ = ["ImageModel", "beam_key"]
 
 #: Exit waves shared by every model in the process (a resumed session, the simulated microscope
 #: and the session look at the same structures), keyed by structure content id, simulation
@@ -385,67 +385,3 @@ def _fourier_resample(image: np.ndarray, shape, extent, source_size: float = 0.0
     iy = np.mod(np.round(np.fft.fftfreq(n[1]) * n[1]).astype(int), shape[1])
     out[..., ix[:, None], iy[None, :]] = f
     return np.real(np.fft.ifft2(out)) * (shape[0] * shape[1]) / (n[0] * n[1])
-
-
-class CachedImageModel:
-    """Images pre-simulated elsewhere (a Ray pre-simulation, a file), one stack per beam condition.
-
-    A beam that was not pre-simulated is an error (the session cannot re-simulate without the
-    structures' simulator). ``images_by_beam``: ``[(beam dict, images [H, mx, my])]`` (intensity
-    relative to the beam); ``pixel_sampling``: camera pixel [Å]; ``cell``: the shared cell [Å].
-    """
-
-    def __init__(self, images_by_beam, *, pixel_sampling, cell):
-        if not images_by_beam:
-            raise InputError("a cached image model needs at least one (beam, images) pair")
-        self._images = {}
-        shapes = set()
-        for beam, imgs in images_by_beam:
-            a = np.asarray(imgs, dtype=np.float32)
-            if a.ndim != 3 or not np.all(np.isfinite(a)):
-                raise InputError(f"cached images must be finite [H, mx, my], got shape {list(a.shape)}")
-            shapes.add(a.shape)
-            self._images[beam_key(beam)] = a
-        if len(shapes) != 1:
-            raise InputError(f"cached image stacks differ in shape: {sorted(shapes)}")
-        self._shape = shapes.pop()
-        self._sampling = (float(pixel_sampling[0]), float(pixel_sampling[1]))
-        self.cell = np.asarray(cell, dtype=np.float64)
-        self.settings = {"cached": True}
-        self.specimens = [None] * self._shape[0]
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        return self._shape[1:]
-
-    @property
-    def pixel_sampling(self) -> tuple[float, float]:
-        return self._sampling
-
-    def frame_shape_of(self, beam: dict) -> tuple[int, ...]:
-        return tuple(self._shape[1:])
-
-    def pixel_area_of(self, beam: dict) -> float:
-        return float(self._sampling[0] * self._sampling[1])
-
-    def model_layout(self, beam: dict, frame: np.ndarray) -> np.ndarray:
-        return np.asarray(frame)
-
-    frame_layout = model_layout
-    virtual_image = model_layout
-
-    def prepare(self, beams) -> None:
-        for b in beams:
-            self.images(b)
-
-    def images(self, beam: dict) -> np.ndarray:
-        try:
-            return self._images[beam_key(beam)]
-        except KeyError:
-            raise InputError(
-                "no pre-simulated images for this beam condition; pre-simulate it (hypotest library / "
-                "workflows.presimulate) or choose one of the cached conditions"
-            ) from None
-
-    def add(self, specimen) -> int:
-        raise InputError("a session on pre-simulated images cannot add hypotheses (no simulator); re-run the pre-simulation")

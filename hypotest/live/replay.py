@@ -1,4 +1,4 @@
-"""File replay: frames from files (:mod:`hypotest.live.readers`) delivered as a live stream.
+"""File replay: frames from files (:mod:`hypotest.frames`) delivered as a live stream.
 
 Events, in order: ``StreamEvent("connected")`` on the first poll, then one :class:`RawFrame` per
 stored frame (files in the order given, frames in file order), ``source_id`` counting from 0
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from forward.errors import InputError
 from hypotest.live.events import BadMessage, RawFrame, SourceEvent, StreamEvent
-from hypotest.live.readers import FrameReader, frame_file_format, open_frames
+from hypotest.frames import FrameReader, frame_file_format, open_frames
 
 __all__ = ["FileReplaySource"]
 
@@ -35,7 +35,7 @@ class FileReplaySource:
     """Replays frame files at a chosen rate; implements :class:`hypotest.live.events.FrameSource`.
 
     Args:
-        paths: frame files (any format of :mod:`hypotest.live.readers`; ``file.h5:/dataset``).
+        paths: frame files (any format of :mod:`hypotest.frames`; ``file.h5:/dataset``).
         rate_hz: frames per second [Hz], or None to deliver as fast as polled.
         loop: start over after the last file (the stream never ends).
         beam: the beam condition every frame was recorded with (BEAM.json form; checked with

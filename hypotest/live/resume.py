@@ -17,8 +17,8 @@ import numpy as np
 
 from forward import InputError
 from hypotest.beamfile import parse_beam
-from hypotest.hypothesis import Hypothesis, make_hypothesis
-from hypotest.live.builtin import LIBRARY_SETTINGS, load_hypotheses
+from hypotest.hypothesis import Hypothesis, load_hypotheses, make_hypothesis
+from hypotest.live.builtin import LIBRARY_SETTINGS
 from hypotest.live.model import ImageModel
 from hypotest.live.record import load_record
 from hypotest.live.runner import LiveSession

@@ -14,9 +14,12 @@ The specs ship as ``<name>.toml`` with their prebuilt libraries ``<name>.h5`` be
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from forward import InputError
-from library.entry import LibraryEntry
+
+if TYPE_CHECKING:
+    from library.entry import LibraryEntry
 
 __all__ = ["NAMES", "names", "spec_path", "library_path", "load"]
 

@@ -8,11 +8,12 @@ import pytest
 def builtin_exit_waves(library):
     """The HRTEM exit waves of every hypothesis of built-in ``library`` at its imaging settings."""
     from forward import make_beam
-    from hypotest.live.builtin import LIBRARY_SETTINGS, load_builtin_hypotheses
+    from hypotest.hypothesis import load_hypotheses
+    from hypotest.live.builtin import LIBRARY_SETTINGS
     from hypotest.live.model import ImageModel
 
     st = LIBRARY_SETTINGS[library]
-    hyps = load_builtin_hypotheses(library)
+    hyps = load_hypotheses(library)
     model = ImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=st.binning,
                        slice_thickness=st.slice_thickness)  # fmt: skip
     beam = make_beam(st.energy)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hypotest.cli import main
-from hypotest.demo import load_hypotheses
+from hypotest.hypothesis import load_hypotheses
 from hypotest.scoring import MAX_COUNT, check_result_finite
 from library.builtin import library_path
 
@@ -20,7 +20,7 @@ CAM = (32, 36)  # camera pixels over the 9.48 x 10.95 Å MoS2 cell
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("batch")
-    cell = np.asarray(load_hypotheses()[0].specimen.cell)
+    cell = np.asarray(load_hypotheses("mos2_defects")[0].specimen.cell)
     beam = {
         "energy": 80e3, "dose": 400, "sampling": [cell[0] / CAM[0], cell[1] / CAM[1]], "semiangle_cutoff": 25,
         "aberrations": {"C30": -1.5e5, "defocus": 97.0}, "detector": {"mode": "hrtem"},
@@ -56,7 +56,7 @@ def no_simulation(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the output path must be checked before any work")
 
-    monkeypatch.setattr("hypotest.scoring.load_hypotheses_for_scoring", boom)
+    monkeypatch.setattr("hypotest.hypothesis.load_hypotheses", boom)
 
 
 # --- hypotest score ---------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def test_score_writes_no_nan_a_non_finite_result_is_an_error(inputs, tmp_path, c
                     "method": "", "hypotheses": [hyp], "proposals": []}  # fmt: skip
 
     monkeypatch.setattr("hypotest.scoring.run_score", lambda *a, **k: Fake())
-    monkeypatch.setattr("hypotest.scoring.load_hypotheses_for_scoring", _one_hypothesis(hid))
+    monkeypatch.setattr("hypotest.hypothesis.load_hypotheses", _one_hypothesis(hid))
     out = tmp_path / "r.json"
     assert _score(inputs, out) == 2
     err = _error(capsys)
@@ -136,11 +136,8 @@ def test_score_writes_no_nan_a_non_finite_result_is_an_error(inputs, tmp_path, c
 
 
 def _one_hypothesis(hid):
-    from hypotest.scoring import ScoringInput
-
     def load(lib):
-        h = next(h for h in load_hypotheses() if h.id == hid)
-        return ScoringInput((h.id,), (h.name,), (h.specimen,), np.ones(1))
+        return [h for h in load_hypotheses("mos2_defects") if h.id == hid]
 
     return load
 

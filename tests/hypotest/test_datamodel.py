@@ -1,4 +1,4 @@
-"""The hypotest data model: Hypothesis (with its content-hash id and provenance) and FrameMeta."""
+"""The hypotest data model: Hypothesis (with its content-hash id and provenance)."""
 
 import pickle
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 
 import forward as F
 from forward import InputError
-from hypotest import make_frame_meta, make_hypothesis
+from hypotest import make_hypothesis
 from library import Provenance, content_id
 from tests.pytree_checks import check_all
 
@@ -33,10 +33,6 @@ def test_hypothesis_pytree_contract():
     check_all(
         lambda i: jax.tree.map(lambda x: x + 0.01 * i if np.issubdtype(np.asarray(x).dtype, np.floating) else x, base)
     )
-
-
-def test_frame_meta_pytree_contract():
-    check_all(lambda i: make_frame_meta(10 + i, 1.76e9 + 0.25 * i, n_coalesced=1 + i, source="sim://x"))
 
 
 def test_hypothesis_fields_and_pickle_keep_metadata():
@@ -100,33 +96,3 @@ def test_hypothesis_needs_a_specimen():
 def test_provenance_bad_input(kwargs, match):
     with pytest.raises(InputError, match=match):
         Provenance(**kwargs)
-
-
-@pytest.mark.parametrize(
-    ("args", "kwargs", "match"),
-    [
-        ((-1, 0.0), {}, "frame_id must be a non-negative integer, got -1"),
-        ((1.5, 0.0), {}, "frame_id must be a non-negative integer"),
-        ((1, float("nan")), {}, "timestamp must be finite seconds since the epoch"),
-        ((1, 0.0), {"n_coalesced": 0}, "n_coalesced must be a positive integer, got 0"),
-    ],
-)
-def test_frame_meta_bad_input(args, kwargs, match):
-    with pytest.raises(InputError, match=match):
-        make_frame_meta(*args, **kwargs)
-
-
-def test_frame_meta_keeps_float64_time_and_does_not_recompile_per_frame():
-    metas = [make_frame_meta(i, 1.7643e9 + 0.001 * i) for i in range(3)]
-    assert metas[1].timestamp.dtype == np.float64
-    assert float(metas[1].timestamp - metas[0].timestamp) == pytest.approx(0.001, abs=1e-6)  # float32 would give 0 or 128 s
-    traces = []
-
-    @jax.jit
-    def f(meta):
-        traces.append(1)
-        return meta.frame_id + 1
-
-    for m in metas:
-        f(m)
-    assert len(traces) == 1

@@ -313,11 +313,6 @@ def test_proposals_bars_best_first():
         ex.plot_proposals([{"label": "x"}])
 
 
-def test_start_local_cluster_bad_input():
-    with pytest.raises(InputError, match=r"num_cpus must be >= 1 .*got 0"):
-        ex.start_local_cluster(0)
-
-
 def test_remaining_bad_input():
     from types import SimpleNamespace
 

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from hypotest.live.builtin import LIBRARY_SETTINGS, demo_beams, load_builtin_hypotheses
+from hypotest.hypothesis import load_hypotheses
+from hypotest.live.builtin import LIBRARY_SETTINGS, demo_beams
 from hypotest.live.events import RawFrame, StreamEvent
 from hypotest.live.model import ImageModel
 from hypotest.live.record import load_record
@@ -46,7 +47,7 @@ class _ListSource:
 @pytest.fixture(scope="module")
 def mos2(mos2_waves):
     st = LIBRARY_SETTINGS["mos2_defects"]
-    hyps = load_builtin_hypotheses("mos2_defects")
+    hyps = load_hypotheses("mos2_defects")
     model = ImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
     cands = demo_beams(st, model.pixel_sampling, 40.0)
     return hyps, model, cands

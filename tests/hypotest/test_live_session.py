@@ -19,7 +19,8 @@ from hypotest.beamfile import parse_beam
 from hypotest.live.events import BadMessage, RawFrame, StreamEvent
 from hypotest.live.model import ImageModel
 from hypotest.live.record import load_record
-from hypotest.live.builtin import LIBRARY_SETTINGS, load_builtin_hypotheses, make_demo_session
+from hypotest.hypothesis import load_hypotheses
+from hypotest.live.builtin import LIBRARY_SETTINGS, make_demo_session
 from hypotest.live.resume import replay_record, resume_session
 
 
@@ -231,7 +232,7 @@ def _scripted_session(tmp_path, mos2_waves, script, **kw):
     from hypotest.live.builtin import demo_beams
 
     st = LIBRARY_SETTINGS["mos2_defects"]
-    hyps = load_builtin_hypotheses("mos2_defects")
+    hyps = load_hypotheses("mos2_defects")
     model = ImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
     cands = demo_beams(st, model.pixel_sampling, 200.0)
     return LiveSession(tmp_path, hypotheses=hyps, model=model, source=_ListSource(script), candidate_beams=cands,
@@ -386,7 +387,7 @@ def test_zeromq_stream_at_a_high_rate_every_frame_scored_or_coalesced(tmp_path, 
     from hypotest.live.zmqstream import ZmqSource, send_frames
 
     st = LIBRARY_SETTINGS["mos2_defects"]
-    hyps = load_builtin_hypotheses("mos2_defects")
+    hyps = load_hypotheses("mos2_defects")
     model = ImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
     cands = demo_beams(st, model.pixel_sampling, 40.0)
     lam = model.images(cands[2][1])[5] * 40.0 * np.prod(model.pixel_sampling)
@@ -469,7 +470,7 @@ def test_hypotest_live_cli_on_a_replayed_file(tmp_path, mos2_waves, capsys):
     from hypotest.live.builtin import demo_beams
 
     st = LIBRARY_SETTINGS["mos2_defects"]
-    hyps = load_builtin_hypotheses("mos2_defects")
+    hyps = load_hypotheses("mos2_defects")
     model = ImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
     beam = demo_beams(st, model.pixel_sampling, 200.0)[2][1]
     lam = model.images(beam)[6] * 200.0 * np.prod(model.pixel_sampling)
@@ -492,7 +493,7 @@ def test_hypotest_live_cli_on_4dstem_frames(tmp_path, capsys):
     from hypotest.live.builtin import demo_beams
 
     st = LIBRARY_SETTINGS["mos2_defects"]
-    hyps = load_builtin_hypotheses("mos2_defects")
+    hyps = load_hypotheses("mos2_defects")
     model = ImageModel([h.specimen for h in hyps], sampling=st.sampling, binning=1, slice_thickness=st.slice_thickness)
     beam = demo_beams(st, (0.1, 0.1), 200.0, cell=model.cell)[-1][1]
     assert beam["detector"]["mode"] == "4dstem"

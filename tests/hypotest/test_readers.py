@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from forward.errors import InputError
-from hypotest.live.readers import SUPPORTED_EXTENSIONS, open_frames, read_frames
+from hypotest.frames import SUPPORTED_EXTENSIONS, open_frames, read_frames, read_image_frames
 
 # A stack whose entries say where they are: value = 100*n + 10*row + col, so a transpose shows.
 STACK = (100 * np.arange(3)[:, None, None] + 10 * np.arange(4)[None, :, None] + np.arange(5)[None, None, :]).astype(
@@ -198,3 +198,59 @@ def test_damaged_hdf5_chunk_fails_only_that_frame(tmp_path):
         np.testing.assert_array_equal(reader.frame(2), frames[2])
     with pytest.raises(InputError, match=r"frame 1 of 3 cannot be read"):
         read_frames(tmp_path / "d.h5")
+
+
+def test_text_and_pickled_npy_say_what_they_are_and_never_suggest_unpickling(tmp_path):
+    import pickle
+
+    np.savetxt(tmp_path / "t.npy", STACK[0])
+    with pytest.raises(InputError, match=r"t\.npy: cannot read as \.npy \(it holds text \('0\.0.*numpy\.savetxt\).*"
+                                         r"expected the binary \.npy format numpy\.save writes") as text:
+        read_frames(tmp_path / "t.npy")
+    (tmp_path / "p.npy").write_bytes(pickle.dumps({"frames": [1, 2]}))
+    with pytest.raises(InputError, match=r"p\.npy: .*it holds a Python pickle, not a NumPy array \(frames are never "
+                                         r"unpickled") as pickled:
+        read_frames(tmp_path / "p.npy")
+    np.save(tmp_path / "o.npy", np.array([[{"a": 1}, None]], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match=r"o\.npy: holds Python objects \(a pickled object array, dtype object\), "
+                                         r"expected integer or real counts; frames are never unpickled") as objects:
+        read_frames(tmp_path / "o.npy")
+    np.savez(tmp_path / "o.npz", frames=np.array([[{"a": 1}]], dtype=object))
+    with pytest.raises(InputError, match=r"o\.npz array 'frames': holds Python objects") as npz:
+        read_frames(tmp_path / "o.npz")
+    for exc in (text, pickled, objects, npz):
+        assert "allow_pickle" not in str(exc.value)
+
+
+def test_npz_counts_key_and_frames_without_pixels(tmp_path):
+    np.savez(tmp_path / "c.npz", counts=STACK, dark=STACK[0])  # `hypotest score` has always taken 'counts'
+    np.testing.assert_array_equal(read_frames(tmp_path / "c.npz").frames, STACK)
+    np.save(tmp_path / "z.npy", np.zeros((3, 0, 5), np.uint16))
+    with pytest.raises(InputError, match=r"z\.npy: a frame needs at least one pixel along each axis, got an array of shape \[3, 0, 5\]"):
+        read_frames(tmp_path / "z.npy")
+    np.save(tmp_path / "none.npy", np.zeros((0, 4, 5), np.uint16))  # no frames: a replay has nothing to send
+    assert read_frames(tmp_path / "none.npy").frames.shape == (0, 4, 5)
+
+
+def test_image_frames_for_scoring_name_file_frame_and_pixel_of_a_nan(tmp_path):
+    bad = STACK.astype(np.float32)
+    bad[1, 2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(InputError, match=r"nan\.npy: frame 1 of 3 holds nan at pixel \(2, 3\) \(1 non-finite pixel\(s\) "
+                                         r"in that frame\); frames must be finite counts"):
+        read_image_frames(tmp_path / "nan.npy")
+    bad[1, 2, 3] = np.inf
+    with h5py.File(tmp_path / "inf.h5", "w") as h5:
+        h5["frames"] = bad
+    with pytest.raises(InputError, match=r"inf\.h5:/frames: frame 1 of 3 holds inf at pixel \(2, 3\)"):
+        read_image_frames(tmp_path / "inf.h5")
+    np.save(tmp_path / "4d.npy", np.zeros((2, 3, 4, 5), np.uint16))
+    with pytest.raises(InputError, match=r"4d\.npy: holds 4D-STEM frames \[2, 3, 4, 5\] .*score 4D-STEM data with `hypotest live"):
+        read_image_frames(tmp_path / "4d.npy")
+    np.save(tmp_path / "none.npy", np.zeros((0, 4, 5), np.uint16))
+    with pytest.raises(InputError, match=r"none\.npy: holds no frames \(a stack of shape \[0, 4, 5\]\)"):
+        read_image_frames(tmp_path / "none.npy")
+    np.save(tmp_path / "s.npy", STACK)
+    ff = read_image_frames(tmp_path / "s.npy")
+    assert ff.frames.dtype == np.float64 and ff.frame_shape == (4, 5)
+    np.testing.assert_array_equal(ff.frames, STACK)

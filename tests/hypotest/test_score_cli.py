@@ -13,7 +13,7 @@ from forward.hrtem import make_hrtem_simulator
 from forward.noise import expected_electrons, pixel_area, sample_frame
 from hypotest.beamfile import parse_beam
 from hypotest.cli import main
-from hypotest.demo import load_hypotheses
+from hypotest.hypothesis import load_hypotheses
 from library import builtin
 from library.export import entry_to_atoms
 
@@ -24,7 +24,7 @@ TRUE = 2  # the hidden structure: index in the built-in MoS2 library
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     d = tmp_path_factory.mktemp("score")
-    hyps = load_hypotheses()
+    hyps = load_hypotheses("mos2_defects")
     cell = np.asarray(hyps[0].specimen.cell)
     beam = {
         "energy": 80e3, "dose": 400, "sampling": [cell[0] / CAM[0], cell[1] / CAM[1]],
@@ -103,7 +103,7 @@ def _run(case, tmp_path, **change):
         ({"beam_change": {"detector": {"mode": "haadf"}}}, "unknown detector mode 'haadf'"),
         ({"beam_change": {"detector": {"mode": "4dstem", "outer": 40}, "semiangle_cutoff": 25}},
          r"handles detector modes 'hrtem' and 'stem_annular', got '4dstem': 4D-STEM frames are scored by `hypotest live"),
-        ({"frames": "/nonexistent/frames.npy"}, "frames file /nonexistent/frames.npy does not exist"),
+        ({"frames": "/nonexistent/frames.npy"}, r"/nonexistent/frames.npy: no such file; give the path of an existing frame file"),
     ],
 )
 def test_score_bad_input(case, tmp_path, capsys, change, match):
@@ -120,7 +120,9 @@ def test_score_bad_frames_and_libraries(case, tmp_path, capsys):
     bad[0, 3, 4] = np.nan
     np.save(tmp_path / "nan.npy", bad)
     assert _run(case, tmp_path, frames=str(tmp_path / "nan.npy")) == 2
-    assert "nan" in capsys.readouterr().err.lower()
+    err = capsys.readouterr().err
+    assert "nan" in err.lower()
+    assert "nan.npy: frame 0 of 3 holds nan at pixel (3, 4)" in err  # the file and the frame, named
     np.save(tmp_path / "wrong.npy", np.ones((2, 10, 10)))
     assert _run(case, tmp_path, frames=str(tmp_path / "wrong.npy")) == 2
     assert "frame must span exactly the cell" in capsys.readouterr().err
@@ -135,7 +137,7 @@ def test_score_bad_frames_and_libraries(case, tmp_path, capsys):
 def test_score_adf_stem_frames_with_the_fast_scorer(tmp_path):
     """Annular dark-field STEM frames of W_Mo: Z-contrast tells the W substituent from the
     pristine lattice in three frames (HRTEM at this dose cannot), scored by the fast scorer."""
-    hyps = load_hypotheses()
+    hyps = load_hypotheses("mos2_defects")
     true = next(i for i, h in enumerate(hyps) if h.name.startswith("W_Mo"))
     cell = np.asarray(hyps[0].specimen.cell)
     beam = {
@@ -162,3 +164,77 @@ def test_score_adf_stem_frames_with_the_fast_scorer(tmp_path):
     assert "screen" in r["method"]
     pristine = next(h for h in r["hypotheses"] if h["id"] == hyps[0].id)
     assert pristine["rejected"] and "Bayes factor" in pristine["reason"]
+
+
+@pytest.fixture(scope="module")
+def three(case, tmp_path_factory):
+    """The library's first three hypotheses as structure files, and RESULT.json of the npy frames."""
+    d, _, _ = case
+    lib = tmp_path_factory.mktemp("three") / "structures"
+    lib.mkdir()
+    for name, e in zip(("pristine", "v_mo", "v_s"), builtin.load("mos2_defects")[:3]):
+        write(lib / f"{name}.extxyz", entry_to_atoms(e))
+    out = lib.parent / "npy.json"
+    assert main(["score", "--library", str(lib), "--frames", str(d / "frames.npy"), "--beam", str(d / "beam.json"),
+                 "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    return lib, json.loads(out.read_text())
+
+
+def _write_frames(fmt: str, frames: np.ndarray, path_base):
+    if fmt == "mrc":
+        import mrcfile
+
+        path = path_base.with_suffix(".mrc")
+        with mrcfile.new(path, data=frames.astype(np.float32)) as mrc:
+            mrc.voxel_size = 0.3
+    elif fmt == "emd":
+        import h5py
+
+        path = path_base.with_suffix(".emd")
+        with h5py.File(path, "w") as h5:
+            g = h5.create_group("data/frames")
+            g.attrs["emd_group_type"] = 1
+            g["data"] = frames
+    else:
+        import tifffile
+
+        path = path_base.with_suffix(".tif")
+        tifffile.imwrite(path, frames.astype(np.float32), photometric="minisblack")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["mrc", "emd", "tiff"])
+def test_score_reads_mrc_emd_and_tiff_as_the_npy(case, three, tmp_path, fmt):
+    """`hypotest score` reads every format `hypotest live` reads (hypotest.frames): the same frames
+    as MRC, HDF5/EMD or TIFF give the RESULT.json of the .npy."""
+    d, _, _ = case
+    lib, want = three
+    frames = np.load(d / "frames.npy")
+    path = _write_frames(fmt, frames, tmp_path / "frames")
+    out = tmp_path / "r.json"
+    assert main(["score", "--library", str(lib), "--frames", str(path), "--beam", str(d / "beam.json"),
+                 "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    got = json.loads(out.read_text())
+    assert got["inputs"]["frames"] == str(path)
+    got["inputs"]["frames"] = want["inputs"]["frames"]
+    assert got == want
+
+
+def test_score_refuses_a_dangling_symlink_and_names_the_bad_frame(case, three, tmp_path, capsys):
+    d, _, beam = case
+    lib, _ = three
+    linked = tmp_path / "lib"
+    linked.mkdir()
+    for f in lib.glob("*.extxyz"):
+        (linked / f.name).symlink_to(f)
+    (linked / "w_mo.extxyz").symlink_to(tmp_path / "moved" / "w_mo.extxyz")
+    args = ["--frames", str(d / "frames.npy"), "--beam", str(d / "beam.json"), "--out", str(tmp_path / "r.json"), "--no-progress"]
+    assert main(["score", "--library", str(linked), *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"hypotest score: error: .*w_mo\.extxyz: a symbolic link to .*moved/w_mo\.extxyz, which does not "
+                     r"exist; fix the link or remove it", err), err
+    np.savetxt(tmp_path / "text.npy", np.load(d / "frames.npy")[0])
+    assert _run(case, tmp_path, frames=str(tmp_path / "text.npy")) == 2
+    err = capsys.readouterr().err
+    assert "text.npy: cannot read as .npy (it holds text" in err and "allow_pickle" not in err
+    assert not (tmp_path / "r.json").exists()

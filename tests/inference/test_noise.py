@@ -118,3 +118,14 @@ def test_bad_counts():
         _check_counts(y, (4, 4), noise)
     # negative counts are fine with read noise
     _check_counts(y, (4, 4), make_noise_model("poisson_gaussian", read_noise=1.0))
+
+
+def test_expected_electrons_is_the_one_definition_of_forward():
+    """inference and forward share one expected_electrons: dose x area x intensity, round-off
+    negatives clipped to 0 (a Poisson mean cannot be negative)."""
+    import forward.noise
+    import inference
+
+    assert inference.expected_electrons is forward.noise.expected_electrons
+    lam = inference.expected_electrons(jnp.array([[-1e-7, 0.5], [1.0, 2.0]]), 40.0, 0.01)
+    np.testing.assert_allclose(np.asarray(lam), [[0.0, 0.2], [0.4, 0.8]], rtol=1e-6)

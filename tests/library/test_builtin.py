@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from forward import InputError
-from hypotest.hypothesis import make_hypothesis
+from hypotest.hypothesis import hypothesis_from_entry
 from library import build_family, load_spec
 from library.builtin import NAMES, library_path, load, spec_path
 
@@ -20,8 +20,8 @@ def test_load_each_and_wrap_as_hypotheses(name):
     assert len(cells) == 1  # one family, one cell
     total = 0.0
     for e in entries:
-        h = make_hypothesis(e.specimen, name=e.name, family=e.family, prior=float(e.prior), provenance=e.provenance)
-        assert h.id == e.id
+        h = hypothesis_from_entry(e)
+        assert (h.id, h.name, h.family, float(h.prior)) == (e.id, e.name, e.family, float(e.prior))
         total += float(e.prior)
         assert e.specimen.n_atoms <= 64  # small enough for seconds on a laptop
     assert total == pytest.approx(1.0)

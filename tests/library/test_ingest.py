@@ -248,6 +248,15 @@ def test_directory_and_glob(tmp_path):
     assert [c.name for c in read_structures(str(tmp_path / "s*.cif"))] == ["s0", "s1", "s2"]
 
 
+def test_dangling_symlink_in_a_directory_or_glob_is_named_with_its_target(tmp_path):
+    write(tmp_path / "s0.cif", _cu())
+    (tmp_path / "s1.cif").symlink_to(tmp_path / "gone" / "s1.cif")  # a moved file: the link dangles
+    for source in (tmp_path, str(tmp_path / "*.cif"), tmp_path / "s1.cif"):
+        with pytest.raises(InputError, match=r"s1\.cif: a symbolic link to .*gone/s1\.cif, which does not exist; fix the "
+                                             r"link or remove it"):
+            read_structures(source)
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 

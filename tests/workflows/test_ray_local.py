@@ -17,11 +17,11 @@ from forward import InputError
 from inference import ScorerConfig
 from inference.noise import make_noise_model
 from inference.score import score_frames
-from tests.workflows._small import small_pairs, small_spec
+from tests.workflows._small import CELL, small_pairs, small_spec
 from workflows.cache import cached_ids, image_path, read_images
 from workflows.local import local_ray
-from workflows.presim import LOG_NAME, make_workers, presimulate
-from workflows.refinement import refine_batch
+from workflows.presim_pool import LOG_NAME, make_workers, presimulate
+from workflows.refine_tasks import refine_batch
 from workflows.shards import ShardedLibrary, posterior_from_scores
 from workflows.spec import make_spec_simulator, spec_digest
 from workflows.specimens import save_pairs
@@ -313,3 +313,21 @@ def test_batch_nuts_draws_are_keyed_by_hypothesis(ray_local):
     assert np.all(np.isfinite(a[1].draws))
     # the draws scatter around the MAP by at most a few tenths of an Å
     assert np.abs(a[0].draws.mean(0) - a[0].positions[:, :2]).max() < 0.3
+
+
+def test_presimulate_exit_waves_are_the_live_models_own(ray_local, tmp_path):
+    """The demo's pre-simulation path: exit-wave specs through the actor pool give, bit for bit,
+    the exit waves the live image model computes in process."""
+    from forward import make_beam
+    from hypotest.live.model import ImageModel
+    from workflows.spec import make_simulation_spec
+
+    pairs = small_pairs(4, seed=2)
+    model = ImageModel([sp for _, sp in pairs], sampling=4.0 / 32, binning=2, slice_thickness=2.0)
+    spec = make_simulation_spec(model.grid, make_beam(300e3), thickness=CELL[2], slice_thickness=2.0,
+                                species=(16, 42), kind="exit_wave")  # fmt: skip
+    rep = presimulate(pairs, [spec], tmp_path, n_workers=2, batch_size=1, progress=False)
+    assert rep.n_computed == 4
+    waves = read_images(tmp_path, spec, [h for h, _ in pairs])
+    for (_, sp), w in zip(pairs, waves):
+        np.testing.assert_array_equal(w, np.asarray(model.sim.exit_wave(sp, make_beam(300e3))))

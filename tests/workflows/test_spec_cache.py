@@ -16,7 +16,7 @@ from forward.hrtem import make_hrtem_simulator
 from tests.workflows._small import CELL, small_pairs, small_spec
 from workflows.cache import cached_ids, check_id, has_image, image_path, read_image, read_images, write_image
 from workflows.keys import stable_digest32, task_key
-from workflows.refinement import top_ids
+from workflows.refine_tasks import top_ids
 from workflows.shards import merge_scores, posterior_from_scores
 from workflows.spec import check_specimen, make_simulation_spec, make_spec_simulator, spec_digest, spec_to_json
 from workflows.specimens import check_pairs, load_hypotheses, load_pairs, save_pairs
@@ -189,8 +189,8 @@ def test_stem_spec_calls_forward_stem_and_checks_the_detector_eagerly():
 def test_input_errors_before_any_ray_work(tmp_path):
     """Bad input is refused with a message before Ray is needed (Ray is not running here)."""
     from inference.noise import make_noise_model
-    from workflows.presim import make_workers, presimulate
-    from workflows.refinement import refine_batch, refine_one
+    from workflows.presim_pool import make_workers, presimulate
+    from workflows.refine_tasks import refine_batch, refine_one
     from workflows.shards import ShardedLibrary
 
     pairs = small_pairs(1)
@@ -244,3 +244,35 @@ def test_input_errors_before_any_ray_work(tmp_path):
         make_simulation_spec(grid, beam, scan=object(), **kw)
     with pytest.raises(InputError, match="beam must be a forward.BeamCondition"):
         make_simulation_spec(grid, {"energy": 300e3}, **kw)
+
+
+def _exit_wave_spec(defocus=0.0, dose=1e4, energy=300e3, tilt=(0.0, 0.0)):
+    grid = make_grid(extent=CELL[:2], gpts=32)
+    beam = make_beam(energy, defocus=defocus, semiangle_cutoff=20.0, dose=dose, tilt=tilt)
+    return make_simulation_spec(grid, beam, thickness=CELL[2], slice_thickness=2.0, species=(16, 42), kind="exit_wave")
+
+
+def test_exit_wave_spec_is_the_hrtem_exit_wave_bit_for_bit_and_keyed_by_energy_and_tilt(tmp_path):
+    from workflows.spec import output_shape
+
+    spec = _exit_wave_spec()
+    hid, sp = small_pairs(1, seed=5)[0]
+    wave = make_spec_simulator(spec)(sp)
+    ref = make_hrtem_simulator(make_grid(extent=CELL[:2], gpts=32), CELL[2], 2.0).exit_wave(sp, spec.beam)
+    assert wave.dtype == np.complex64 and wave.shape == output_shape(spec) == (32, 32)
+    np.testing.assert_array_equal(wave, np.asarray(ref))  # what hypotest.live.model.ImageModel computes
+    # only the energy and the tilt change an exit wave: lens, dose and aperture share the cached one
+    assert spec_digest(_exit_wave_spec(defocus=80.0, dose=5.0)) == spec_digest(spec)
+    assert spec_digest(_exit_wave_spec(energy=200e3)) != spec_digest(spec)
+    assert spec_digest(_exit_wave_spec(tilt=(1.0, 0.0))) != spec_digest(spec)
+    assert spec_digest(small_spec(0.0)) != spec_digest(spec)  # an image is not an exit wave
+    write_image(tmp_path, spec_digest(spec), hid, wave)  # complex64 round trip through the cache
+    back = read_images(tmp_path, spec, [hid])
+    assert back.dtype == np.complex64
+    np.testing.assert_array_equal(back[0], wave)
+    with pytest.raises(InputError, match="HRTEM and its exit wave need an 'hrtem' detector"):
+        make_simulation_spec(make_grid(extent=CELL[:2], gpts=32), make_beam(300e3, semiangle_cutoff=20, detector=make_detector("stem_annular", inner=50, outer=150)),
+                             thickness=4, slice_thickness=2, species=(42,), kind="exit_wave")  # fmt: skip
+    with pytest.raises(InputError, match="camera_gpts applies to HRTEM only, to its images: .*an exit wave by the simulation grid"):
+        make_simulation_spec(make_grid(extent=CELL[:2], gpts=32), make_beam(300e3), thickness=4, slice_thickness=2,
+                             species=(42,), kind="exit_wave", camera_gpts=16)  # fmt: skip

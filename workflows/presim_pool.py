@@ -1,4 +1,6 @@
-"""Distributed pre-simulation: (hypotheses x simulation specs) -> the content-addressed cache.
+"""Distributed pre-simulation: (hypotheses x simulation specs) -> the content-addressed cache,
+by a pool of Ray actors. :func:`presimulate` is the Python API; ``python -m workflows.presimulate``
+(:mod:`workflows.presimulate`) is its command line for ``ray job submit``.
 
 Each item is one hypothesis under one :class:`~workflows.spec.SimulationSpec` (one beam
 condition). The driver skips items whose image is already in the cache (:mod:`workflows.cache`),

@@ -1,4 +1,5 @@
-"""Batch refinement of the top hypotheses across Ray workers.
+"""Batch refinement of the top hypotheses across Ray workers, one Ray task per hypothesis: the
+Python API behind ``python -m workflows.refine`` (:mod:`workflows.refine`, its command line).
 
 Each surviving hypothesis is refined in its own Ray task: the task builds the forward simulator
 for the spec (:func:`forward.hrtem.make_hrtem_simulator`) and the log posterior of the in-plane
