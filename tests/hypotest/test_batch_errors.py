@@ -79,7 +79,7 @@ def test_score_refuses_values_that_cannot_be_counts(inputs, tmp_path, capsys, va
 def test_score_refuses_an_empty_stack(inputs, tmp_path, capsys):
     np.save(tmp_path / "empty.npy", np.zeros((0, *CAM)))
     assert _score(inputs, tmp_path / "r.json", frames=tmp_path / "empty.npy") == 2
-    assert re.search(r"no frames in .*empty\.npy: got shape \[0, 32, 36\]", _error(capsys))
+    assert re.search(r"empty\.npy: holds no frames \(a stack of shape \[0, 32, 36\]\)", _error(capsys))
     _no_leftovers(tmp_path, "empty.npy")
 
 
