@@ -24,7 +24,8 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("live", help="run a live session on a frame source, with the dashboard")
-    p.add_argument("--library", required=True, help="built-in library name, library file (.h5) or a directory/glob of structure files")
+    p.add_argument("--library", required=True,
+                   help="built-in library name, library file (.h5) or a directory/glob of structure files")
     p.add_argument("--source", required=True, help="zmq://ADDRESS, zmq+connect://ADDRESS, FILE/GLOB, or sim[:SEED]")
     p.add_argument("--out", type=Path, default=Path("out/live"), help="the session directory (must not hold a record)")
     p.add_argument("--beam", type=Path, help="BEAM.json (required with a library file)")
