@@ -34,6 +34,7 @@ import numpy as np
 
 from forward import InputError
 from inference.noise import noise_from_detector
+from inference.scorer import ScorerConfig
 from workflows._cli import add_common_args, connect, group_by_cell, specs_for_cell
 from workflows.cache import read_images
 from workflows.refine_tasks import refine_batch, top_ids
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="L-BFGS iterations per hypothesis")
     p.add_argument("--displacement-sd", type=float, default=0.3, help="prior sd of atom displacements [Å]")
     p.add_argument("--shard-size", type=int, default=2048, help="hypotheses per shard actor")
+    p.add_argument("--scorer", default="linear", metavar="{linear,fast,laplace}",
+                   help="the one scorer on the shards (inference.make_scorer): linear (registered frame), fast (binned "
+                        "screen first; large libraries) or laplace (sub-pixel shift marginalised too)")
     p.add_argument("--out", required=True, help="output JSON file")
     return p
 
@@ -79,19 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     images = read_images(args.cache, spec, ids)
     cam = output_shape(spec)
     exposure = float(spec.beam.dose) * spec.grid.extent[0] * spec.grid.extent[1] / (cam[0] * cam[1])
+    config = ScorerConfig(kind=args.scorer, noise=noise_from_detector(spec.beam.detector))
     with connect(args):
-        with ShardedLibrary(noise_from_detector(spec.beam.detector)) as lib:
+        # one signal level for every shard: the library's (the background prior is relative to it)
+        with ShardedLibrary(config, signal_level=max(float(np.mean(images, dtype=np.float64)), 1e-12)) as lib:
             for k in range(0, len(ids), args.shard_size):
                 lib.add_shard(ids[k : k + args.shard_size], images[k : k + args.shard_size])
             scores = lib.score(counts, exposure)
+            order = lib.ids
         post = posterior_from_scores([scores], priors, float(spec.beam.dose))
-        top = top_ids(scores.ids, post, min(args.top, len(ids)))
+        top = top_ids(order, post, min(args.top, len(ids)))
         by_id = dict(pairs)
         results = refine_batch(
             [(i, by_id[i]) for i in top], spec, counts, steps=args.steps, displacement_sd=args.displacement_sd
         )
     out = {
-        "posterior": {i: float(p) for i, p in zip(scores.ids, post)},
+        "posterior": {i: float(p) for i, p in zip(order, post)},
         "top": list(top),
         "refined": [
             {
