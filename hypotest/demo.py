@@ -114,8 +114,10 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
         interrupted = str(exc) or "SIGINT"
         log(f"      {interrupted}: stopping; the record in {out} is complete up to here")
     finally:
-        session.stop(reason=None if interrupted is None else
-                     ("interrupted (SIGINT)" if interrupted == "SIGINT" else f"terminated ({interrupted})"))  # fmt: skip
+        if interrupted is None:
+            session.stop()
+        else:
+            session.stop(reason="interrupted (SIGINT)" if interrupted == "SIGINT" else f"terminated ({interrupted})")
         if server is not None:
             server.stop()
     if interrupted is not None:

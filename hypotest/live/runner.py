@@ -70,8 +70,6 @@ from inference import allocate_conditions, noise_from_detector, rank_conditions
 __all__ = ["LiveSession", "STAGES"]
 
 STAGES = ("ingest", "preprocess", "score", "update", "propose", "total")
-#: what a frame line keeps of the source's ``RawFrame.meta`` (ZeroMQ: who sent it, its number there)
-_SENDER_FIELDS = ("sender", "frame_id", "curve_sender")
 #: Proposals are ranked over at most this many most probable surviving hypotheses.
 PROPOSAL_HYPOTHESES = 16
 DESIGNS = ("allocation", "eig")
@@ -398,7 +396,7 @@ class LiveSession(SessionQueries):
         elif isinstance(ev, BadMessage):
             with self._lock:
                 self.counters["bad_messages"] += 1
-            extra = {k: getattr(ev, k) for k in ("sender", "lost") if getattr(ev, k, None) is not None}  # ZeroMQ
+            extra = _sender_fields({"sender": getattr(ev, "sender", None), "lost": getattr(ev, "lost", None)})
             self.writer.append("bad_message", t=ev.timestamp, source_id=ev.source_id, reason=ev.reason, **extra)
             self._log(f"bad message from the source: {ev.reason}")
         elif isinstance(ev, StreamEvent):
@@ -440,8 +438,7 @@ class LiveSession(SessionQueries):
             self._received_times.append(time.monotonic())
         label = self._label_of(beam)
         counts = np.asarray(raw.counts)
-        meta = raw.meta if isinstance(raw.meta, dict) else {}
-        who = {k: meta[k] for k in _SENDER_FIELDS if k in meta}  # a ZeroMQ sender, for its accounting on resume
+        who = _sender_fields(raw.meta)  # a ZeroMQ sender, for its accounting on resume
         self.writer.append_frame(counts, index=index, source_id=raw.source_id, t_source=raw.timestamp,
                                  t_received=t_recv, beam_label=label, beam=beam, **who)  # fmt: skip
         with self._cond:
@@ -734,3 +731,18 @@ class LiveSession(SessionQueries):
             self.writer.append("hypothesis_dropped", t=time.time(), step=self._step, id=hypothesis_id)
         self._publish({"type": "hypotheses"})
         return self.hypothesis(hypothesis_id)
+
+
+def _sender_fields(meta) -> dict:
+    """What a record line keeps of a source's report of who sent a frame (ZeroMQ ``RawFrame.meta``,
+    :class:`hypotest.live.zmqstream.SenderBadMessage`): ``sender`` and ``curve_sender`` (names),
+    ``frame_id`` (the sender's number) and ``lost`` (a count), where present and well typed, so a
+    resumed receiver can continue each sender's count (:func:`hypotest.live.resume.sender_counts`)."""
+    if not isinstance(meta, dict):
+        return {}
+    out = {k: meta[k][:64] for k in ("sender", "curve_sender") if isinstance(meta.get(k), str)}
+    for k in ("frame_id", "lost"):
+        v = meta.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            out[k] = v
+    return out
