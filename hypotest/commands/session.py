@@ -104,8 +104,9 @@ def run_resume(args: argparse.Namespace) -> int:
     s = resume_session(args.dir, source_settings=given or None, log=print, stop_on_decision=args.stop_on_decision,
                        auto_apply=args.auto_apply, max_steps=args.max_steps)  # fmt: skip
     st = s.status()
+    limit = "" if s.max_steps is None else f", at most {s.max_steps} steps in all"
     print(f"resumed {args.dir}: {st['step']} steps restored; auto-apply {'on' if s.auto_apply else 'off'}, "
-          f"{'stop' if s.stop_on_decision else 'keep going'} at the decision; Ctrl-C or SIGTERM stops")  # fmt: skip
+          f"{'stop' if s.stop_on_decision else 'keep going'} at the decision{limit}; Ctrl-C or SIGTERM stops")  # fmt: skip
     with StopSignals() as signals:
         run_session(s, signals, stopped_hint="interrupted: the record is complete up to here; resume again with the "
                                              "same command")  # fmt: skip

@@ -448,7 +448,7 @@ class LiveSession(SessionQueries):
 
     def _main_loop(self) -> None:
         try:
-            while True:
+            while not self._finished():  # a resumed session may have reached its end already
                 with self._cond:
                     while not self._pending and not self._stop.is_set() and not self.source_ended:
                         self._cond.wait(0.5)

@@ -56,14 +56,14 @@ def case(tmp_path_factory):
     return types.SimpleNamespace(dir=d, lib=lib, hyps=hyps, model=model, beam=beam, frames=frames)
 
 
-def _session(case, out, source, **kw):
+def _session(case, out, source, source_config=None, **kw):
     """A live session on ``source`` with the case's library and model; one candidate beam (so
     there are no proposals to compute)."""
     from hypotest.live.runner import LiveSession
 
+    cfg = {**(source_config or {}), **getattr(source, "settings", {})} or {"kind": "test"}
     return LiveSession(out, hypotheses=case.hyps, model=case.model, source=source, candidate_beams=[("given", case.beam)],
-                       beam=case.beam, config={"library": case.lib, "model": case.model.settings,
-                                               "source": dict(getattr(source, "settings", {"kind": "test"}))},
+                       beam=case.beam, config={"library": case.lib, "model": case.model.settings, "source": cfg},
                        **kw)  # fmt: skip
 
 
@@ -142,29 +142,30 @@ def test_replay_source_skips_recorded_ids_without_a_pacing_delay(case):
         _replay(case, 10, skip_ids=["a"])
 
 
-def test_resumed_file_replay_continues_where_the_record_stops(case, tmp_path, capsys):
-    """A file replay stopped after 5 steps of 12 frames, resumed by `hypotest session resume DIR`
-    (the files reopened from session.json) and again with `--source FILE`: 12 frames in all, each
-    once, the dose of 12 frames, the rate restored; replay reproduces every posterior."""
-    from hypotest.live.resume import replay_record
-
-    d = tmp_path / "r"
+def _five_steps_of_twelve(case, d):
+    """A file replay of 12 frames at 5 Hz stopped after 5 steps (frames received, not scored, are
+    "unscored")."""
     s = _session(case, d, _replay(case, 12, rate_hz=5.0), stop_on_decision=False, auto_apply=False)
     s.run_sync(max_steps=5)  # the warm-up compiles the scorer before the replay's clock starts
     rec = load_record(d)
-    assert len(rec.steps) == 5 and 5 <= len(rec.frame_lines) < 12  # (frames received, not scored: "unscored")
-    assert main(["session", "resume", str(d), "--max-steps", "8"]) == 0
-    rec = load_record(d)
-    assert len(rec.steps) == 8 and [fl["source_id"] for fl in rec.frame_lines] == list(range(len(rec.frame_lines)))
-    resumed = [e for e in rec.events if e["kind"] == "resumed"]
-    assert resumed[-1]["source"]["rate_hz"] == 5.0 and resumed[-1]["overrides"] == {"max_steps": 8}
-    # again, naming the file: the rest of it, nothing twice
-    assert main(["session", "resume", str(d), "--source", str(_file(case, 12)), "--max-steps", "100"]) == 0
+    assert len(rec.steps) == 5 and 5 <= len(rec.frame_lines) < 12
+    return rec
+
+
+def test_resume_with_the_file_again_replays_each_frame_once(case, tmp_path, capsys):
+    """A file replay stopped after 5 steps of 12 frames, resumed by `hypotest session resume DIR
+    --source FILE`: 12 frames in all (not 12 + those recorded), each source id once, the dose of
+    12 frames, the rate restored; a further resume finds nothing left (the files are reopened
+    from session.json); replay reproduces every posterior."""
+    from hypotest.live.resume import replay_record
+
+    d = tmp_path / "r"
+    _five_steps_of_twelve(case, d)
+    assert main(["session", "resume", str(d), "--source", str(_file(case, 12))]) == 0
     rec = load_record(d)
     _assert_nothing_lost_or_duplicated(rec, 12)
     assert sum(st["dose_e_per_A2"] for st in rec.steps) == pytest.approx(12 * DOSE)
     assert [e for e in rec.events if e["kind"] == "resumed"][-1]["source"]["rate_hz"] == 5.0
-    # a third resume finds nothing left to replay
     assert main(["session", "resume", str(d)]) == 0
     assert len(load_record(d).frame_lines) == 12
     rep = replay_record(d)
@@ -172,18 +173,35 @@ def test_resumed_file_replay_continues_where_the_record_stops(case, tmp_path, ca
     capsys.readouterr()
 
 
-def test_resume_with_another_file_keeps_ids_unique(case, tmp_path):
-    """A resume on another file continues the ids after the recorded ones (ids stay unique)."""
-    from hypotest.live.resume import resume_session
+def test_resume_reopens_the_recorded_files_at_the_recorded_rate(case, tmp_path, capsys):
+    """`hypotest session resume DIR` without --source reopens the replayed files from
+    session.json and continues after the recorded frames at the recorded rate; `--max-steps` is an
+    override stated in the record, and kept by the next resume until given again."""
+    d = tmp_path / "r"
+    _five_steps_of_twelve(case, d)
+    assert main(["session", "resume", str(d), "--max-steps", "8"]) == 0
+    rec = load_record(d)
+    assert len(rec.steps) == 8 and [fl["source_id"] for fl in rec.frame_lines] == list(range(len(rec.frame_lines)))
+    resumed = [e for e in rec.events if e["kind"] == "resumed"]
+    assert resumed[-1]["source"]["rate_hz"] == 5.0 and resumed[-1]["overrides"] == {"max_steps": 8}
+    assert main(["session", "resume", str(d)]) == 0  # the last word stands: 8 steps in all
+    assert len(load_record(d).steps) == 8
+    assert "at most 8 steps" in capsys.readouterr().out
+    assert main(["session", "resume", str(d), "--max-steps", "100"]) == 0
+    _assert_nothing_lost_or_duplicated(load_record(d), 12)
+    capsys.readouterr()
 
+
+def test_resume_with_another_file_keeps_ids_unique(case, tmp_path, capsys):
+    """A resume on another file continues the ids after the recorded ones (ids stay unique)."""
     d = tmp_path / "o"
     s = _session(case, d, _replay(case, 3), stop_on_decision=False, auto_apply=False)
     s.run_sync(warm_up=False)
-    s2 = resume_session(d, source_settings={"kind": "replay", "paths": [str(_file(case, 4))]})
-    s2.run_sync(warm_up=False)
+    assert main(["session", "resume", str(d), "--source", str(_file(case, 4))]) == 0
     rec = load_record(d)
     assert [fl["source_id"] for fl in rec.frame_lines] == list(range(7))
     assert [e for e in rec.events if e["kind"] == "resumed"][-1]["source"]["beam"] == case.beam
+    capsys.readouterr()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +220,7 @@ def test_a_session_directory_is_locked_while_its_session_runs(case, tmp_path, ca
     try:
         _wait_for(lambda: len(_lines(d, "step")) >= 2, 120, "two steps")
         with pytest.raises(InputError, match=rf"{d} in use by PID {os.getpid()}"):
-            resume_session(d)
+            resume_session(d, source=_replay(case))
         assert main(["session", "resume", str(d)]) == 2
         assert f"in use by PID {os.getpid()}" in capsys.readouterr().err
         with pytest.raises(InputError, match="in use by PID|already holds a session record"):
@@ -261,17 +279,18 @@ def test_every_setting_is_restored_on_resume_and_the_operator_has_the_last_word(
     s = _session(case, d, _replay(case, 3), auto_apply=False, stop_on_decision=False, max_steps=40,
                  expected_run_length=77.0, design="eig", scorer="linear", seed=5, fsync=True, target=0.995)  # fmt: skip
     s.run_sync(warm_up=False)
+    s2 = resume_session(d, source=_replay(case, 3))
+    assert (s2.auto_apply, s2.stop_on_decision, s2.max_steps) == (False, False, 40)  # (not: True, True, None)
+    assert s2.fsync is True
+    assert (s2.design, s2.scorer_kind, s2._seed, s2.target, s2.live.config.target) == ("eig", "linear", 5, 0.995, 0.995)
+    assert s2.live.step == s.live.step == 3
+    s2.set_auto_apply(True)  # the operator turns it on
+    s2.stop()
     cfg = load_record(d).config
     assert {k: cfg[k] for k in ("auto_apply", "stop_on_decision", "max_steps", "fsync", "design", "scorer", "seed")} == {
         "auto_apply": False, "stop_on_decision": False, "max_steps": 40, "fsync": True, "design": "eig",
         "scorer": "linear", "seed": 5}  # fmt: skip
     assert cfg["source"]["kind"] == "replay" and cfg["source"]["beam"] == case.beam
-    s2 = resume_session(d)
-    assert (s2.auto_apply, s2.stop_on_decision, s2.max_steps, s2.fsync) == (False, False, 40, True)
-    assert (s2.design, s2.scorer_kind, s2._seed, s2.target, s2.live.config.target) == ("eig", "linear", 5, 0.995, 0.995)
-    assert s2.live.step == s.live.step == 3
-    s2.set_auto_apply(True)  # the operator turns it on
-    s2.stop()
     s3 = resume_session(d)
     assert s3.auto_apply is True
     s3.stop()
@@ -293,10 +312,11 @@ def test_hypotest_session_resume_takes_overrides(case, tmp_path, capsys):
     rc = main(["live", "--library", case.lib, "--source", str(_file(case, 3)), "--beam", str(case.dir / "beam.json"),
                "--out", str(out), "--no-dashboard", "--no-auto-apply", "--rate", "20"])  # fmt: skip
     assert rc == 0
+    capsys.readouterr()
+    assert main(["session", "resume", str(out), "--source", str(_file(case, 3))]) == 0
+    assert "auto-apply off" in capsys.readouterr().out
     cfg = load_record(out).config
     assert cfg["auto_apply"] is False and cfg["source"]["rate_hz"] == 20.0 and cfg["stop_on_decision"] is False
-    assert main(["session", "resume", str(out)]) == 0
-    assert "auto-apply off" in capsys.readouterr().out
     assert main(["session", "resume", str(out), "--auto-apply", "--rate", "10"]) == 0
     res = [e for e in load_record(out).events if e["kind"] == "resumed"][-1]
     assert res["overrides"] == {"auto_apply": True} and res["source"]["rate_hz"] == 10.0
@@ -348,7 +368,8 @@ def _zmq_session(case, d, **kw):
     from hypotest.live.zmqstream import ZmqSource
 
     src = ZmqSource("tcp://127.0.0.1:*", end_on_sender_end=True)
-    return _session(case, d, src, stop_on_decision=False, auto_apply=False, **kw)
+    return _session(case, d, src, source_config={"kind": "zmq", "address": src.address}, stop_on_decision=False,
+                    auto_apply=False, **kw)  # fmt: skip
 
 
 def test_a_sender_continues_across_a_resume_and_its_losses_are_counted_exactly(case, tmp_path):
@@ -371,16 +392,15 @@ def test_a_sender_continues_across_a_resume_and_its_losses_are_counted_exactly(c
         _wait_for(lambda: _n_frames(d) >= 8, 120, "8 frames")
     finally:
         s.stop()
-    before = load_record(d)
-    assert before.config["source"]["address"] == address and before.config["source"]["end_on_sender_end"] is True
     s2 = resume_session(d)
     s2.start(warm_up=False)
     sender.join(240)
     assert reports and reports[0].sent == 40
-    assert s2.wait(240), "the resumed session did not end at the sender's end"
+    sid = reports[0].sender
+    _wait_for(lambda: any(f"sender {sid} ended" in e.get("detail", "") for e in _lines(d, "stream")), 120, "the end")
+    assert s2.wait(60), "the resumed session did not end at the sender's end"
     s2.stop()
     rec = load_record(d)
-    sid = reports[0].sender
     assert all(fl.get("sender") == sid for fl in rec.frame_lines)
     fids = [fl["frame_id"] for fl in rec.frame_lines]
     assert len(fids) == len(set(fids))
@@ -389,6 +409,7 @@ def test_a_sender_continues_across_a_resume_and_its_losses_are_counted_exactly(c
     assert sum(e["lost"] for e in lost) == len(missing), (lost, sorted(missing))
     assert all(e["sender"] == sid for e in lost)
     assert len(rec.frame_lines) + len(missing) == 40
+    assert rec.config["source"]["address"] == address and rec.config["source"]["end_on_sender_end"] is True
     _assert_nothing_lost_or_duplicated(rec, len(rec.frame_lines))
 
 
@@ -406,9 +427,9 @@ def test_a_refused_start_leaves_no_record(case, tmp_path, capsys):
     args = ["live", "--library", case.lib, "--source", str(case.dir / "frames.npy"), "--beam", str(case.dir / "beam.json"),
             "--out", str(out)]  # fmt: skip
     assert main([*args, "--host", "0.0.0.0"]) == 2
-    assert "needs --token" in capsys.readouterr().err and not out.exists()
+    assert "needs" in (err := capsys.readouterr().err) and "token" in err and not out.exists()
     assert main(["live", "--library", "mos2_defects", "--source", "sim", "--host", "0.0.0.0", "--out", str(out)]) == 2
-    assert "needs --token" in capsys.readouterr().err and not out.exists()
+    assert "needs" in (err := capsys.readouterr().err) and "token" in err and not out.exists()
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
@@ -559,10 +580,11 @@ def test_kill_9_of_a_zmq_receiver_the_frames_lost_in_flight_are_reported_exactly
     s.start(warm_up=False)
     sender.join(400)
     assert reports and reports[0].sent == n_total
-    assert s.wait(400), "the resumed session did not end at the sender's end"
+    sid = reports[0].sender
+    _wait_for(lambda: any(f"sender {sid} ended" in e.get("detail", "") for e in _lines(d, "stream")), 300, "the end")
+    assert s.wait(300), "the resumed session did not end at the sender's end"
     s.stop()
     rec = load_record(d)
-    sid = reports[0].sender
     fids = [fl["frame_id"] for fl in rec.frame_lines]
     assert all(fl["sender"] == sid for fl in rec.frame_lines) and len(fids) == len(set(fids))
     missing = set(range(n_total)) - set(fids)
