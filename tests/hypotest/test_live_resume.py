@@ -373,7 +373,7 @@ def _zmq_session(case, d, **kw):
 
 
 def test_a_sender_continues_across_a_resume_and_its_losses_are_counted_exactly(case, tmp_path):
-    """A sender streams 40 frames; the receiving session stops after some, the sender waits and
+    """A sender streams 60 frames; the receiving session stops after some, the sender waits and
     goes on into the resumed session. Frame lines name the sender and its frame ids; the resumed
     receiver starts from the recorded count, so what it reports lost is exactly the frame ids
     that never reached the record (those dropped with the closed socket's queue)."""
@@ -383,10 +383,10 @@ def test_a_sender_continues_across_a_resume_and_its_losses_are_counted_exactly(c
     d = tmp_path / "z"
     s = _zmq_session(case, d)
     address = s.source.address
-    s.start(warm_up=False)
+    s.start()  # the warm-up compiles the scorer first: the ingest keeps up from the first frame
     reports = []
     sender = threading.Thread(target=lambda: reports.append(send_frames(
-        case.frames[:40], address, rate_hz=25.0, beam=case.beam, sampling=case.beam["sampling"], send_timeout=240)))
+        case.frames, address, rate_hz=20.0, beam=case.beam, sampling=case.beam["sampling"], send_timeout=240)))
     sender.start()
     try:
         _wait_for(lambda: _n_frames(d) >= 8, 120, "8 frames")
@@ -395,21 +395,22 @@ def test_a_sender_continues_across_a_resume_and_its_losses_are_counted_exactly(c
     s2 = resume_session(d)
     s2.start(warm_up=False)
     sender.join(240)
-    assert reports and reports[0].sent == 40
+    assert reports and reports[0].sent == 60
     sid = reports[0].sender
     _wait_for(lambda: any(f"sender {sid} ended" in e.get("detail", "") for e in _lines(d, "stream")), 120, "the end")
-    assert s2.wait(60), "the resumed session did not end at the sender's end"
+    ended = s2.wait(60)
     s2.stop()
     rec = load_record(d)
     assert all(fl.get("sender") == sid for fl in rec.frame_lines)
     fids = [fl["frame_id"] for fl in rec.frame_lines]
     assert len(fids) == len(set(fids))
     lost = [e for e in rec.events if e["kind"] == "bad_message" and e.get("lost")]
-    missing = set(range(40)) - set(fids)
+    missing = set(range(60)) - set(fids)
     assert sum(e["lost"] for e in lost) == len(missing), (lost, sorted(missing))
     assert all(e["sender"] == sid for e in lost)
-    assert len(rec.frame_lines) + len(missing) == 40
+    assert len(rec.frame_lines) + len(missing) == 60
     assert rec.config["source"]["address"] == address and rec.config["source"]["end_on_sender_end"] is True
+    assert ended, "the resumed session did not end at the sender's end (end_on_sender_end restored)"
     _assert_nothing_lost_or_duplicated(rec, len(rec.frame_lines))
 
 
@@ -444,6 +445,65 @@ def test_a_refused_start_leaves_no_record(case, tmp_path, capsys):
     assert main([*args, "--no-dashboard"]) == 0  # the same --out, now used
     assert len(load_record(out).frame_lines) == 60
     capsys.readouterr()
+
+
+def test_stop_signals_turn_sigterm_into_one_interrupt():
+    """Under StopSignals, SIGTERM interrupts like Ctrl-C (KeyboardInterrupt naming it), once: a
+    later signal does not cut the stop short; the previous handlers come back after."""
+    from hypotest.commands.live import StopSignals
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with StopSignals() as sig:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: the stop goes on
+        time.sleep(0.2)
+        assert sig.name == "SIGTERM" and sig.reason == "terminated (SIGTERM)"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+class _Unhandled(Exception):
+    pass
+
+
+def test_sigterm_stops_the_demo_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
+    """`hypotest demo` on SIGTERM: the session is stopped with the reason (its `stopped` line,
+    every queued frame's fate) and the command exits 143 with a note, not killed mid-record. (The
+    demo's session is replaced by one whose wait() receives the signal.)"""
+    import hypotest.demo as demo
+
+    stops = []
+
+    class FakeSession:
+        model = types.SimpleNamespace(frame_shape=(64, 64))
+
+        def start(self):
+            pass
+
+        def wait(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+
+        def stop(self, reason=None):
+            stops.append(reason)
+
+    hyps = [types.SimpleNamespace(id="h1", name="O_S", specimen=types.SimpleNamespace(cell=np.ones(3), n_atoms=3))]
+    monkeypatch.setattr(demo, "load_hypotheses", lambda lib: hyps)
+    monkeypatch.setattr(demo, "presimulate_exit_waves",
+                        lambda h: ([None], {"workers": 2, "ray_address": "127.0.0.1:1", "seconds": 0.0}))  # fmt: skip
+    monkeypatch.setattr(demo, "make_demo_session", lambda *a, **k: FakeSession())
+
+    def unhandled(signum, frame):
+        raise _Unhandled("SIGTERM reached the default handling: the command does not stop its session on it")
+
+    old = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        rc = main(["demo", "--out", str(tmp_path / "demo"), "--no-dashboard"])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert stops == ["terminated (SIGTERM)"] and rc == 128 + signal.SIGTERM
+    assert "demo terminated (SIGTERM)" in capsys.readouterr().out
 
 
 def _live_cmd(case, out, *extra):
@@ -523,8 +583,9 @@ lib, d, beam = sys.argv[1], sys.argv[2], json.loads(open(sys.argv[3]).read())
 hyps = load_hypotheses(lib)
 model = ImageModel([h.specimen for h in hyps], sampling=0.1, binning=3, slice_thickness=1.5)
 src = ZmqSource("tcp://127.0.0.1:*", end_on_sender_end=True)
+source = {"kind": "zmq", "address": src.address, **getattr(src, "settings", {})}
 s = LiveSession(d, hypotheses=hyps, model=model, source=src, candidate_beams=[("given", beam)], beam=beam,
-                config={"library": lib, "model": model.settings, "source": src.settings}, stop_on_decision=False,
+                config={"library": lib, "model": model.settings, "source": source}, stop_on_decision=False,
                 auto_apply=False)
 s.start(warm_up=False)
 print(src.address, flush=True)
@@ -582,7 +643,7 @@ def test_kill_9_of_a_zmq_receiver_the_frames_lost_in_flight_are_reported_exactly
     assert reports and reports[0].sent == n_total
     sid = reports[0].sender
     _wait_for(lambda: any(f"sender {sid} ended" in e.get("detail", "") for e in _lines(d, "stream")), 300, "the end")
-    assert s.wait(300), "the resumed session did not end at the sender's end"
+    ended = s.wait(300)
     s.stop()
     rec = load_record(d)
     fids = [fl["frame_id"] for fl in rec.frame_lines]
@@ -593,3 +654,4 @@ def test_kill_9_of_a_zmq_receiver_the_frames_lost_in_flight_are_reported_exactly
     assert all(e["sender"] == sid for e in lost) and sum(e["lost"] for e in lost) == len(missing)
     assert f"(the sender counts {n_total} sent, {len(rec.frame_lines)} arrived)" in lost[-1]["reason"]
     _assert_nothing_lost_or_duplicated(rec, len(rec.frame_lines))
+    assert ended, "the resumed session did not end at the sender's end (end_on_sender_end restored)"
