@@ -5,7 +5,9 @@ A session directory holds
 - ``session.json``: the configuration, written once at the start (atomically: temp file + rename):
   ``{"schema": "hypotest.session/1", "library", "hypotheses": [{"id", "name", "family", "prior"}],
   "model": {...}, "source": {...}, "candidate_beams": [{"label", "beam"}], "rule", "noise",
-  "target", "created"}``;
+  "target", "created"}`` and every setting a resume restores (``auto_apply`` as started,
+  ``stop_on_decision``, ``max_steps``, ``scorer``, ``design``, ``rule_threshold``,
+  ``expected_run_length``, ``seed``, ``fsync``; ``source`` holds how to open the source again);
 - ``frames.bin``: the raw bytes of every frame received, appended in arrival order;
 - ``record.jsonl``: one JSON object per line, each with a ``"kind"``:
 

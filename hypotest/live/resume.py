@@ -86,12 +86,33 @@ def session_settings(rec) -> dict:
     the session itself), in record order: the latest word of the operator wins."""
     cfg = rec.config
     out = {k: cfg.get(k, v) for k, v in SETTINGS_DEFAULTS.items()}
+    for k, v in out.items():
+        if not _SETTING_OK[k](v):
+            raise InputError(f"{rec.dir / 'session.json'}: {k!r} is {v!r:.40}, expected {_SETTING_WANTED[k]}; the file is "
+                             "damaged (restore it, or correct that field)")  # fmt: skip
     for e in rec.events:
         if e["kind"] == "resumed" and isinstance(e.get("overrides"), dict):
-            out.update({k: v for k, v in e["overrides"].items() if k in OVERRIDABLE})
+            out.update({k: v for k, v in e["overrides"].items() if k in OVERRIDABLE and _SETTING_OK[k](v)})
         elif e["kind"] == "auto_apply" and e.get("by") != "session" and isinstance(e.get("on"), bool):
             out["auto_apply"] = e["on"]
     return out
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_SETTING_OK = {
+    "auto_apply": lambda v: v is None or isinstance(v, bool), "stop_on_decision": lambda v: isinstance(v, bool),
+    "max_steps": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "fsync": lambda v: isinstance(v, bool), "scorer": lambda v: isinstance(v, str), "design": lambda v: isinstance(v, str),
+    "rule_threshold": _num, "target": _num, "expected_run_length": _num,
+    "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
+}  # fmt: skip
+_SETTING_WANTED = {"auto_apply": "true or false", "stop_on_decision": "true or false", "fsync": "true or false",
+                   "max_steps": "an integer >= 0 or null", "scorer": "a scorer name", "design": "a design name",
+                   "rule_threshold": "a number", "target": "a number", "expected_run_length": "a number [steps]",
+                   "seed": "an integer"}  # fmt: skip
 
 
 def recorded_source(rec) -> dict:

@@ -303,6 +303,14 @@ def test_every_setting_is_restored_on_resume_and_the_operator_has_the_last_word(
     s5 = resume_session(d)  # the last word (the override) stands
     assert (s5.auto_apply, s5.stop_on_decision) == (False, True)
     s5.stop()
+    # a damaged setting is named, and the refused resume leaves the directory unlocked
+    from hypotest.live.record import SessionLock
+
+    cfg_path = d / "session.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "max_steps": "x"}))
+    with pytest.raises(InputError, match=r"session.json: 'max_steps' is 'x', expected an integer >= 0 or null"):
+        resume_session(d)
+    SessionLock(d).release()
 
 
 def test_hypotest_session_resume_takes_overrides(case, tmp_path, capsys):
