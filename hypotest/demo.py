@@ -73,6 +73,9 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
     if (out / "record.jsonl").exists():
         import shutil
 
+        from hypotest.live.record import SessionLock
+
+        SessionLock(out).release()  # refused ("in use by PID n") while a session runs there
         shutil.rmtree(out)  # the demo owns its output directory
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, dict] = {}
@@ -101,16 +104,25 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
         f"{st.dose:g} e-/Å² at {st.energy / 1e3:g} kV, camera {session.model.frame_shape[0]}x"
         f"{session.model.frame_shape[1]} px; record in {out}")  # fmt: skip
     t = time.perf_counter()
+    interrupted = None
     try:
         session.start()
         session.wait()
         if server is not None and linger_s > 0:
             log(f"      keeping the dashboard open for {linger_s:g} s")
             time.sleep(linger_s)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under hypotest.commands.live.StopSignals
+        interrupted = str(exc) or "SIGINT"
+        log(f"      {interrupted}: stopping; the record in {out} is complete up to here")
     finally:
-        session.stop()
+        if interrupted is None:
+            session.stop()
+        else:
+            session.stop(reason="interrupted (SIGINT)" if interrupted == "SIGINT" else f"terminated ({interrupted})")
         if server is not None:
             server.stop()
+    if interrupted is not None:
+        raise KeyboardInterrupt(interrupted)
     status = session.status()
     truth = json.loads((out / "truth.jsonl").read_text().splitlines()[-1]) if (out / "truth.jsonl").exists() else None
     rejected = {h["name"]: h["reason"] for h in session.hypotheses() if h["rejected"]}

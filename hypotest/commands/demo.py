@@ -28,9 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hypotest.demo import run_demo
 
+    import signal
+
+    from hypotest.commands.live import StopSignals
+
     t0 = time.perf_counter()
-    record = run_demo(out=args.out, seed=args.seed, log=print, rate_hz=args.rate, dashboard=not args.no_dashboard,
-                      port=args.port, linger_s=args.linger, pixelated=args.pixelated)  # fmt: skip
+    try:
+        with StopSignals():  # SIGTERM stops the session as Ctrl-C does: a `stopped` line, every frame's fate
+            record = run_demo(out=args.out, seed=args.seed, log=print, rate_hz=args.rate, dashboard=not args.no_dashboard,
+                              port=args.port, linger_s=args.linger, pixelated=args.pixelated)  # fmt: skip
+    except KeyboardInterrupt as exc:
+        name = str(exc) or "SIGINT"
+        print(f"demo {'interrupted' if name == 'SIGINT' else 'terminated'} ({name}); record: {args.out} "
+              f"(hypotest session show {args.out})")  # fmt: skip
+        return 128 + int(getattr(signal, name, signal.SIGINT))
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s; record: {args.out} (hypotest session show {args.out})")
     s = {k: v for k, v in record["summary"].items() if k != "latency_s"}
     print(json.dumps(s, indent=2, ensure_ascii=False))

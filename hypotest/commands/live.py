@@ -17,8 +17,11 @@ defocus series around the Scherzer defocus of the beam's C30 (or only the given 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
+import signal
+import sys
 from pathlib import Path
 
 
@@ -57,24 +60,99 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def open_source(spec: str, *, rate=None, control=None, beam=None, sampling=None, curve_key=None, curve_clients=None,
-                allow_remote=False):  # fmt: skip
-    """A frame source from its command-line form (module docstring)."""
+def source_settings(spec: str) -> dict:
+    """What a SOURCE argument names (module docstring): ``{"kind": "zmq", "address", "bind"}`` or
+    ``{"kind": "replay", "paths"}`` (``"spec"``: the argument as given). ``sim`` is not a source
+    that can be named apart from a session (:func:`hypotest.live.builtin.make_demo_session`)."""
     from forward import InputError
 
     if spec.startswith("zmq://") or spec.startswith("zmq+connect://"):
-        from hypotest.live.zmqstream import ZmqSource
-
-        connect = spec.startswith("zmq+connect://")
-        addr = spec.split("://", 1)[1]
-        return ZmqSource(addr, bind=not connect, control_address=control, curve_key=curve_key,
-                         curve_clients=curve_clients, allow_remote=allow_remote)  # fmt: skip
+        return {"kind": "zmq", "spec": spec, "address": spec.split("://", 1)[1], "bind": spec.startswith("zmq://")}
     files = sorted(glob.glob(spec)) or ([spec] if Path(spec).exists() or ":/" in spec else [])  # file.h5:/dataset
     if not files:
         raise InputError(f"source {spec!r}: no such file; give zmq://ADDRESS, a frame file or glob, or sim[:SEED]")
+    return {"kind": "replay", "spec": spec, "paths": files}
+
+
+def open_source(spec: str, *, rate=None, control=None, beam=None, sampling=None, curve_key=None, curve_clients=None,
+                allow_remote=False):  # fmt: skip
+    """A frame source from its command-line form (module docstring)."""
+    where = source_settings(spec)
+    if where["kind"] == "zmq":
+        from hypotest.live.zmqstream import ZmqSource
+
+        return ZmqSource(where["address"], bind=where["bind"], control_address=control, curve_key=curve_key,
+                         curve_clients=curve_clients, allow_remote=allow_remote)  # fmt: skip
     from hypotest.live.replay import FileReplaySource
 
-    return FileReplaySource(files, rate_hz=rate, beam=beam, sampling=sampling)
+    return FileReplaySource(where["paths"], rate_hz=rate, beam=beam, sampling=sampling)
+
+
+class StopSignals(contextlib.AbstractContextManager):
+    """SIGTERM handled like Ctrl-C (SIGINT) in the main thread while a command runs a session: the
+    first of either raises KeyboardInterrupt (``KeyboardInterrupt("SIGTERM")``), so the command
+    stops its session as for Ctrl-C: a ``stopped`` line, every queued frame given its fate.
+    Signals after the first, or one that arrives while the session is already stopping, do not
+    interrupt the stop (it is what completes the record); ``name`` is the first signal's name."""
+
+    def __init__(self):
+        self.name: str | None = None
+        self.done = False  # set when the session is stopping: no signal interrupts that
+        self._old: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    @property
+    def reason(self) -> str | None:
+        """The ``stopped`` line's reason, when a signal stopped the session."""
+        return None if self.name is None else ("interrupted (SIGINT)" if self.name == "SIGINT" else
+                                               f"terminated ({self.name})")  # fmt: skip
+
+    def _handle(self, signum, frame) -> None:
+        first = self.name is None
+        if first:
+            self.name = signal.Signals(signum).name
+        if not first or self.done or _in_stop(frame):
+            print(f"{signal.Signals(signum).name}: already stopping; the record is being completed", file=sys.stderr)
+            return
+        raise KeyboardInterrupt(self.name)
+
+
+def _in_stop(frame) -> bool:
+    """Whether the main thread is inside :meth:`LiveSession.stop` (a signal must not cut it short)."""
+    from hypotest.live.runner import LiveSession
+
+    code = LiveSession.stop.__code__
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def check_dashboard(host: str, port, token: str | None) -> None:
+    """The dashboard's bind options, checked before anything is built or written (as
+    :func:`hypotest.dashboard.server.serve` checks them)."""
+    from forward import InputError
+    from hypotest.dashboard.server import _is_loopback
+
+    if not isinstance(host, str) or not host:
+        raise InputError(f"--host must be an address like '127.0.0.1', got {host!r}")
+    if not _is_loopback(host) and token is None:
+        raise InputError(
+            f"--host {host} exposes the dashboard beyond this machine and needs --token (--token auto makes one and "
+            "prints it); safer: keep the default 127.0.0.1 and reach it with an SSH tunnel, "
+            "ssh -N -L 8765:127.0.0.1:PORT user@this-machine, then open http://127.0.0.1:8765/"
+        )
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InputError(f"--port must be an integer in [0, 65535] (0 = any free port), got {port!r}")
 
 
 def _session_for_library_file(args, source_spec):
@@ -128,24 +206,49 @@ def _session_for_library_file(args, source_spec):
     return LiveSession(
         args.out, hypotheses=hyps, model=model, source=source, candidate_beams=cands, beam=beam,
         config={"library": str(Path(args.library).resolve()), "model": model.settings,
-                "source": {"kind": "zmq" if source_spec.startswith("zmq") else "replay", "spec": source_spec,
-                           "address": getattr(source, "address", None), "control_address": args.control,
-                           "curve_key": args.curve_key and str(args.curve_key.resolve()),
-                           "curve_clients": args.curve_clients and str(args.curve_clients.resolve()),
-                           "allow_remote": args.allow_remote_stream}},
+                "source": {"spec": source_spec, **source.settings}},
         auto_apply=not args.no_auto_apply, stop_on_decision=args.stop_on_decision, log=print, scorer=args.scorer,
         design=args.design,
     )  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
-    from hypotest.live.builtin import LIBRARY_SETTINGS, make_demo_session
+def run_session(session, signals: StopSignals, stopped_hint: str) -> None:
+    """Start ``session`` and wait for its end; Ctrl-C or SIGTERM (``signals``) stops it; either
+    way :meth:`LiveSession.stop` completes the record (the reason names the signal)."""
+    try:
+        session.start()
+        session.wait()
+    except KeyboardInterrupt:
+        print(stopped_hint)
+    finally:
+        signals.done = True
+        session.stop(reason=signals.reason)
 
+
+def run(args: argparse.Namespace) -> int:
     from hypotest.dashboard import new_token
     from hypotest.dashboard.guard import check_allowed_hosts
 
     check_allowed_hosts(args.allowed_host)  # before the session directory is made
     token = new_token() if args.token == "auto" else args.token
+    if not args.no_dashboard:
+        check_dashboard(args.host, args.port, token)
+    if (args.out / "record.jsonl").exists():
+        from forward import InputError
+
+        raise InputError(f"{args.out} already holds a session record; resume it with `hypotest session resume "
+                         f"{args.out}` or choose another --out")  # fmt: skip
+    made_out = not args.out.exists()
+    try:
+        return _run(args, token)
+    finally:
+        if made_out and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()  # refused before the session started: leave nothing behind
+
+
+def _run(args: argparse.Namespace, token: str | None) -> int:
+    from hypotest.live.builtin import LIBRARY_SETTINGS, make_demo_session
+
     if args.source.startswith("sim"):
         if args.library not in LIBRARY_SETTINGS:
             raise SystemExit("hypotest live: the simulated microscope ('sim') needs a built-in library")
@@ -163,19 +266,19 @@ def run(args: argparse.Namespace) -> int:
             args.library = str(library_path(args.library))
         session = _session_for_library_file(args, args.source)
     server = None
-    if not args.no_dashboard:
-        from hypotest.dashboard.server import serve
-
-        server = serve(session, host=args.host, port=args.port, token=token, allowed_hosts=args.allowed_host)
-        print(f"dashboard: {server.url}" + (f"  token: {token}" if token else ""))
-    print(f"live session on {args.source}; record in {args.out}; Ctrl-C stops (resume: hypotest session resume {args.out})")
     try:
-        session.start()
-        session.wait()
-    except KeyboardInterrupt:
-        print("stopping")
-    finally:
-        session.stop()
+        if not args.no_dashboard:
+            from hypotest.dashboard.server import serve
+
+            server = serve(session, host=args.host, port=args.port, token=token, allowed_hosts=args.allowed_host)
+            print(f"dashboard: {server.url}" + (f"  token: {token}" if token else ""))
+    except BaseException:
+        session.stop()  # nothing was recorded: the source is closed, no record is left
+        raise
+    print(f"live session on {args.source}; record in {args.out}; Ctrl-C or SIGTERM stops (resume: hypotest session "
+          f"resume {args.out})")  # fmt: skip
+    with StopSignals() as signals:
+        run_session(session, signals, stopped_hint="stopping")
         if server is not None:
             server.stop()
     st = session.status()

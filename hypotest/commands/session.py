@@ -13,10 +13,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("dir", type=Path)
     show.add_argument("--steps", type=int, default=10, help="how many of the last steps to list")
     show.set_defaults(func=run_show)
-    res = ss.add_parser("resume", help="continue a session that stopped or was killed")
+    res = ss.add_parser("resume", help="continue a session that stopped or was killed",
+                        description="Continue the session recorded in DIR: every setting is restored from the record "
+                                    "(session.json, the operator's auto-apply toggles, earlier resumes) unless given "
+                                    "here; what is given is stated in the record's 'resumed' line.")  # fmt: skip
     res.add_argument("dir", type=Path)
-    res.add_argument("--source", help="reopen with this source (zmq://ADDRESS); default: from session.json")
-    res.add_argument("--keep-going", action="store_true", help="do not stop at the decision")
+    res.add_argument("--source", help="reopen with this source (zmq://ADDRESS, zmq+connect://ADDRESS, FILE/GLOB); "
+                                      "default: the recorded one (a file replay passes over the frames recorded)")
+    res.add_argument("--rate", type=float, help="replay / simulated frames per second (default: as recorded)")
+    res.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
+                     help="file replay: start over after the last file (default: as recorded)")
+    res.add_argument("--control", help="zmq sources: the control endpoint (default: as recorded)")
+    res.add_argument("--curve-key", type=Path, metavar="RECEIVER.key_secret", help="zmq sources: CURVE secret "
+                     "certificate of this receiver, with --curve-clients (default: as recorded)")
+    res.add_argument("--curve-clients", type=Path, metavar="DIR", help="zmq sources: the accepted senders' NAME.key files")
+    res.add_argument("--allow-remote-stream", action="store_const", const=True, default=None,
+                     help="zmq sources: a non-loopback address without CURVE (default: as recorded)")
+    res.add_argument("--auto-apply", action=argparse.BooleanOptionalAction, default=None,
+                     help="apply the best proposal automatically, or wait for the operator (default: as the session "
+                          "last had it)")
+    res.add_argument("--stop-on-decision", action=argparse.BooleanOptionalAction, default=None,
+                     help="stop at the decision, or keep watching (default: as recorded)")
+    res.add_argument("--keep-going", dest="stop_on_decision", action="store_const", const=False,
+                     help="do not stop at the decision (= --no-stop-on-decision)")
+    res.add_argument("--max-steps", type=int, help="stop after this many steps in all (default: as recorded)")
     res.set_defaults(func=run_resume)
     rp = ss.add_parser("replay", help="re-score the stored frames and compare with the recorded posteriors")
     rp.add_argument("dir", type=Path)
@@ -65,22 +85,31 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_resume(args: argparse.Namespace) -> int:
+    from forward import InputError
+    from hypotest.commands.live import StopSignals, run_session, source_settings
     from hypotest.live.resume import resume_session
 
-    source = None
-    if args.source:
-        from hypotest.commands.live import open_source
-
-        source = open_source(args.source)
-    s = resume_session(args.dir, source=source, log=print, stop_on_decision=not args.keep_going)
-    print(f"resumed {args.dir}: {s.status()['step']} steps restored")
-    s.start()
-    try:
-        s.wait()
-    except KeyboardInterrupt:
-        print("interrupted: the record is complete up to here; resume again with the same command")
-    finally:
-        s.stop()
+    if args.source is not None and args.source.startswith("sim"):
+        raise InputError("the simulated microscope is reopened from session.json: omit --source")
+    if args.rate is not None and not args.rate > 0:
+        raise InputError(f"--rate must be a positive number of frames per second, got {args.rate}")
+    if args.max_steps is not None and args.max_steps < 0:
+        raise InputError(f"--max-steps must be >= 0, got {args.max_steps}")
+    given = source_settings(args.source) if args.source else {}
+    options = {"rate_hz": args.rate, "loop": args.loop, "control_address": args.control,
+               "curve_key": args.curve_key and str(args.curve_key.resolve()),
+               "curve_clients": args.curve_clients and str(args.curve_clients.resolve()),
+               "allow_remote": args.allow_remote_stream}  # fmt: skip
+    given.update({k: v for k, v in options.items() if v is not None})
+    s = resume_session(args.dir, source_settings=given or None, log=print, stop_on_decision=args.stop_on_decision,
+                       auto_apply=args.auto_apply, max_steps=args.max_steps)  # fmt: skip
+    st = s.status()
+    limit = "" if s.max_steps is None else f", at most {s.max_steps} steps in all"
+    print(f"resumed {args.dir}: {st['step']} steps restored; auto-apply {'on' if s.auto_apply else 'off'}, "
+          f"{'stop' if s.stop_on_decision else 'keep going'} at the decision{limit}; Ctrl-C or SIGTERM stops")  # fmt: skip
+    with StopSignals() as signals:
+        run_session(s, signals, stopped_hint="interrupted: the record is complete up to here; resume again with the "
+                                             "same command")  # fmt: skip
     st = s.status()
     print(f"stopped: {st['state']}; decision: {st['decision']}")
     return 0

@@ -5,15 +5,21 @@ A session directory holds
 - ``session.json``: the configuration, written once at the start (atomically: temp file + rename):
   ``{"schema": "hypotest.session/1", "library", "hypotheses": [{"id", "name", "family", "prior"}],
   "model": {...}, "source": {...}, "candidate_beams": [{"label", "beam"}], "rule", "noise",
-  "target", "created"}``;
+  "target", "created"}`` and every setting a resume restores (``auto_apply`` as started,
+  ``stop_on_decision``, ``max_steps``, ``scorer``, ``design``, ``rule_threshold``,
+  ``expected_run_length``, ``seed``, ``fsync``; ``source`` holds how to open the source again);
 - ``frames.bin``: the raw bytes of every frame received, appended in arrival order;
 - ``record.jsonl``: one JSON object per line, each with a ``"kind"``:
 
   ======================  ==================================================================
   ``frame``               a frame was received: ``index`` (arrival order), ``source_id``,
                           ``t_source``, ``t_received``, ``offset``/``nbytes``/``shape``/``dtype``
-                          in frames.bin, ``beam_label``, ``beam`` (BEAM.json form)
-  ``bad_message``         the source could not decode a message: ``source_id``, ``reason``
+                          in frames.bin, ``beam_label``, ``beam`` (BEAM.json form); from a
+                          ZeroMQ stream also ``sender``, ``frame_id`` (the sender's number) and
+                          ``curve_sender`` (the CURVE key's name, when CURVE is on)
+  ``bad_message``         the source could not decode a message: ``source_id``, ``reason``; a
+                          ZeroMQ stream adds ``sender`` when known, and ``lost`` for frames a
+                          sender counts as sent that never arrived
   ``stream``              connection state: ``event`` (connected, disconnected, reconnected, end)
   ``fate``                a frame rejected before scoring: ``index``, ``fate``: "rejected", ``reason``
   ``step``                one posterior update: ``step``, ``frames`` (indices; more than one =
@@ -24,8 +30,16 @@ A session directory holds
   ``beam``                a beam condition was applied: ``label``, ``beam``, ``by`` (auto, operator)
   ``rejection``/``return``  a hypothesis fell below / came back above the rejection rule
   ``hypothesis_added``    with its structure; ``hypothesis_dropped``
+  ``auto_apply``          auto-apply turned ``on`` or off, ``by`` operator, session or resume
+  ``resumed``             a resumed session starts: ``settings`` in force, ``overrides`` given
+                          at the resume, ``source`` (the source's settings)
   ``decision``, ``stopped``
   ======================  ==================================================================
+
+One process writes a directory at a time: :class:`SessionWriter` holds an exclusive lock on
+``session.lock`` (``fcntl.flock``; the file holds the writer's PID) for the life of the session,
+released when it stops and by the kernel when the process dies, so a second session on the same
+directory is refused with "DIR in use by PID n" (readers, :func:`load_record`, take no lock).
 
 Durability: a frame's bytes are written to frames.bin before its ``frame`` line, and each line is
 one ``write`` on an ``O_APPEND`` descriptor, so a process killed at any instant (kill -9) leaves
@@ -40,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -50,9 +65,10 @@ import numpy as np
 
 from forward import InputError
 
-__all__ = ["SessionWriter", "SessionData", "load_record", "SCHEMA"]
+__all__ = ["SessionWriter", "SessionLock", "SessionData", "load_record", "SCHEMA", "LOCK_FILE"]
 
 SCHEMA = "hypotest.session/1"
+LOCK_FILE = "session.lock"
 
 
 def _json_default(o):
@@ -74,10 +90,68 @@ def _clean(x):
     return x
 
 
-class SessionWriter:
-    """Appends to a session directory (thread-safe). ``resume=True`` opens an existing one."""
+class SessionLock:
+    """The exclusive lock of a session directory (module docstring): ``fcntl.flock`` on
+    ``DIR/session.lock``, which holds the owner's PID. Taken at construction (InputError "DIR in
+    use by PID n" when another open file holds it, in this process or another); released by
+    :meth:`release`, and by the kernel when the process dies (kill -9 included). The file stays."""
 
-    def __init__(self, directory, config: dict | None = None, *, resume: bool = False, fsync: bool = False):
+    def __init__(self, directory):
+        self.dir = Path(directory)
+        path = self.dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+        except OSError as exc:
+            raise InputError(f"{self.dir}: cannot create the session lock {path} ({exc.strerror or exc}); the session "
+                             "directory must be writable") from None  # fmt: skip
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f"PID {pid}" if pid.isdigit() else "another process"
+            raise InputError(
+                f"{self.dir} in use by {who}: a session is running on this record; stop it first (Ctrl-C there, or "
+                f"`kill {pid if pid.isdigit() else 'PID'}`), or choose another directory (`hypotest session show "
+                f"{self.dir}` reads it meanwhile)"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise InputError(f"{path}: cannot lock it ({exc.strerror or exc})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def release(self) -> None:
+        """Unlock (idempotent); the file stays, emptied of the PID."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> SessionLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class SessionWriter:
+    """Appends to a session directory (thread-safe). ``resume=True`` opens an existing one.
+
+    The directory's :class:`SessionLock` is taken before anything is written (``lock``: one the
+    caller already holds) and released by :meth:`close`."""
+
+    def __init__(self, directory, config: dict | None = None, *, resume: bool = False, fsync: bool = False,
+                 lock: SessionLock | None = None):  # fmt: skip
         self.dir = Path(directory)
         self._lock = threading.Lock()
         self._fsync = fsync
@@ -93,12 +167,20 @@ class SessionWriter:
             if config is None:
                 raise InputError("a new session record needs its configuration")
             self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / "session.json.tmp"
-            tmp.write_text(json.dumps({"schema": SCHEMA, **config}, indent=1, default=_json_default))
-            os.replace(tmp, self.dir / "session.json")
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-        self._rec = os.open(self.dir / "record.jsonl", flags, 0o644)
-        self._bin = os.open(self.dir / "frames.bin", flags, 0o644)
+        self._dir_lock = lock if lock is not None and lock.held else SessionLock(self.dir)
+        try:
+            if not resume:
+                if (self.dir / "record.jsonl").exists():  # another session started here meanwhile
+                    raise InputError(f"{self.dir} already holds a session record; choose another directory")
+                tmp = self.dir / "session.json.tmp"
+                tmp.write_text(json.dumps({"schema": SCHEMA, **config}, indent=1, default=_json_default))
+                os.replace(tmp, self.dir / "session.json")
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            self._rec = os.open(self.dir / "record.jsonl", flags, 0o644)
+            self._bin = os.open(self.dir / "frames.bin", flags, 0o644)
+        except BaseException:
+            self._dir_lock.release()
+            raise
         self._bin_size = os.fstat(self._bin).st_size
         self._repair_truncated_tail()
 
@@ -145,6 +227,7 @@ class SessionWriter:
                     os.fsync(fd)
                 os.close(fd)
             self._rec = self._bin = -1
+            self._dir_lock.release()
 
 
 @dataclasses.dataclass
@@ -260,7 +343,9 @@ _REQUIRED_FIELDS = {
     "decision": {"id": _str, "name": _str, "posterior": _is_num, "step": _count},
 }  # fmt: skip
 _OPTIONAL_FIELDS = {
-    "frame": {"beam": _opt(_dict), "beam_label": _opt(_str), "t_source": _opt(_is_num), "t_received": _opt(_is_num)},
+    "frame": {"beam": _opt(_dict), "beam_label": _opt(_str), "t_source": _opt(_is_num), "t_received": _opt(_is_num),
+              "sender": _str, "frame_id": _is_int, "curve_sender": _opt(_str)},
+    "bad_message": {"source_id": _opt(_is_int), "sender": _opt(_str), "lost": _count},
     "step": {"log_evidence": _list_of(_opt(_is_num)), "beam": _dict, "dose_e_per_A2": _is_num, "coalesced": _count,
              "rejected": _dict, "latency_s": _dict, "map_state": _opt(_str), "beam_label": _opt(_str),
              "segment_start": _count},

@@ -8,9 +8,16 @@ stream never ends (ids keep counting). A file that cannot be opened mid-stream g
 read (a truncated file, a damaged HDF5 chunk) gives a :class:`BadMessage` carrying the id that
 frame would have had. Neither stops the replay. Files are opened lazily, one at a time.
 
-Pacing: with ``rate_hz`` frame ``k`` is due at ``t0 + k / rate_hz`` (``t0`` = the first poll); a
-poll returns every frame already due (it catches up, never skips; at most 256 per poll), else
-waits for the next one up to ``timeout``. With ``rate_hz=None`` every poll returns the next frame at once.
+Pacing: with ``rate_hz`` the ``k``-th frame delivered (counting frames and per-frame
+BadMessages) is due at ``t0 + k / rate_hz`` (``t0`` = the first poll); a poll returns every frame
+already due (it catches up, never skips; at most 256 per poll), else waits for the next one up to
+``timeout``. With ``rate_hz=None`` every poll returns the next frame at once.
+
+Resuming (:func:`hypotest.live.resume.resume_session`): ``skip_ids`` are ids already in the
+session record (a frame or a bad_message line); they are passed over without reading the frame
+and without a pacing delay (pacing counts frames delivered, not ids), so a resumed replay
+continues where the record stops, at the same rate. ``start_id`` makes the ids of a replay that
+follows another source start after that source's ids (ids stay unique in a record).
 """
 
 from __future__ import annotations
@@ -19,12 +26,12 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from forward.errors import InputError
 from hypotest.live.events import BadMessage, RawFrame, SourceEvent, StreamEvent
-from hypotest.frames import FrameReader, frame_file_format, open_frames
+from hypotest.frames import _H5_PATH, FrameReader, frame_file_format, open_frames
 
 __all__ = ["FileReplaySource"]
 
@@ -41,6 +48,10 @@ class FileReplaySource:
         beam: the beam condition every frame was recorded with (BEAM.json form; checked with
             :func:`hypotest.beamfile.parse_beam`), or None.
         sampling: pixel size [Å/pixel], one number or ``(sx, sy)``; overrides what the files say.
+        skip_ids: source ids not to deliver (already recorded; module docstring).
+        start_id: the id of the first stored frame (ids count from it).
+
+    ``settings`` says how to open the same replay again (recorded in session.json).
     """
 
     def __init__(
@@ -51,6 +62,8 @@ class FileReplaySource:
         loop: bool = False,
         beam: dict | None = None,
         sampling: float | Sequence[float] | None = None,
+        skip_ids: Iterable[int] = (),
+        start_id: int = 0,
     ):
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
@@ -68,10 +81,20 @@ class FileReplaySource:
             from hypotest.beamfile import parse_beam
 
             parse_beam(beam, where="FileReplaySource beam")
+        if isinstance(start_id, bool) or not isinstance(start_id, int) or start_id < 0:
+            raise InputError(f"FileReplaySource: start_id must be an integer >= 0, got {start_id!r}")
+        try:
+            skip = frozenset(int(i) for i in skip_ids)
+        except (TypeError, ValueError):
+            raise InputError(f"FileReplaySource: skip_ids must be source ids (integers), got {skip_ids!r:.80}") from None
         self._rate = rate_hz
         self._loop = bool(loop)
         self._beam = beam
         self._sampling = None if sampling is None else _sampling(sampling)
+        self._skip = skip
+        self.settings = {"kind": "replay", "paths": [_absolute(p) for p in self._paths], "rate_hz": rate_hz,
+                         "loop": self._loop, "beam": beam, "sampling": None if self._sampling is None else list(self._sampling),
+                         "start_id": start_id}  # fmt: skip
         self.name = f"replay:{Path(self._paths[0]).name}" + (f"+{len(self._paths) - 1}" if len(self._paths) > 1 else "")
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -79,7 +102,9 @@ class FileReplaySource:
         self._file_index = 0
         self._frame_index = 0
         self._pass = 0
-        self._next_id = 0
+        self._next_id = start_id
+        self._delivered = 0  # frames and per-frame BadMessages delivered (the pacing clock)
+        self._skipped = 0
         self._t0: float | None = None
         self._state = "new"  # new -> running -> ended | closed
 
@@ -100,12 +125,12 @@ class FileReplaySource:
                     self._emit_next(out)
                     return out
                 now_m = time.monotonic()
-                while self._state == "running" and self._t0 + self._next_id / self._rate <= now_m:
+                while self._state == "running" and self._t0 + self._delivered / self._rate <= now_m:
                     if not self._emit_next(out) or len(out) >= _MAX_BATCH:
                         break
                 if any(not isinstance(e, StreamEvent) or e.kind == "end" for e in out) or now_m >= deadline:
                     return out
-                wait = min(self._t0 + self._next_id / self._rate, deadline) - now_m
+                wait = min(self._t0 + self._delivered / self._rate, deadline) - now_m
             if self._closed.wait(max(wait, 0.0)):
                 return []
 
@@ -138,7 +163,8 @@ class FileReplaySource:
                 if self._file_index >= len(self._paths):
                     if not self._loop:
                         self._state = "ended"
-                        out.append(StreamEvent("end", time.time(), f"{self._next_id} frame id(s) replayed"))
+                        skipped = f", {self._skipped} of them skipped (already recorded)" if self._skipped else ""
+                        out.append(StreamEvent("end", time.time(), f"{self._next_id} frame id(s) replayed{skipped}"))
                         return True
                     self._file_index, self._pass = 0, self._pass + 1
                 if failed_opens >= len(self._paths):
@@ -159,6 +185,10 @@ class FileReplaySource:
             reader, index, sid = self._reader, self._frame_index, self._next_id
             self._frame_index += 1
             self._next_id += 1
+            if sid in self._skip:  # recorded before a restart: not read, not paced
+                self._skipped += 1
+                continue
+            self._delivered += 1
             try:
                 counts = reader.frame(index)
             except InputError as exc:
@@ -168,6 +198,14 @@ class FileReplaySource:
             meta = {"file": reader.path, "index": index, "pass": self._pass, "format": reader.meta.get("format")}
             out.append(RawFrame(sid, time.time(), counts, self._beam, sampling, meta))
             return True
+
+
+def _absolute(path: str) -> str:
+    """``path`` made absolute (a resumed session may run elsewhere); ``file.h5:/dataset`` keeps its dataset."""
+    m = _H5_PATH.match(path)
+    if m and not os.path.exists(path):
+        return f"{os.path.abspath(m['file'])}:{m['dataset']}"
+    return os.path.abspath(path)
 
 
 def _sampling(value) -> tuple[float, float]:

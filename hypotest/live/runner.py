@@ -51,7 +51,7 @@ from hypotest.beamfile import parse_beam
 from hypotest.live.events import BadMessage, FrameSource, RawFrame, StreamEvent, takes_control
 from hypotest.live.model import beam_key
 from hypotest.live.queries import SessionQueries
-from hypotest.live.record import SessionWriter
+from hypotest.live.record import SessionLock, SessionWriter
 from hypotest.live.step import (
     LiveState,
     PendingFrame,
@@ -98,7 +98,17 @@ class LiveSession(SessionQueries):
             remaining dose, :func:`inference.allocate_conditions`) or ``"eig"`` (one-frame
             expected information gain per electron, :func:`inference.rank_conditions`); both
             figures are recorded with every proposal either way.
+        fsync: sync step, decision and stopped lines to disk (:class:`SessionWriter`).
         resume: continue the record in ``directory`` (see :meth:`restore`).
+        lock: the directory's :class:`hypotest.live.record.SessionLock`, when the caller took it
+            already (a resume takes it before reading the record).
+
+    Nothing is written until the session starts (:meth:`start`, :meth:`run_sync`) or is restored
+    (:meth:`restore`): a session refused before that (a dashboard that cannot bind, a bad option)
+    leaves no record behind. Then the record's writer takes the directory's lock
+    (:class:`hypotest.live.record.SessionLock`: "DIR in use by PID n" while another session
+    runs there) and writes ``session.json``: the configuration and every setting above, which a
+    resume restores.
     """
 
     def __init__(self, directory, *, hypotheses, model, source: FrameSource, candidate_beams, beam: dict,
@@ -106,12 +116,19 @@ class LiveSession(SessionQueries):
                  auto_apply: bool = True, stop_on_decision: bool = True, max_steps: int | None = None,
                  expected_run_length: float = 200.0, fsync: bool = False, resume: bool = False,
                  log: Callable[[str], None] | None = None, seed: int = 0, scorer: str = "laplace",
-                 design: str = "allocation"):  # fmt: skip
+                 design: str = "allocation", lock: SessionLock | None = None):  # fmt: skip
         if design not in DESIGNS:
             raise InputError(f"unknown design {design!r}: expected one of {DESIGNS}")
         if not hypotheses:
             raise InputError("the library is empty: the session needs at least one hypothesis")
         self.dir = Path(directory)
+        if resume and not (self.dir / "session.json").is_file():
+            raise InputError(f"{self.dir}: not a session directory (no session.json)")
+        if not resume and (self.dir / "record.jsonl").exists():  # checked again, under the lock, at the start
+            raise InputError(
+                f"{self.dir} already holds a session record; resume it with `hypotest session resume {self.dir}` "
+                "or choose another directory"
+            )
         self.hyps = list(hypotheses)
         self.model = model
         self.source = source
@@ -143,10 +160,15 @@ class LiveSession(SessionQueries):
             "candidate_beams": [{"label": lbl, "beam": b} for lbl, b in self.candidates],
             "beam": self._beam, "rule": f"Bayes factor vs best < {self.rule_threshold:g}", "rule_threshold": self.rule_threshold,
             "target": self.target, "noise": {"kind": self.noise.kind}, "scorer": scorer, "design": design, "expected_run_length": expected_run_length,
-            "created": time.time(), "seed": self._seed, **(config or {}),
+            "created": time.time(), "seed": self._seed, "auto_apply": self.auto_apply, "stop_on_decision": stop_on_decision,
+            "max_steps": max_steps, "fsync": bool(fsync), **(config or {}),
         }  # fmt: skip
         self.config = cfg
-        self.writer = SessionWriter(self.dir, cfg, resume=resume, fsync=fsync)
+        self.fsync = bool(fsync)
+        self._resume = bool(resume)
+        self._dir_lock = lock
+        self._writer: SessionWriter | None = None  # opened by start, run_sync or restore (the class docstring)
+        self._writer_lock = threading.Lock()
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._pending: collections.deque[PendingFrame] = collections.deque()
@@ -187,6 +209,19 @@ class LiveSession(SessionQueries):
             return self.live.view()
 
     # ---------------------------------------------------------------- plumbing
+    @property
+    def writer(self) -> SessionWriter:
+        """The record's writer, opened (the directory locked, ``session.json`` written) on first use."""
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = SessionWriter(self.dir, self.config, resume=self._resume, fsync=self.fsync,
+                                             lock=self._dir_lock)  # fmt: skip
+            return self._writer
+
+    def _open_record(self) -> None:
+        """Open the record (lock the directory, write session.json) before anything else happens."""
+        _ = self.writer
+
     def _label_of(self, beam: dict) -> str:
         key = beam_key(beam)
         for lbl, b in self.candidates:
@@ -238,6 +273,7 @@ class LiveSession(SessionQueries):
         """What starting takes, threaded or not: control checked, warm-up recorded, running."""
         if self._threads:
             raise InputError("the session is already running in the background")
+        self._open_record()
         self._check_control()
         if warm_up:
             self.writer.append("warm_up", t=time.time(), seconds=round(self.warm_up(), 3))
@@ -330,6 +366,13 @@ class LiveSession(SessionQueries):
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(30)
+        if self._writer is None:  # never started nor restored: nothing was recorded, nothing is
+            self.source.close()
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+            if self.state in ("running", "starting"):
+                self.state = "stopped"
+            return
         with self._lock:
             left = list(self._pending)
             self._pending.clear()
@@ -351,7 +394,8 @@ class LiveSession(SessionQueries):
         elif isinstance(ev, BadMessage):
             with self._lock:
                 self.counters["bad_messages"] += 1
-            self.writer.append("bad_message", t=ev.timestamp, source_id=ev.source_id, reason=ev.reason)
+            extra = _sender_fields({"sender": getattr(ev, "sender", None), "lost": getattr(ev, "lost", None)})
+            self.writer.append("bad_message", t=ev.timestamp, source_id=ev.source_id, reason=ev.reason, **extra)
             self._log(f"bad message from the source: {ev.reason}")
         elif isinstance(ev, StreamEvent):
             self._stream_event(ev)
@@ -392,8 +436,9 @@ class LiveSession(SessionQueries):
             self._received_times.append(time.monotonic())
         label = self._label_of(beam)
         counts = np.asarray(raw.counts)
+        who = _sender_fields(raw.meta)  # a ZeroMQ sender, for its accounting on resume
         self.writer.append_frame(counts, index=index, source_id=raw.source_id, t_source=raw.timestamp,
-                                 t_received=t_recv, beam_label=label, beam=beam)  # fmt: skip
+                                 t_received=t_recv, beam_label=label, beam=beam, **who)  # fmt: skip
         with self._cond:
             self._pending.append(PendingFrame(index, raw.source_id, counts, beam, label, raw.timestamp, t_recv))
             self._latency["ingest"].append(max(t_recv - raw.timestamp, 0.0))
@@ -401,7 +446,7 @@ class LiveSession(SessionQueries):
 
     def _main_loop(self) -> None:
         try:
-            while True:
+            while not self._finished():  # a resumed session may have reached its end already
                 with self._cond:
                     while not self._pending and not self._stop.is_set() and not self.source_ended:
                         self._cond.wait(0.5)
@@ -572,10 +617,11 @@ class LiveSession(SessionQueries):
         self._publish({"type": "beam", "beam": beam, "label": label, "by": by})
         return {"label": label, "beam": beam, "sent_to_source": sent, "applied": applied}
 
-    def restore(self, rec) -> int:
+    def restore(self, rec, note: dict | None = None) -> int:
         """Continue from a session record (:func:`hypotest.live.record.load_record`): the state is
         rebuilt from the recorded steps (:func:`hypotest.live.step.restore_state`), and frames
         received but never given a fate (in flight when the process died) are queued again.
+        ``note``: more fields of the ``resumed`` line (the settings in force, the overrides).
         Returns how many were queued."""
 
         def rescore(index: int, event: dict) -> list[float]:  # records written before past evidence was kept
@@ -612,7 +658,8 @@ class LiveSession(SessionQueries):
                 self._pending.append(PendingFrame(f["index"], fl["source_id"], rec.frame(f["index"]), fl["beam"],
                                                   fl["beam_label"], fl["t_source"], fl["t_received"]))  # fmt: skip
                 queued += 1
-        self.writer.append("resumed", t=time.time(), steps=self._step, frames=self._next_index, requeued=queued)
+        self.writer.append("resumed", t=time.time(), steps=self._step, frames=self._next_index, requeued=queued,
+                           **(note or {}))  # fmt: skip
         return queued
 
     # ---------------------------------------------------------------- SessionView (control)
@@ -642,7 +689,7 @@ class LiveSession(SessionQueries):
     def set_auto_apply(self, on: bool) -> dict:
         with self._lock:
             self.auto_apply = bool(on)
-        self.writer.append("auto_apply", t=time.time(), on=bool(on))
+        self.writer.append("auto_apply", t=time.time(), on=bool(on), by="operator")
         return self.status()
 
     def add_hypothesis(self, structure: dict) -> dict:
@@ -682,3 +729,18 @@ class LiveSession(SessionQueries):
             self.writer.append("hypothesis_dropped", t=time.time(), step=self._step, id=hypothesis_id)
         self._publish({"type": "hypotheses"})
         return self.hypothesis(hypothesis_id)
+
+
+def _sender_fields(meta) -> dict:
+    """What a record line keeps of a source's report of who sent a frame (ZeroMQ ``RawFrame.meta``,
+    :class:`hypotest.live.zmqstream.SenderBadMessage`): ``sender`` and ``curve_sender`` (names),
+    ``frame_id`` (the sender's number) and ``lost`` (a count), where present and well typed, so a
+    resumed receiver can continue each sender's count (:func:`hypotest.live.resume.sender_counts`)."""
+    if not isinstance(meta, dict):
+        return {}
+    out = {k: meta[k][:64] for k in ("sender", "curve_sender") if isinstance(meta.get(k), str)}
+    for k in ("frame_id", "lost"):
+        v = meta.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            out[k] = v
+    return out

@@ -49,6 +49,16 @@ Connection state is reported as :class:`StreamEvent` ``connected`` (first sign o
 ``disconnected`` (the peer closed its socket, a sender sent ``end``, or nothing arrived for
 ``heartbeat_timeout``) and ``reconnected`` (the next sign of life after a disconnect).
 
+Across a restart: a receiver killed (kill -9, a crash) loses the frames still queued in the
+ZeroMQ pipes and socket buffers between the sender and the session's ingest (up to ``_HWM`` =
+1000 frames on each side of every connection, plus what the kernel's TCP buffers hold); every
+frame the session recorded is kept. A sender that keeps running blocks until a receiver binds
+the address again and its next heartbeat or ``end`` carries ``frames_sent``: a resumed session
+starts its per-sender counts from the record (``received``: the frame lines and malformed
+messages of each sender; ``reported_lost``: the losses already reported), so the difference it
+reports ("N frame message(s) sent but never received", a ``bad_message`` line with ``sender``
+and ``lost``) is exactly the frames lost in flight, no more.
+
 Who may send (:mod:`hypotest.live.zmqauth`): ZeroMQ authenticates nobody by itself, so both ends
 accept only local endpoints (loopback tcp, ipc, inproc) unless CURVE keys are given (every message
 encrypted; the receiver admits only the senders whose public keys it holds, and records the
@@ -87,8 +97,8 @@ from hypotest.live.zmqcodec import (
     _short, decode_message, encode_frame,
 )
 
-__all__ = ["SCHEMA", "CONTROL_SCHEMA", "ZmqSource", "SendReport", "send_frames", "encode_frame", "decode_message",
-           "MalformedMessage"]  # fmt: skip
+__all__ = ["SCHEMA", "CONTROL_SCHEMA", "ZmqSource", "SenderBadMessage", "SendReport", "send_frames", "encode_frame",
+           "decode_message", "MalformedMessage"]  # fmt: skip
 
 _HWM = 1000  # frames queued per connection before the sender blocks (256x256 u2: 131 MB)
 _MAX_BATCH = 256  # messages returned by one poll at most (bounds the ingest latency)
@@ -96,6 +106,17 @@ _REPORT_EVERY_S = 10.0  # repeated refusals of one kind are summed into one repo
 
 # ---------------------------------------------------------------------------------------------
 # receiver
+
+
+@dataclasses.dataclass(frozen=True)
+class SenderBadMessage(BadMessage):
+    """A :class:`BadMessage` that names the ``sender`` it came from (None: unknown), and for a
+    loss report, ``lost``: how many of that sender's frames never arrived. The session records
+    both, and a resumed session reads them back for its accounting (:class:`ZmqSource`
+    ``received``, ``reported_lost``)."""
+
+    sender: str | None = None
+    lost: int | None = None
 
 
 class ZmqSource:
@@ -111,6 +132,10 @@ class ZmqSource:
         end_on_sender_end: a sender's ``end`` message ends this source (``StreamEvent("end")``,
             then ``[]`` forever) instead of a ``disconnected`` that a new sender may follow.
         start_id: ``source_id`` of the first message (a resumed session continues its ids).
+        received: frame messages already received per sender id, ``{sender: n}`` (a resumed
+            session restores them from its record, so a sender's ``frames_sent`` is compared with
+            everything that arrived before the restart too); ``reported_lost``: ``{sender: n}``
+            frames already reported lost (not reported twice).
         curve_key: this receiver's secret certificate (``NAME.key_secret``): CURVE on the data and
             control sockets, with ``curve_clients``, the directory of the accepted senders' public
             certificates (``*.key``); :mod:`hypotest.live.zmqauth`.
@@ -130,9 +155,15 @@ class ZmqSource:
         curve_key: str | Path | None = None,
         curve_clients: str | Path | None = None,
         allow_remote: bool = False,
+        received: dict[str, int] | None = None,
+        reported_lost: dict[str, int] | None = None,
     ):
         if not (_is_int(start_id) and start_id >= 0):
             raise InputError(f"start_id must be an integer >= 0, got {start_id!r}")
+        for what, counts in (("received", received), ("reported_lost", reported_lost)):
+            if counts is not None and not (isinstance(counts, dict) and all(
+                    isinstance(k, str) and _is_int(v) and v >= 0 for k, v in counts.items())):  # fmt: skip
+                raise InputError(f"{what} must be a dict {{sender id: count >= 0}}, got {_short(counts)}")
         if not (_is_num(heartbeat_timeout) and heartbeat_timeout > 0):
             raise InputError(f"heartbeat_timeout must be a positive number [s], got {heartbeat_timeout!r}")
         if (curve_key is None) != (curve_clients is None):
@@ -145,6 +176,13 @@ class ZmqSource:
         zmqauth.check_endpoints(addresses, curve=self._keys is not None, allow_remote=allow_remote, side="receiver")
         self._hb_timeout = float(heartbeat_timeout)
         self._end_on_end = bool(end_on_sender_end)
+        #: how to open this source again (a resumed session; recorded in session.json)
+        self.settings = {
+            "kind": "zmq", "bind": bool(bind), "heartbeat_timeout": self._hb_timeout, "end_on_sender_end": self._end_on_end,
+            "curve_key": None if curve_key is None else str(Path(curve_key).resolve()),
+            "curve_clients": None if curve_clients is None else str(Path(curve_clients).resolve()),
+            "allow_remote": bool(allow_remote),
+        }  # fmt: skip
         self._ctx = zmq.Context()
         self._auth = None if self._keys is None else zmqauth.start_authenticator(self._ctx, self._keys)
         self._sock = self._ctx.socket(zmq.PULL)
@@ -170,6 +208,7 @@ class ZmqSource:
             self._close_sockets()
             raise
         self.name = f"zmq:{self.address}"
+        self.settings.update(address=self.address, control_address=self.control_address)
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
         self._poller.register(self._mon, zmq.POLLIN)
@@ -183,8 +222,8 @@ class ZmqSource:
         self._last_seen = 0.0
         self._peers = 0
         self._next_id = start_id
-        self._received: dict[str, int] = {}
-        self._reported_lost: dict[str, int] = {}
+        self._received: dict[str, int] = dict(received or {})
+        self._reported_lost: dict[str, int] = dict(reported_lost or {})
         self._beam_msg: bytes | None = None
         self._beam_seq = 0
         self._refusals: dict[str, list] = {}  # reason -> [refusals not yet reported, time of the last report]
@@ -317,13 +356,14 @@ class ZmqSource:
         except _Malformed as exc:
             self._alive(out, "message received" if exc.sender is None else f"frame from sender {exc.sender}")
             self._count(exc.sender)
-            out.append(BadMessage(self._take_id(), now, exc.reason))
+            out.append(SenderBadMessage(self._take_id(), now, exc.reason, sender=exc.sender))
             return
         sender = (header.get("sender") if isinstance(header.get("sender"), str) else "")[:64]
         if kind in ("heartbeat", "end"):
             self._alive(out, f"{kind} from sender {sender}")
             if len(parts) != 1:
-                out.append(BadMessage(None, now, f"{kind} from sender {sender}: expected 1 part, got {len(parts)}"))
+                out.append(SenderBadMessage(None, now, f"{kind} from sender {sender}: expected 1 part, got {len(parts)}",
+                                            sender=sender))  # fmt: skip
             self._account(sender, header.get("frames_sent"), out)
             if kind == "end":
                 detail = f"sender {sender} ended after {_short(header.get('frames_sent'))} frame(s)"
@@ -365,10 +405,10 @@ class ZmqSource:
         if lost > 0:
             self._reported_lost[sender] = self._reported_lost.get(sender, 0) + lost
             out.append(
-                BadMessage(
+                SenderBadMessage(
                     None, time.time(),
                     f"sender {sender}: {lost} frame message(s) sent but never received "
-                    f"(the sender counts {frames_sent} sent, {got} arrived)",
+                    f"(the sender counts {frames_sent} sent, {got} arrived)", sender=sender, lost=lost,
                 )
             )  # fmt: skip
 

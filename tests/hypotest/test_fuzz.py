@@ -209,7 +209,9 @@ def api(tmp_path_factory):
 
 
 def record_of(session) -> bytes:
-    return (session.dir / "record.jsonl").read_bytes()
+    """The record's bytes; none before the session's first action (nothing is written until then)."""
+    path = session.dir / "record.jsonl"
+    return path.read_bytes() if path.exists() else b""
 
 
 def check_answer(r: httpx.Response) -> None:

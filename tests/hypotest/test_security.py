@@ -54,7 +54,9 @@ def client(server):
 
 
 def record_of(session) -> bytes:
-    return (session.dir / "record.jsonl").read_bytes()
+    """The record's bytes; none before the session's first action (nothing is written until then)."""
+    path = session.dir / "record.jsonl"
+    return path.read_bytes() if path.exists() else b""
 
 
 def beam_500(session) -> dict:
