@@ -54,6 +54,7 @@ from forward.errors import InputError
 
 __all__ = [
     "FrameFile", "FrameReader", "open_frames", "read_frames", "read_image_frames", "frame_file_format",
+    "absolute_frame_path",
     "SUPPORTED_EXTENSIONS",
 ]  # fmt: skip
 
@@ -206,6 +207,15 @@ def open_frames(path: str | os.PathLike) -> FrameReader:
     opener = {"npy": _open_npy, "npz": _open_npz, "mrc": _open_mrc, "dm": _open_rsciio,
               "tiff": _open_rsciio, "hdf5": _open_hdf5}[fmt]  # fmt: skip
     return opener(file, dataset) if fmt == "hdf5" else opener(file, fmt)
+
+
+def absolute_frame_path(path: str) -> str:
+    """``path`` made absolute (a resumed session may run from elsewhere); ``file.h5:/dataset``
+    keeps its dataset."""
+    m = _H5_PATH.match(path)
+    if m and not os.path.exists(path):
+        return f"{os.path.abspath(m['file'])}:{m['dataset']}"
+    return os.path.abspath(path)
 
 
 def frame_file_format(path: str | os.PathLike) -> str:

@@ -140,19 +140,9 @@ def _in_stop(frame) -> bool:
 def check_dashboard(host: str, port, token: str | None) -> None:
     """The dashboard's bind options, checked before anything is built or written (as
     :func:`hypotest.dashboard.server.serve` checks them)."""
-    from forward import InputError
-    from hypotest.dashboard.server import _is_loopback
+    from hypotest.dashboard.server import check_bind
 
-    if not isinstance(host, str) or not host:
-        raise InputError(f"--host must be an address like '127.0.0.1', got {host!r}")
-    if not _is_loopback(host) and token is None:
-        raise InputError(
-            f"--host {host} exposes the dashboard beyond this machine and needs --token (--token auto makes one and "
-            "prints it); safer: keep the default 127.0.0.1 and reach it with an SSH tunnel, "
-            "ssh -N -L 8765:127.0.0.1:PORT user@this-machine, then open http://127.0.0.1:8765/"
-        )
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise InputError(f"--port must be an integer in [0, 65535] (0 = any free port), got {port!r}")
+    check_bind(host, port, token, option="--")
 
 
 def _session_for_library_file(args, source_spec):

@@ -155,7 +155,7 @@ class RequestGuard:
         """The names this server answers to (for the message)."""
         server = scope.get("server") or (None, None)
         names = ["localhost", "127.0.0.1", "[::1]"]
-        if server[0] and not _is_loopback(server[0]):
+        if server[0] and not is_loopback(server[0]):
             names.append(f"[{server[0]}]" if ":" in server[0] else server[0])
         return names + list(self.allowed_hosts)
 
@@ -241,7 +241,9 @@ def _too_large(what: str, limit: int) -> str:
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address) is this machine's loopback: ``localhost`` or a
+    loopback address (127.0.0.0/8, ::1)."""
     ip = _ip(host)
     return host == "localhost" or (ip is not None and ip.is_loopback)
 

@@ -13,7 +13,6 @@ address, or ``allowed_hosts``) and come from no other site's page (``Origin``); 
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import socket
 import threading
@@ -23,6 +22,7 @@ import uvicorn
 
 from forward import InputError
 from hypotest.dashboard.app import make_app
+from hypotest.dashboard.guard import is_loopback
 from hypotest.live.view import SessionView
 
 __all__ = ["DashboardServer", "new_token", "serve"]
@@ -36,13 +36,23 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def check_bind(host, port, token: str | None, *, option: str = "") -> None:
+    """The dashboard's bind options, checked before anything is bound, built or written: ``host``
+    an address, a non-loopback one only with a token, ``port`` in [0, 65535]. ``option``: the
+    command line's spelling of the options for the messages (``"--"``), else the function's."""
+    o = option
+    if not isinstance(host, str) or not host:
+        raise InputError(f"{o}host must be an address like '127.0.0.1', got {host!r}")
+    if not is_loopback(host) and token is None:
+        how = ("--token (--token auto makes one and prints it)" if o
+               else "a token (serve(..., token=new_token()), printed for the operator)")  # fmt: skip
+        raise InputError(
+            f"{o}host {host} exposes the dashboard beyond this machine and needs {how}; safer: keep "
+            "127.0.0.1 and reach it from your laptop with an SSH tunnel: ssh -N -L 8765:127.0.0.1:PORT "
+            "user@this-machine, then open http://127.0.0.1:8765/"
+        )
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InputError(f"{o}port must be an integer in [0, 65535] (0 = any free port), got {port!r}")
 
 
 class DashboardServer:
@@ -86,17 +96,7 @@ def serve(
     is reached under besides ``localhost`` and IP addresses (e.g. ``["microscope-pc.lab"]``);
     a request naming any other host is refused with 421.
     """
-    if not isinstance(host, str) or not host:
-        raise InputError(f"host must be an address like '127.0.0.1', got {host!r}")
-    if not _is_loopback(host) and token is None:
-        raise InputError(
-            f"binding the dashboard to {host!r} exposes the session beyond this machine and needs a token "
-            f"(serve(..., token=new_token()), printed for the operator). Safer: keep host='127.0.0.1' and "
-            f"reach it from your laptop with an SSH tunnel: ssh -N -L 8765:127.0.0.1:PORT user@this-machine, "
-            f"then open http://127.0.0.1:8765/"
-        )
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise InputError(f"port must be an integer in [0, 65535] (0 = any free port), got {port!r}")
+    check_bind(host, port, token)
     app = make_app(view, token=token, allowed_hosts=allowed_hosts)
     # Bind here, so a busy port fails in the caller's thread with a clear message.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -40,11 +40,17 @@ class RawFrame:
 
 @dataclasses.dataclass(frozen=True)
 class BadMessage:
-    """Something arrived that is not a frame; ``reason`` says what was expected and what came."""
+    """Something arrived that is not a frame; ``reason`` says what was expected and what came.
+    ``sender``: the stream sender it came from, where known; ``lost``: for a loss report, how many
+    of that sender's frames never arrived (the session records both, and a resumed session reads
+    them back for its accounting: :class:`hypotest.live.zmqstream.ZmqSource` ``received``,
+    ``reported_lost``)."""
 
     source_id: int | None
     timestamp: float
     reason: str
+    sender: str | None = None
+    lost: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from forward.errors import InputError
 from hypotest.live.events import BadMessage, RawFrame, SourceEvent, StreamEvent
-from hypotest.frames import _H5_PATH, FrameReader, frame_file_format, open_frames
+from hypotest.frames import FrameReader, absolute_frame_path, frame_file_format, open_frames
 
 __all__ = ["FileReplaySource"]
 
@@ -92,7 +92,7 @@ class FileReplaySource:
         self._beam = beam
         self._sampling = None if sampling is None else _sampling(sampling)
         self._skip = skip
-        self.settings = {"kind": "replay", "paths": [_absolute(p) for p in self._paths], "rate_hz": rate_hz,
+        self.settings = {"kind": "replay", "paths": [absolute_frame_path(p) for p in self._paths], "rate_hz": rate_hz,
                          "loop": self._loop, "beam": beam, "sampling": None if self._sampling is None else list(self._sampling),
                          "start_id": start_id}  # fmt: skip
         self.name = f"replay:{Path(self._paths[0]).name}" + (f"+{len(self._paths) - 1}" if len(self._paths) > 1 else "")
@@ -198,14 +198,6 @@ class FileReplaySource:
             meta = {"file": reader.path, "index": index, "pass": self._pass, "format": reader.meta.get("format")}
             out.append(RawFrame(sid, time.time(), counts, self._beam, sampling, meta))
             return True
-
-
-def _absolute(path: str) -> str:
-    """``path`` made absolute (a resumed session may run elsewhere); ``file.h5:/dataset`` keeps its dataset."""
-    m = _H5_PATH.match(path)
-    if m and not os.path.exists(path):
-        return f"{os.path.abspath(m['file'])}:{m['dataset']}"
-    return os.path.abspath(path)
 
 
 def _sampling(value) -> tuple[float, float]:

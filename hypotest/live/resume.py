@@ -212,15 +212,16 @@ def open_source(rec, settings: dict, hyps):
             start_id=next_id, received=received, reported_lost=lost,
         )  # fmt: skip
     if kind == "replay":
-        from hypotest.live.replay import FileReplaySource, _absolute
+        from hypotest.frames import absolute_frame_path
+        from hypotest.live.replay import FileReplaySource
 
         paths = settings.get("paths")
         if not (isinstance(paths, list) and paths):
             raise InputError(f"{rec.dir}: session.json does not list the replayed files; pass them again "
                              "(`hypotest session resume DIR --source FILE`)")  # fmt: skip
-        paths = [_absolute(p) for p in paths]
+        paths = [absolute_frame_path(p) for p in paths]
         recorded = recorded_source(rec)
-        same = recorded.get("kind") == "replay" and [_absolute(p) for p in recorded.get("paths") or []] == paths
+        same = recorded.get("kind") == "replay" and [absolute_frame_path(p) for p in recorded.get("paths") or []] == paths
         start = int(recorded.get("start_id", 0)) if same else next_id
         return FileReplaySource(paths, rate_hz=settings.get("rate_hz"), loop=bool(settings.get("loop", False)),
                                 beam=settings.get("beam"), sampling=settings.get("sampling"),

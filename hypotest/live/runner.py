@@ -394,7 +394,7 @@ class LiveSession(SessionQueries):
         elif isinstance(ev, BadMessage):
             with self._lock:
                 self.counters["bad_messages"] += 1
-            extra = _sender_fields({"sender": getattr(ev, "sender", None), "lost": getattr(ev, "lost", None)})
+            extra = _sender_fields({"sender": ev.sender, "lost": ev.lost})
             self.writer.append("bad_message", t=ev.timestamp, source_id=ev.source_id, reason=ev.reason, **extra)
             self._log(f"bad message from the source: {ev.reason}")
         elif isinstance(ev, StreamEvent):
@@ -733,7 +733,7 @@ class LiveSession(SessionQueries):
 
 def _sender_fields(meta) -> dict:
     """What a record line keeps of a source's report of who sent a frame (ZeroMQ ``RawFrame.meta``,
-    :class:`hypotest.live.zmqstream.SenderBadMessage`): ``sender`` and ``curve_sender`` (names),
+    :class:`hypotest.live.events.BadMessage`): ``sender`` and ``curve_sender`` (names),
     ``frame_id`` (the sender's number) and ``lost`` (a count), where present and well typed, so a
     resumed receiver can continue each sender's count (:func:`hypotest.live.resume.sender_counts`)."""
     if not isinstance(meta, dict):

@@ -97,7 +97,7 @@ from hypotest.live.zmqcodec import (
     _short, decode_message, encode_frame,
 )
 
-__all__ = ["SCHEMA", "CONTROL_SCHEMA", "ZmqSource", "SenderBadMessage", "SendReport", "send_frames", "encode_frame",
+__all__ = ["SCHEMA", "CONTROL_SCHEMA", "ZmqSource", "SendReport", "send_frames", "encode_frame",
            "decode_message", "MalformedMessage"]  # fmt: skip
 
 _HWM = 1000  # frames queued per connection before the sender blocks (256x256 u2: 131 MB)
@@ -106,17 +106,6 @@ _REPORT_EVERY_S = 10.0  # repeated refusals of one kind are summed into one repo
 
 # ---------------------------------------------------------------------------------------------
 # receiver
-
-
-@dataclasses.dataclass(frozen=True)
-class SenderBadMessage(BadMessage):
-    """A :class:`BadMessage` that names the ``sender`` it came from (None: unknown), and for a
-    loss report, ``lost``: how many of that sender's frames never arrived. The session records
-    both, and a resumed session reads them back for its accounting (:class:`ZmqSource`
-    ``received``, ``reported_lost``)."""
-
-    sender: str | None = None
-    lost: int | None = None
 
 
 class ZmqSource:
@@ -356,13 +345,13 @@ class ZmqSource:
         except _Malformed as exc:
             self._alive(out, "message received" if exc.sender is None else f"frame from sender {exc.sender}")
             self._count(exc.sender)
-            out.append(SenderBadMessage(self._take_id(), now, exc.reason, sender=exc.sender))
+            out.append(BadMessage(self._take_id(), now, exc.reason, sender=exc.sender))
             return
         sender = (header.get("sender") if isinstance(header.get("sender"), str) else "")[:64]
         if kind in ("heartbeat", "end"):
             self._alive(out, f"{kind} from sender {sender}")
             if len(parts) != 1:
-                out.append(SenderBadMessage(None, now, f"{kind} from sender {sender}: expected 1 part, got {len(parts)}",
+                out.append(BadMessage(None, now, f"{kind} from sender {sender}: expected 1 part, got {len(parts)}",
                                             sender=sender))  # fmt: skip
             self._account(sender, header.get("frames_sent"), out)
             if kind == "end":
@@ -405,7 +394,7 @@ class ZmqSource:
         if lost > 0:
             self._reported_lost[sender] = self._reported_lost.get(sender, 0) + lost
             out.append(
-                SenderBadMessage(
+                BadMessage(
                     None, time.time(),
                     f"sender {sender}: {lost} frame message(s) sent but never received "
                     f"(the sender counts {frames_sent} sent, {got} arrived)", sender=sender, lost=lost,
