@@ -17,7 +17,7 @@ from hypotest.live.model import ImageModel
 from hypotest.live.record import load_record
 from hypotest.live.runner import LiveSession
 
-V_S = 1  # the built-in MoS2 library's order: pristine, V_S, V_S2, V_Mo, Mo_S, S_Mo, O_S, W_Mo
+V_MO = 1  # the truth: V_Mo, second in the built-in MoS2 library's order (pristine, V_Mo, V_S, V_S2, ...)
 
 
 class _ListSource:
@@ -49,7 +49,7 @@ def mos2(mos2_waves):
     st = LIBRARY_SETTINGS["mos2_defects"]
     hyps = load_hypotheses("mos2_defects")
     model = ImageModel([h.specimen for h in hyps], exit_waves=mos2_waves, energy=st.energy)
-    cands = demo_beams(st, model.pixel_sampling, 40.0)
+    cands = demo_beams(st, model.pixel_sampling, 40.0)[:6]  # the HRTEM defocus series: warm-up in seconds
     return hyps, model, cands
 
 
@@ -73,7 +73,7 @@ def test_auto_apply_with_no_one_listening_never_assumes_the_proposed_beam(tmp_pa
     from hypotest.live.zmqstream import ZmqSource, send_frames
 
     hyps, model, cands = mos2
-    frames = _frames(model, cands[2][1], V_S, 30, seed=2)
+    frames = _frames(model, cands[2][1], V_MO, 15, seed=2)
     source = ZmqSource("tcp://127.0.0.1:*", end_on_sender_end=True)
     s = _session(tmp_path, "z", hyps, model, cands, source, stop_on_decision=False)
     assert s.auto_apply
@@ -90,11 +90,13 @@ def test_auto_apply_with_no_one_listening_never_assumes_the_proposed_beam(tmp_pa
     assert warnings and "takes no beam commands" in warnings[0] and "auto-apply is off" in warnings[0]
     assert st["warnings"] == warnings and not st["auto_apply"]
     assert not [e for e in rec.events if e["kind"] == "beam" and e["by"] == "auto"]
+    proposed = {p["label"] for e in rec.events if e["kind"] == "proposals" for p in e["proposals"][:1]}
+    assert proposed - {cands[2][0]}, proposed  # the design did want another beam: auto-apply would have moved
     assert rec.steps and all(x["beam_label"] == cands[2][0] for x in rec.steps)
     assert all(f["beam_label"] == cands[2][0] for f in rec.frame_lines)
     best = rec.steps[-1]["map_state"]
-    assert best == hyps[V_S].id, [h.name for h in hyps if h.id == best]
-    assert not rec.decision or rec.decision["id"] == hyps[V_S].id
+    assert best == hyps[V_MO].id, [h.name for h in hyps if h.id == best]
+    assert not rec.decision or rec.decision["id"] == hyps[V_MO].id
 
 
 def test_a_beam_the_source_did_not_take_is_recorded_and_not_assumed(tmp_path, mos2):
@@ -121,7 +123,7 @@ def test_a_forged_dose_is_refused_with_the_reason(tmp_path, mos2):
     hyps, model, cands = mos2
     beam = cands[2][1]
     forged = {**beam, "dose": 1e9}
-    frames = _frames(model, beam, V_S, 24, seed=3)
+    frames = _frames(model, beam, V_MO, 24, seed=3)
     seq = [(f, forged if k % 3 == 1 else beam) for k, f in enumerate(frames)]
     s = _session(tmp_path, "d", hyps, model, cands, _ListSource(seq), stop_on_decision=False)
     st = s.run_sync()
@@ -131,7 +133,7 @@ def test_a_forged_dose_is_refused_with_the_reason(tmp_path, mos2):
     assert all("not taken at that dose" in f["reason"] and "1e+09 e-/Å²" in f["reason"] for f in refused)
     assert st["frames"]["rejected"] == 8 and st["dose_used_e_per_A2"] == pytest.approx(16 * 40.0)
     assert not any(x["change_point"] for x in rec.steps)
-    assert rec.steps[-1]["map_state"] == hyps[V_S].id
+    assert rec.steps[-1]["map_state"] == hyps[V_MO].id
     assert all(0.5 < x["dose_ratio"] < 2.0 for x in rec.steps)
 
 
@@ -143,7 +145,7 @@ def test_a_non_finite_evidence_refuses_the_frames_and_the_session_goes_on(tmp_pa
 
     hyps, model, cands = mos2
     beam = cands[2][1]
-    frames = _frames(model, beam, V_S, 4, seed=4)
+    frames = _frames(model, beam, V_MO, 4, seed=4)
     s = _session(tmp_path, "n", hyps, model, cands, _ListSource([(f, beam) for f in frames]), stop_on_decision=False)
     real = s.images.scorer(s.live_config.scorer)
     calls = []
