@@ -48,6 +48,7 @@ def test_session_identifies_hidden_structure_and_replays(tmp_path, mos2_waves):
     assert rep.max_abs_posterior_diff <= 1e-6
 
 
+@pytest.mark.slow  # ~90 s on two cores: the 4D-STEM S-matrices of eight hypotheses
 def test_4dstem_frames_are_scored_recorded_shown_and_replayed(tmp_path, mos2_waves):
     """The MoS2 session offers 4D-STEM (a pixelated camera to 40 mrad): its frames arrive as
     [sx, sy, kx, ky], are scored over every detector pixel, recorded as received, shown as the
