@@ -168,3 +168,13 @@ def test_a_non_finite_evidence_refuses_the_frames_and_the_session_goes_on(tmp_pa
     assert bad["source_id"] == 1 and f"non-finite log evidence (nan) for hypothesis {hyps[3].name!r}" in bad["reason"]
     assert bad["reason"].startswith("frame 1: the laplace scorer")
     assert all(np.isfinite([v for v in x["log_evidence"] if v is not None]).all() for x in rec.steps)
+
+
+def test_the_live_laplace_scorer_starts_at_zero_drift_the_others_score_at_the_registered_one():
+    """The live Laplace scorer marginalises the shift from the prior mean, as before the one
+    scoring core (started at the registered drift of sparse 4D-STEM frames it settled on a lower
+    mode for the truth); linear and fast take the registered drift as the known shift."""
+    from hypotest.live.step import scorer_shift
+
+    assert scorer_shift("laplace", (1.4, -0.6)) == (0.0, 0.0)
+    assert scorer_shift("fast", (1.4, -0.6)) == scorer_shift("linear", (1.4, -0.6)) == (1.4, -0.6)
