@@ -3,8 +3,9 @@ environment, cwd = notebooks/) and its figures are real outputs (PNG images).
 
 The notebooks are stored without outputs; the executed copies are written to out/notebooks/
 (ignored by git) whether or not they fail, to look at afterwards. 04 starts a Ray head node and
-is marked ``ray``; 02 (a real-time demo session of 12 frames at 2 Hz, ~90 s) is marked ``slow``
-so the default suite stays under 15 minutes on two cores (CI runs both).
+is marked ``ray``; 02 (a real-time demo session of 12 frames at 2 Hz, ~90 s) and 03 (MAP, NUTS and
+design, ~55 s) are marked ``slow`` so the default suite stays under 15 minutes on two cores (CI
+runs them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ CELL_TIMEOUT = 600
 CASES = [
     pytest.param("01_quickstart.ipynb", 6, id="01_quickstart"),
     pytest.param("02_explore_session.ipynb", 6, id="02_explore_session", marks=pytest.mark.slow),
-    pytest.param("03_refine_and_design.ipynb", 6, id="03_refine_and_design"),
+    pytest.param("03_refine_and_design.ipynb", 6, id="03_refine_and_design", marks=pytest.mark.slow),
     pytest.param("04_cluster.ipynb", 1, id="04_cluster", marks=pytest.mark.ray),
 ]
 
