@@ -10,8 +10,9 @@ before. ``forward.<submodule>`` (``forward.hrtem``, ...) is imported on attribut
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from forward._lazy import lazy_exports
 
 #: Public name -> the submodule that defines it.
 _SOURCES = {
@@ -44,24 +45,7 @@ _WHERE = {name: module for module, names in _SOURCES.items() for name in names}
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        if name.startswith("_"):
-            raise AttributeError(f"module 'forward' has no attribute {name!r}")
-        try:  # a submodule: ``import forward; forward.hrtem``
-            return importlib.import_module(f"forward.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"forward.{name}":
-                raise
-            raise AttributeError(f"module 'forward' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 
 
 if TYPE_CHECKING:  # what static analysis and IDEs see: the eager imports

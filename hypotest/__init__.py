@@ -10,8 +10,9 @@ of the package (the frame-stream codec :mod:`hypotest.live.zmqstream`, the frame
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from forward._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -26,24 +27,7 @@ _WHERE = {
 __all__ = ["Hypothesis", "hypothesis_from_entry", "load_hypotheses", "make_hypothesis", "__version__"]
 
 
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        if name.startswith("_"):
-            raise AttributeError(f"module 'hypotest' has no attribute {name!r}")
-        try:  # a submodule: ``import hypotest; hypotest.live``
-            return importlib.import_module(f"hypotest.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"hypotest.{name}":
-                raise
-            raise AttributeError(f"module 'hypotest' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 
 
 if TYPE_CHECKING:  # what static analysis and IDEs see: the eager imports

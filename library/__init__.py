@@ -8,8 +8,9 @@ nothing and reading specs, structure files or a library file's index never impor
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from forward._lazy import lazy_exports
 
 #: Public name -> the submodule that defines it.
 _SOURCES = {
@@ -36,24 +37,7 @@ _WHERE = {name: module for module, names in _SOURCES.items() for name in names}
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        if name.startswith("_"):
-            raise AttributeError(f"module 'library' has no attribute {name!r}")
-        try:  # a submodule: ``import library; library.builtin``
-            return importlib.import_module(f"library.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"library.{name}":
-                raise
-            raise AttributeError(f"module 'library' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 
 
 if TYPE_CHECKING:  # what static analysis and IDEs see: the eager imports
