@@ -23,7 +23,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -qq --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install -qq -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -qq -c constraints.txt -e ".[dev,nion]"
 	$(BIN)/pip check
 	@touch $(STAMP)
 
@@ -34,13 +34,13 @@ system:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-# The default suite: everything not marked slow, browser or ray (see pyproject.toml).
+# The default suite: everything not marked slow, browser, ray or nion (see pyproject.toml).
 test: setup
 	$(BIN)/python -m pytest
 
-# The marked tests (slow, browser, Ray cluster); exit code 5 means none are collected yet.
+# The marked tests (slow, browser, Ray cluster, Nion); exit code 5 means none are collected yet.
 test-marked: setup
-	$(BIN)/python -m pytest -m "slow or browser or ray"; rc=$$?; \
+	$(BIN)/python -m pytest -m "slow or browser or ray or nion"; rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "no slow/browser/ray tests collected"; exit 0; fi; exit $$rc
 
 test-all: test test-marked

@@ -7,7 +7,13 @@ SOURCE is one of
   detector connects; protocol in :mod:`hypotest.live.zmqstream`); ``zmq+connect://ADDR`` connects
   to a sender that binds;
 - a file or glob of frame files (.npy/.npz, MRC, HDF5/EMD, DM3/DM4, TIFF), replayed at ``--rate``;
-- ``sim`` or ``sim:SEED``: the simulated microscope hiding a member of a built-in library.
+- ``sim`` or ``sim:SEED``: the simulated microscope hiding a member of a built-in library;
+- ``nion:SCAN_ID``: a Nion scan hardware source registered in this process (the instrument's
+  plug-ins loaded: ``pip install hypotest[nion]``), frames acquired and proposals applied through
+  Nion's instrumentation API (:mod:`hypotest.live.nion`); ``nion:usim`` starts Nion's simulated
+  STEM with ``--twin ID`` (a hypothesis) on its stage, rendered by hypotest
+  (:mod:`hypotest.live.nion_twin`). The BEAM.json is an annular STEM one; the frame's pixel
+  counts are chosen so that square pixels span the cell.
 
 LIB is a built-in library name or a library file (.h5). With a library file, ``--beam BEAM.json``
 gives the beam, the frame sampling and the simulation settings; the design step chooses among a
@@ -33,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("out/live"), help="the session directory (must not hold a record)")
     p.add_argument("--beam", type=Path, help="BEAM.json (required with a library file)")
     p.add_argument("--rate", type=float, default=None, help="replay / simulated frames per second")
+    p.add_argument("--twin", metavar="ID", help="with --source nion:usim: the hypothesis (id or name) on the simulated stage")
+    p.add_argument("--max-frames", type=int, default=None, help="nion sources: stop after this many frames")
     p.add_argument("--control", help="ZeroMQ control endpoint to send beam conditions to (zmq sources)")
     p.add_argument("--curve-key", type=Path, metavar="RECEIVER.key_secret",
                    help="zmq sources: CURVE secret certificate of this receiver (with --curve-clients)")
@@ -68,9 +76,14 @@ def source_settings(spec: str) -> dict:
 
     if spec.startswith("zmq://") or spec.startswith("zmq+connect://"):
         return {"kind": "zmq", "spec": spec, "address": spec.split("://", 1)[1], "bind": spec.startswith("zmq://")}
+    if spec.startswith("nion:"):
+        if not spec[5:]:
+            raise InputError("source 'nion:' names no scan: give nion:SCAN_ID (a registered hardware source) or nion:usim")
+        return {"kind": "nion", "spec": spec, "scan": spec[5:]}
     files = sorted(glob.glob(spec)) or ([spec] if Path(spec).exists() or ":/" in spec else [])  # file.h5:/dataset
     if not files:
-        raise InputError(f"source {spec!r}: no such file; give zmq://ADDRESS, a frame file or glob, or sim[:SEED]")
+        raise InputError(f"source {spec!r}: no such file; give zmq://ADDRESS, a frame file or glob, nion:SCAN_ID or "
+                         "sim[:SEED]")
     return {"kind": "replay", "spec": spec, "paths": files}
 
 
@@ -162,12 +175,21 @@ def _session_for_library_file(args, source_spec):
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"{args.beam}: cannot read the beam file ({exc})") from None
     bf = parse_beam(beam, where=str(args.beam))
+    where = source_settings(source_spec)
     hyps = load_hypotheses(args.library)
     four_d = bf.beam.detector.mode == "4dstem"
     # 4D-STEM: 'sampling' is the scan step, not a camera pixel (the model checks it spans the cell)
     binning = 1 if four_d else max(1, round(bf.sampling[0] / bf.sim_sampling))
+    gpts = None
+    if where["kind"] == "nion":
+        from hypotest.live.nion import square_pixel_gpts
+
+        if bf.beam.detector.mode != "stem_annular":
+            raise InputError(f"{args.beam}: a Nion scan source takes an annular STEM beam (detector.mode "
+                             f"'stem_annular'), got {bf.beam.detector.mode!r}")  # fmt: skip
+        gpts = square_pixel_gpts(hyps[0].specimen.cell, bf.sampling[0])  # a Nion scan's pixels are square
     model = ImageModel([h.specimen for h in hyps], sampling=bf.sim_sampling, binning=binning,
-                            slice_thickness=bf.slice_thickness)  # fmt: skip
+                       slice_thickness=bf.slice_thickness, camera_gpts=gpts)  # fmt: skip
     if four_d:
         try:
             model.frame_shape_of(beam)
@@ -190,9 +212,18 @@ def _session_for_library_file(args, source_spec):
                   {**beam, "aberrations": {**{a: v for a, v in beam["aberrations"].items() if a not in ("C10", "defocus")},
                                            "defocus": k * f0}})
                  for k in (-1.0, 0.5, 1.0, 1.5, 2.0, 3.0)] + cands  # fmt: skip
-    source = open_source(source_spec, rate=args.rate, control=args.control, beam=beam, sampling=beam["sampling"],
-                         curve_key=args.curve_key, curve_clients=args.curve_clients,
-                         allow_remote=args.allow_remote_stream)  # fmt: skip
+    if where["kind"] == "nion":
+        from hypotest.live.nion import nion_candidates, open_nion_source
+
+        s = float(model.pixel_sampling[0])
+        beam["sampling"] = [s, s]
+        cands = nion_candidates(beam)
+        source = open_nion_source(source_spec, beam=beam, model=model, hypotheses=hyps, twin=args.twin, rate_hz=args.rate,
+                                  max_frames=args.max_frames)  # fmt: skip
+    else:
+        source = open_source(source_spec, rate=args.rate, control=args.control, beam=beam, sampling=beam["sampling"],
+                             curve_key=args.curve_key, curve_clients=args.curve_clients,
+                             allow_remote=args.allow_remote_stream)  # fmt: skip
     return LiveSession(
         args.out, hypotheses=hyps, model=model, source=source, candidate_beams=cands, beam=beam,
         config={"library": str(Path(args.library).resolve()), "model": model.settings,

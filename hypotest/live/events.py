@@ -13,7 +13,16 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["RawFrame", "BadMessage", "StreamEvent", "FrameSource", "SourceEvent"]
+from forward.errors import InputError
+
+__all__ = ["RawFrame", "BadMessage", "StreamEvent", "FrameSource", "SourceEvent", "BeamRefused"]
+
+
+class BeamRefused(InputError):
+    """The microscope cannot take a beam condition (an unknown control, a value out of its range,
+    a detector it has not); the message names the control and the reason. A source's
+    ``apply_beam`` raises it; the session records the refusal and shows it, and never assumes the
+    beam."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +97,10 @@ class FrameSource(Protocol):
     def apply_beam(self, beam: dict) -> bool:
         """Send a beam condition (BEAM.json form) to the microscope's control channel.
 
-        Returns True only when the beam reached the microscope; False when the source has no
-        control channel (file replay) or could not send it. A beam not sent is never assumed for
-        the frames that follow.
+        Returns True (or a truthy report of what was set, with ``as_dict()``) only when the beam
+        reached the microscope; False when the source has no control channel (file replay) or
+        could not send it; raises :class:`BeamRefused` when the microscope cannot do it. A beam
+        not sent is never assumed for the frames that follow.
         """
         ...
 

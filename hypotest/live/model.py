@@ -75,10 +75,14 @@ class ImageModel:
         sampling: simulation sampling [Å]; ``binning``: camera pixel = binning x sampling.
         slice_thickness: [Å].
         exit_waves: optional precomputed exit waves (e.g. from Ray workers) for ``energy``/``tilt``.
+        camera_gpts: the frame's pixel counts ``(mx, my)`` when they are given rather than
+            chosen from ``sampling`` (a Nion scan's square pixels,
+            :func:`hypotest.live.nion.square_pixel_gpts`); the simulation grid is then
+            ``binning x camera_gpts`` points over the cell (``sampling`` is only what was asked).
     """
 
     def __init__(self, specimens, *, sampling: float = 0.05, binning: int = 2, slice_thickness: float = 1.0,
-                 exit_waves=None, energy: float | None = None, tilt=(0.0, 0.0)):  # fmt: skip
+                 exit_waves=None, energy: float | None = None, tilt=(0.0, 0.0), camera_gpts=None):  # fmt: skip
         if not specimens:
             raise InputError("the library is empty: the session needs at least one hypothesis")
         self.cell = np.asarray(specimens[0].cell, dtype=np.float64)
@@ -89,8 +93,13 @@ class ImageModel:
                     f"{self.cell.round(3).tolist()} Å: hypotheses compared pixel for pixel must share one cell"
                 )
         self.settings = {"sampling": float(sampling), "binning": int(binning), "slice_thickness": float(slice_thickness)}
-        self.grid = make_grid(extent=tuple(self.cell[:2]), sampling=sampling)
-        self.camera_gpts = (self.grid.gpts[0] // binning, self.grid.gpts[1] // binning)
+        if camera_gpts is None:
+            self.grid = make_grid(extent=tuple(self.cell[:2]), sampling=sampling)
+            self.camera_gpts = (self.grid.gpts[0] // binning, self.grid.gpts[1] // binning)
+        else:
+            self.camera_gpts = (int(camera_gpts[0]), int(camera_gpts[1]))
+            self.settings["camera_gpts"] = self.camera_gpts  # a tuple: the settings key the caches
+            self.grid = make_grid(extent=tuple(self.cell[:2]), gpts=tuple(binning * n for n in self.camera_gpts))
         self.sim = make_hrtem_simulator(self.grid, float(self.cell[2]), slice_thickness, camera_gpts=self.camera_gpts)
         self.specimens: list[Specimen] = list(specimens)
         self._waves: dict[tuple, list] = {}

@@ -57,7 +57,7 @@ def _session_hypotheses(rec) -> tuple[list[Hypothesis], ImageModel]:
         )
     m = cfg["model"]
     model = ImageModel([h.specimen for h in hyps], sampling=m["sampling"], binning=m["binning"],
-                            slice_thickness=m["slice_thickness"])  # fmt: skip
+                       slice_thickness=m["slice_thickness"], camera_gpts=m.get("camera_gpts"))  # fmt: skip
     for e in rec.events:
         if e["kind"] == "hypothesis_added":
             spec = make_specimen(e["structure"]["positions"], e["structure"]["numbers"], cell=model.cell)

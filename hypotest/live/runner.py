@@ -48,7 +48,7 @@ import numpy as np
 
 from forward import InputError, make_specimen
 from hypotest.beamfile import parse_beam
-from hypotest.live.events import BadMessage, FrameSource, RawFrame, StreamEvent, takes_control
+from hypotest.live.events import BadMessage, BeamRefused, FrameSource, RawFrame, StreamEvent, takes_control
 from hypotest.live.model import beam_key
 from hypotest.live.queries import SessionQueries
 from hypotest.live.record import SessionLock, SessionWriter
@@ -168,6 +168,7 @@ class LiveSession(SessionQueries):
         self._resume = bool(resume)
         self._dir_lock = lock
         self._writer: SessionWriter | None = None  # opened by start, run_sync or restore (the class docstring)
+        self._refused: set[str] = set()  # beam keys the microscope refused (auto-apply passes them over)
         self._writer_lock = threading.Lock()
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -562,9 +563,11 @@ class LiveSession(SessionQueries):
             self._auto_apply(proposals)
 
     def _auto_apply(self, proposals: list[dict]) -> None:
-        """With auto-apply on, switch to the best proposal if it is not the beam in use."""
-        if self.auto_apply and proposals and beam_key(proposals[0]["beam"]) != beam_key(self._beam):
-            self._set_beam(proposals[0]["beam"], proposals[0]["label"], by="auto")
+        """With auto-apply on, switch to the best proposal the microscope has not refused, if it is
+        not the beam in use (a refused one is recorded once, not asked again)."""
+        ok = [p for p in proposals if beam_key(p["beam"]) not in self._refused]
+        if self.auto_apply and ok and beam_key(ok[0]["beam"]) != beam_key(self._beam):
+            self._set_beam(ok[0]["beam"], ok[0]["label"], by="auto")
 
     def _propose(self, step: int, view, active: np.ndarray) -> list[dict]:
         if len(self.candidates) < 2:
@@ -603,19 +606,31 @@ class LiveSession(SessionQueries):
         (on a source without control, the operator's word is the only record of the microscope's
         state). An automatic choice the source did not take is recorded and never assumed."""
         parse_beam(beam, where="beam condition")
-        sent = bool(self.source.apply_beam(beam))
-        applied = sent or by == "operator"
+        refused = None
+        try:
+            result = self.source.apply_beam(beam)
+        except BeamRefused as exc:  # the microscope cannot do it: recorded and shown, never assumed
+            result, refused = False, str(exc)
+            self._refused.add(beam_key(beam))
+        sent = bool(result)
+        applied = sent or (by == "operator" and refused is None)
         if applied:
             with self._lock:
                 self._beam = dict(beam)
                 self._beam_label = label
+        extra = {"refused": refused} if refused is not None else {}
+        if hasattr(result, "as_dict"):  # what the instrument was set to and read back (a Nion source)
+            extra["instrument"] = result.as_dict()
         self.writer.append("beam", t=time.time(), step=self._step, label=label, beam=beam, by=by, sent_to_source=sent,
-                           applied=applied)  # fmt: skip
-        if not applied:
+                           applied=applied, **extra)  # fmt: skip
+        if refused is not None:
+            self._warn(f"the microscope refused the beam {label!r} chosen {by}: {refused}; frames stay scored under "
+                       f"{self._beam_label!r}")  # fmt: skip
+        elif not applied:
             self._warn(f"the source did not take the beam {label!r} chosen {by}: frames stay scored under "
                        f"{self._beam_label!r}")  # fmt: skip
-        self._publish({"type": "beam", "beam": beam, "label": label, "by": by})
-        return {"label": label, "beam": beam, "sent_to_source": sent, "applied": applied}
+        self._publish({"type": "beam", "beam": beam, "label": label, "by": by, **extra})
+        return {"label": label, "beam": beam, "sent_to_source": sent, "applied": applied, **extra}
 
     def restore(self, rec, note: dict | None = None) -> int:
         """Continue from a session record (:func:`hypotest.live.record.load_record`): the state is
@@ -735,12 +750,22 @@ def _sender_fields(meta) -> dict:
     """What a record line keeps of a source's report of who sent a frame (ZeroMQ ``RawFrame.meta``,
     :class:`hypotest.live.events.BadMessage`): ``sender`` and ``curve_sender`` (names),
     ``frame_id`` (the sender's number) and ``lost`` (a count), where present and well typed, so a
-    resumed receiver can continue each sender's count (:func:`hypotest.live.resume.sender_counts`)."""
+    resumed receiver can continue each sender's count (:func:`hypotest.live.resume.sender_counts`);
+    from a microscope's own source (:class:`hypotest.live.nion.NionSource`) the ``channel``, the
+    ``instrument`` readings at acquisition and the controls someone else moved
+    (``instrument_changed``)."""
     if not isinstance(meta, dict):
         return {}
-    out = {k: meta[k][:64] for k in ("sender", "curve_sender") if isinstance(meta.get(k), str)}
+    out = {k: meta[k][:64] for k in ("sender", "curve_sender", "channel") if isinstance(meta.get(k), str)}
     for k in ("frame_id", "lost"):
         v = meta.get(k)
         if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
             out[k] = v
+    inst = meta.get("instrument")  # an instrument's readings at acquisition (a Nion source), control -> value
+    if isinstance(inst, dict) and len(inst) <= 32:
+        out["instrument"] = {str(k)[:64]: float(v) for k, v in inst.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    moved = meta.get("instrument_changed")  # controls moved by someone else: {control: {"set", "read"}}
+    if isinstance(moved, dict) and len(moved) <= 32:
+        out["instrument_changed"] = {str(k)[:64]: {a: float(b) for a, b in v.items() if a in ("set", "read")}
+                                     for k, v in moved.items() if isinstance(v, dict)}  # fmt: skip
     return out
