@@ -305,3 +305,45 @@ def _run(args: argparse.Namespace, token: str | None) -> int:
     st = session.status()
     print(f"stopped: {st['state']}; frames {st['frames']}; decision: {st['decision']}")
     return 0
+
+
+def start_session(out, *, library: str, beam, source: str, twin: str | None = None, rate: float | None = None,
+                  max_frames: int | None = None, scorer: str = "laplace", design: str = "allocation",
+                  auto_apply: bool = True, stop_on_decision: bool = False, dashboard: bool = True,
+                  host: str = "127.0.0.1", port: int = 8765, token: str | None = None):  # fmt: skip
+    """``hypotest live`` from Python, returning at once: ``(session, server)`` with the session
+    started (its threads run beside the caller) and the dashboard served (``server`` None with
+    ``dashboard=False``). For a process that must keep its main thread, such as Nion Swift's
+    Python console at a microscope (``source="nion:SCAN_ID"``, the instrument's plug-ins loaded);
+    ``library``: a built-in name or a library file; ``beam``: the BEAM.json path. Stop with
+    ``session.stop()`` and ``server.stop()``."""
+    from hypotest.live.builtin import LIBRARY_SETTINGS
+
+    if library in LIBRARY_SETTINGS:
+        from library.builtin import library_path
+
+        library = str(library_path(library))
+    if dashboard:
+        check_dashboard(host, port, token)
+    args = argparse.Namespace(library=library, beam=Path(beam), out=Path(out), rate=rate, control=None, curve_key=None,
+                              curve_clients=None, allow_remote_stream=False, no_auto_apply=not auto_apply,
+                              stop_on_decision=stop_on_decision, scorer=scorer, design=design, twin=twin,
+                              max_frames=max_frames)  # fmt: skip
+    if (args.out / "record.jsonl").exists():
+        from forward import InputError
+
+        raise InputError(f"{args.out} already holds a session record; choose another directory")
+    session = _session_for_library_file(args, source)
+    server = None
+    try:
+        if dashboard:
+            from hypotest.dashboard.server import serve
+
+            server = serve(session, host=host, port=port, token=token)
+        session.start()
+    except BaseException:
+        if server is not None:
+            server.stop()
+        session.stop()
+        raise
+    return session, server

@@ -205,37 +205,43 @@ def test_bad_nion_sources_are_refused_precisely(tmp_path, monkeypatch, capsys):
     assert _nion_components() == ({k: 0 for k in _nion_components()[0]}, 0)
 
 
-def test_a_refused_beam_is_recorded_and_shown_and_never_assumed(mos2, tmp_path):
-    """The session's side: an operator's beam the instrument cannot do is in the record (the beam
-    line with ``refused``, a warning) and in the status the dashboard shows; frames stay scored
-    under the beam in use; one it can do is set, read back and recorded with the instrument's values."""
-    from hypotest.live.nion import nion_candidates, open_nion_source
-    from hypotest.live.runner import LiveSession
+def test_a_refused_beam_is_recorded_and_shown_and_never_assumed(tmp_path, monkeypatch):
+    """The session's side, started as from Nion Swift's console (``start_session``): an operator's
+    beam the instrument cannot do is in the record (the beam line with ``refused``, a warning) and
+    on the dashboard (``/api/status`` warnings); frames stay scored under the beam in use; one it
+    can do is set, read back and recorded with the instrument's values."""
+    import httpx
 
-    hyps, cell, gpts, beam = mos2
-    two = [hyps[0], hyps[7]]  # pristine, W_Mo
-    model = ImageModel([h.specimen for h in two], sampling=0.05, binning=2, camera_gpts=gpts)
-    src = open_nion_source("nion:usim", beam=beam, model=model, hypotheses=two, twin="W_Mo", channels=CHANNELS)
-    session = LiveSession(tmp_path / "s", hypotheses=two, model=model, source=src, candidate_beams=nion_candidates(beam, CHANNELS),
-                          beam=beam, config={"source": src.settings}, auto_apply=False, stop_on_decision=False)  # fmt: skip
-    def wait_for(cond, what, limit=120.0):
+    from hypotest.commands.live import start_session
+
+    monkeypatch.chdir(tmp_path)
+    stem = {"energy": 80000, "dose": 40, "sampling": 0.1, "semiangle_cutoff": 25, "source_size": 0.2,
+            "detector": {"mode": "stem_annular", "inner": 40, "outer": 200},
+            "simulation": {"sampling": 0.05, "slice_thickness": 1.0}}  # fmt: skip
+    (tmp_path / "beam.json").write_text(json.dumps(stem))
+    session, server = start_session(tmp_path / "s", library="mos2_defects", beam=tmp_path / "beam.json",
+                                    source="nion:usim", twin="W_Mo", auto_apply=False, port=0)  # fmt: skip
+    beam = session.status()["beam"]
+
+    def wait_for(cond, what, limit=180.0):
         deadline = time.monotonic() + limit
         while not cond():
             assert time.monotonic() < deadline, what
             time.sleep(0.05)
 
     try:
-        session.start()
         wait_for(lambda: session.counters["scored"] >= 1, "a first step")
         got = session.apply_beam({**beam, "aberrations": {"defocus": 1e5}})
         assert got["applied"] is False and "C10 = -1e-05 m is outside the range" in got["refused"]
-        assert any("the microscope refused the beam" in w and "C10 = -1e-05 m" in w for w in session.status()["warnings"])
+        status = httpx.get(server.url + "api/status", timeout=10).json()
+        assert any("the microscope refused the beam" in w and "C10 = -1e-05 m" in w for w in status["warnings"])
         ok = session.apply_beam({**beam, "aberrations": {"defocus": 25.0}})
         assert ok["applied"] is True and ok["instrument"]["controls"][0] == {"control": "C10", "set": -25e-10,
                                                                              "read": -25e-10, "unit": "m"}  # fmt: skip
         n = session.counters["received"]
         wait_for(lambda: session.counters["received"] >= n + 2, "frames under the new beam")
     finally:
+        server.stop()
         session.stop()
     lines = [json.loads(x) for x in (tmp_path / "s" / "record.jsonl").read_text().splitlines()]
     beams = [x for x in lines if x["kind"] == "beam"]
