@@ -3,7 +3,11 @@
 #   make demo   set everything up and run the main job on the embedded default
 # Both are idempotent: a second run only re-installs when pyproject.toml or constraints.txt change.
 
-PYTHON ?= python3
+# Python >= 3.12 (ArviZ 1.x needs it): the first of these that runs (pyenv's shims answer for
+# versions that are installed but not selected, so each is tried, not only looked up).
+PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.13 \
+            $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) python3; do \
+            $$p -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1 && { command -v $$p; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -13,12 +17,19 @@ export OPENBLAS_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system test test-marked test-all demo lock clean
+.PHONY: setup system venv-version test test-marked test-all demo lock clean
 
-setup: $(STAMP) system
+setup: venv-version $(STAMP) system
+
+# A .venv made by an older Python is made again.
+venv-version:
+	@if [ -x $(BIN)/python ] && ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then \
+	  echo "$(VENV) holds $$($(BIN)/python -V 2>&1); hypotest needs Python >= 3.12: making $(VENV) again"; \
+	  rm -rf $(VENV); fi
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"hypotest needs Python >= 3.11, found {sys.version.split()[0]}"'
+	@[ -n "$(PYTHON)" ] || { echo "hypotest needs Python >= 3.12 (python3.12 or python3.13 on PATH, or PYTHON=...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), f"hypotest needs Python >= 3.12, found {sys.version.split()[0]}"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
 
@@ -52,7 +63,7 @@ demo: setup
 lock:
 	rm -rf /tmp/hypotest-lock && $(PYTHON) -m venv /tmp/hypotest-lock
 	/tmp/hypotest-lock/bin/pip install -qq --upgrade pip
-	/tmp/hypotest-lock/bin/pip install --quiet ".[dev]"
+	/tmp/hypotest-lock/bin/pip install --quiet ".[dev,nion]"
 	/tmp/hypotest-lock/bin/pip freeze --exclude hypotest | grep -v '^-e ' > constraints.txt
 	@echo "constraints.txt: $$(wc -l < constraints.txt) pins"
 

@@ -500,7 +500,8 @@ def plot_structure(item, *, title: str | None = None) -> Figure:
 
 
 def _posterior_samples(idata) -> dict[str, np.ndarray]:
-    """``{name: [chain, draw, ...]}`` from ArviZ InferenceData or a dict of arrays."""
+    """``{name: [chain, draw, ...]}`` from an ArviZ posterior (an ``xarray.DataTree`` with a
+    ``posterior`` group) or a dict of arrays."""
     post = getattr(idata, "posterior", None)
     if post is not None:
         return {str(k): np.asarray(post[k].values) for k in post.data_vars}
@@ -513,7 +514,7 @@ def _posterior_samples(idata) -> dict[str, np.ndarray]:
             out[str(k)] = a
         return out
     raise InputError(
-        f"expected ArviZ InferenceData (inference.nuts_refine) or a dict of samples [chain, draw, ...], got "
+        f"expected an ArviZ posterior DataTree (inference.nuts_refine) or a dict of samples [chain, draw, ...], got "
         f"{type(idata).__name__}"
     )
 
@@ -574,7 +575,7 @@ def plot_crlb_vs_posterior(idata, bound: dict, *, truth: dict | None = None, max
     and ``sd/crlb`` in the title (:func:`crlb_table`).
 
     Args:
-        idata: ArviZ InferenceData from :func:`inference.nuts_refine` (or ``{name: [chain, draw, ...]}``).
+        idata: the ArviZ posterior DataTree from :func:`inference.nuts_refine` (or ``{name: [chain, draw, ...]}``).
         bound: :func:`inference.crlb` output: ``{name: sd}`` with the shapes of the parameters.
         truth: optional true values ``{name: array}``.
         max_panels: draw at most this many components (the first ones).

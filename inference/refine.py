@@ -8,12 +8,13 @@ positions, occupancies, defocus, thickness, tilt ...) for one or more frames is
 (:func:`make_log_density`). :func:`map_refine` maximises it with ``optax.lbfgs`` (Liu & Nocedal,
 Math. Program. 45 (1989) 503) and a zoom line search; :func:`nuts_refine` samples it with the
 No-U-Turn sampler (Hoffman & Gelman, JMLR 15 (2014) 1593) as implemented in NumPyro, started at
-the MAP, and returns an ArviZ ``InferenceData`` (save it with ``idata.to_netcdf(path)``).
+the MAP, and returns the ArviZ 1.x posterior, an ``xarray.DataTree`` (save it with ``dt.to_netcdf(path)``).
 """
 
 from __future__ import annotations
 
 import arviz as az
+import xarray as xr
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,11 +119,13 @@ class SamplerConfig:
     target_accept: float = static_field(default=0.8)
 
 
-def nuts_refine(rng_key, log_density_fn, init: dict, config: SamplerConfig = SamplerConfig()) -> az.InferenceData:
+def nuts_refine(rng_key, log_density_fn, init: dict, config: SamplerConfig = SamplerConfig()) -> xr.DataTree:
     """Sample ``log_density_fn`` with NUTS from ``init`` (e.g. the MAP); chains are vectorised.
 
-    Returns ArviZ ``InferenceData``: ``posterior`` (one variable per free parameter, dims
-    ``chain, draw, ...``) and ``sample_stats`` (``diverging``, ``lp``).
+    Returns the ArviZ 1.x posterior, an ``xarray.DataTree``: group ``posterior`` (one variable
+    per free parameter, dims ``chain, draw, ...``) and group ``sample_stats`` (``diverging``,
+    ``lp``). Save it with ``dt.to_netcdf(path)`` (read back with ``arviz.from_netcdf``) or
+    ``dt.to_zarr(path)``.
     """
     if config.num_chains < 1 or config.num_samples < 1:
         raise InputError(f"need num_chains >= 1 and num_samples >= 1, got {config}")
@@ -143,4 +146,4 @@ def nuts_refine(rng_key, log_density_fn, init: dict, config: SamplerConfig = Sam
     extra = mcmc.get_extra_fields(group_by_chain=True)
     posterior = {k: np.asarray(v) for k, v in samples.items()}
     stats = {"diverging": np.asarray(extra["diverging"]), "lp": -np.asarray(extra["potential_energy"])}
-    return az.from_dict(posterior=posterior, sample_stats=stats)
+    return az.from_dict({"posterior": posterior, "sample_stats": stats})

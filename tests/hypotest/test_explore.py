@@ -284,12 +284,12 @@ def test_crlb_table_and_plot():
         ex.crlb_table(samples, {"tilt": np.ones(2)})
     with pytest.raises(InputError, match=r"bound of 'xy' has 3 components but its samples have 4 \(shape \[2, 2\]\)"):
         ex.crlb_table(samples, {"xy": np.ones(3)})
-    with pytest.raises(InputError, match=r"expected ArviZ InferenceData .* got list"):
+    with pytest.raises(InputError, match=r"expected an ArviZ posterior DataTree .* got list"):
         ex.crlb_table([1, 2], bound)
 
 
 def test_crlb_plot_from_nuts_inference_data(rng_key):
-    """ArviZ InferenceData from inference.nuts_refine is read the same way as a dict."""
+    """The ArviZ posterior DataTree from inference.nuts_refine is read the same way as a dict."""
     from inference import SamplerConfig, nuts_refine
 
     ld = lambda p: -0.5 * jax.numpy.sum((p["x"] / 0.5) ** 2)  # noqa: E731

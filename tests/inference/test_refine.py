@@ -1,6 +1,7 @@
 """Refinement: MAP (optax L-BFGS), Fisher information / CRLB, NUTS posteriors as ArviZ data."""
 
 import arviz as az
+import xarray as xr
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,11 +128,12 @@ def test_laplace_evidence_of_defocus_is_exact_for_gaussian_integral():
     assert float(info.params["df"]) == pytest.approx(3.0, abs=1e-3)
 
 
-def test_nuts_returns_inference_data_saved_to_netcdf(rng_key, tmp_path):
+def test_nuts_returns_a_posterior_datatree_saved_to_netcdf(rng_key, tmp_path):
     """A Gaussian log density with known moments (the slow test below runs NUTS through the
     image model): mean and sd within 5 Monte Carlo standard errors, netCDF round trip."""
     ld = lambda p: -0.5 * jnp.sum(((p["x"] - jnp.array([1.0, -2.0])) / jnp.array([0.5, 2.0])) ** 2)  # noqa: E731
     idata = nuts_refine(rng_key, ld, {"x": jnp.zeros(2)}, SamplerConfig(num_warmup=200, num_samples=500, num_chains=2))
+    assert isinstance(idata, xr.DataTree) and set(idata.children) == {"posterior", "sample_stats"}  # ArviZ 1.x
     assert idata.posterior["x"].shape == (2, 500, 2)
     s = idata.posterior["x"].values.reshape(-1, 2)
     ess = np.asarray(az.ess(idata)["x"])
