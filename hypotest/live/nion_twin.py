@@ -20,14 +20,15 @@ What is Nion's and what is hypotest's:
   probe position. A session against the twin therefore tests the Nion API path for real and the
   physics only against hypotest's own model (the abTEM reference tests cover that model).
 
-Startup is headless (no Qt, no document): the hardware-source layer is started with a temporary
-configuration directory (usim's default configuration object would delete and recreate
+Startup is headless (no Qt, no document): the hardware-source layer is started with its own
+asyncio event loop (Swift would lend its application's) and a temporary configuration directory (usim's default configuration object would delete and recreate
 ``./test_data`` in the working directory), and :meth:`UsimTwin.close` unregisters every component
 and stops every thread it started.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gettext
 import math
 import shutil
@@ -184,6 +185,10 @@ class UsimTwin:
         self.generator = TwinScanData(model, state, base_beam, channels=channels, seed=seed)
         self._dir = Path(tempfile.mkdtemp(prefix="hypotest-nion-"))  # the hardware sources' configuration files
         self._closed = False
+        # Nion's hardware sources take the current thread's asyncio loop at construction (in Swift,
+        # the application's); headless there is none, and Python 3.12 warns on asking for one.
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
         HardwareSource.run()
         camera_base.run(self._dir)
         scan_base.run(self._dir)
@@ -229,3 +234,5 @@ class UsimTwin:
             HardwareSource.stop()
             mgr.close()
             shutil.rmtree(self._dir, ignore_errors=True)
+            asyncio.set_event_loop(None)
+            self._loop.close()

@@ -235,9 +235,10 @@ def test_a_refused_beam_is_recorded_and_shown_and_never_assumed(tmp_path, monkey
         assert got["applied"] is False and "C10 = -1e-05 m is outside the range" in got["refused"]
         status = httpx.get(server.url + "api/status", timeout=10).json()
         assert any("the microscope refused the beam" in w and "C10 = -1e-05 m" in w for w in status["warnings"])
-        ok = session.apply_beam({**beam, "aberrations": {"defocus": 25.0}})
-        assert ok["applied"] is True and ok["instrument"]["controls"][0] == {"control": "C10", "set": -25e-10,
-                                                                             "read": -25e-10, "unit": "m"}  # fmt: skip
+        # a candidate beam (simulated at warm-up): the loop never waits on a new simulation at stop
+        ok = session.apply_beam({**beam, "aberrations": {"defocus": 40.0}})
+        assert ok["applied"] is True and ok["instrument"]["controls"][0] == {"control": "C10", "set": -40e-10,
+                                                                             "read": -40e-10, "unit": "m"}  # fmt: skip
         n = session.counters["received"]
         wait_for(lambda: session.counters["received"] >= n + 2, "frames under the new beam")
     finally:
@@ -249,5 +250,5 @@ def test_a_refused_beam_is_recorded_and_shown_and_never_assumed(tmp_path, monkey
     assert beams[1]["applied"] is True and beams[1]["instrument"]["instrument"] == "usim_stem_controller"
     assert any(x["kind"] == "warning" and "refused" in x["message"] for x in lines)
     last = [x for x in lines if x["kind"] == "frame"][-1]
-    assert last["beam"]["aberrations"] == {"defocus": 25.0} and last["instrument"]["C10"] == pytest.approx(-25e-10)
+    assert last["beam"]["aberrations"] == {"defocus": 40.0} and last["instrument"]["C10"] == pytest.approx(-40e-10)
     assert _nion_components() == ({k: 0 for k in _nion_components()[0]}, 0)
