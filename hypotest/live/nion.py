@@ -95,6 +95,12 @@ _DETECTOR_MATCH_MRAD = 1.0
 _READBACK_RTOL = 1e-6
 
 
+def _channels_for(channels: dict, inner: float, outer: float) -> list[str]:
+    """The channels whose (inner, outer) [mrad] match a detector's within 1 mrad."""
+    return [k for k, (a, b) in channels.items()
+            if abs(a - inner) <= _DETECTOR_MATCH_MRAD and abs(b - outer) <= _DETECTOR_MATCH_MRAD]  # fmt: skip
+
+
 def require_nion():
     """Import the Nion instrumentation kit, or say how to install it."""
     try:
@@ -257,8 +263,7 @@ class NionSource:
             raise BeamRefused(f"the Nion scan acquires annular dark-field STEM; a {det.mode!r} condition needs another "
                               "source (a camera)")  # fmt: skip
         inner, outer = float(det.inner), float(det.outer)
-        match = [k for k, (a, b) in self.channels.items()
-                 if abs(a - inner) <= _DETECTOR_MATCH_MRAD and abs(b - outer) <= _DETECTOR_MATCH_MRAD]  # fmt: skip
+        match = _channels_for(self.channels, inner, outer)
         if not match:
             raise BeamRefused(f"no scan channel collects {inner:g}-{outer:g} mrad; the channels are "
                               + ", ".join(f"{k} {a:g}-{b:g} mrad" for k, (a, b) in self.channels.items()))  # fmt: skip
@@ -431,8 +436,7 @@ def nion_candidates(beam: dict, channels=None, defocus=(-40.0, 40.0)) -> list[tu
     out = []
     for name, (inner, outer) in chans.items():
         label = f"{name} {inner:g}-{outer:g} mrad"
-        if abs(float(det.get("inner", -1e9)) - inner) <= _DETECTOR_MATCH_MRAD and \
-                abs(float(det.get("outer", -1e9)) - outer) <= _DETECTOR_MATCH_MRAD:  # fmt: skip
+        if name in _channels_for({name: (inner, outer)}, float(det.get("inner", -1e9)), float(det.get("outer", -1e9))):
             out.insert(0, (label, dict(beam)))  # the beam as given (its frames carry it unchanged)
         else:
             out.append((label, {**beam, "detector": {**det, "mode": "stem_annular", "inner": inner, "outer": outer}}))

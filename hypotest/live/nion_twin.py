@@ -224,10 +224,10 @@ class UsimTwin:
         for hs in list(mgr.hardware_sources):
             if hs.is_playing:
                 hs.abort_playing(sync_timeout=5.0)
+        configuration = getattr(self, "configuration", None)  # None: refused before it was built
         try:
-            self.configuration.stop()
-        except AttributeError:  # refused before the configuration existed
-            pass
+            if configuration is not None:
+                configuration.stop()
         finally:
             scan_base.stop()
             camera_base.stop()
