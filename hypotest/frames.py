@@ -164,11 +164,13 @@ def read_frames(path: str | os.PathLike) -> FrameFile:
         return FrameFile(path=reader.path, frames=stack, sampling=reader.sampling, meta=reader.meta)
 
 
-def read_image_frames(path: str | os.PathLike) -> FrameFile:
+def read_image_frames(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> FrameFile:
     """Every frame of ``path`` as images ``[T, mx, my]`` float64, checked for scoring (``hypotest score``).
 
     :func:`read_frames`, then: at least one frame, no 4D-STEM data (``hypotest score`` scores
-    HRTEM and annular STEM images; 4D-STEM frames go to ``hypotest live``), every value finite.
+    HRTEM and annular STEM images; 4D-STEM frames go to ``hypotest live``), every value finite
+    unless ``allow_nonfinite`` (a field of view masks and counts such pixels,
+    :func:`hypotest.fieldofview.bad_pixel_mask`).
 
     Raises:
         InputError: as :func:`read_frames`; an empty stack; 4D-STEM frames; a NaN or infinite
@@ -185,7 +187,7 @@ def read_image_frames(path: str | os.PathLike) -> FrameFile:
         raise InputError(f"{ff.path}: holds no frames (a stack of shape {list(ff.frames.shape)}); give at least one frame")
     with np.errstate(invalid="ignore"):  # a signalling NaN raises FE_INVALID in the cast; it is refused below
         frames = np.asarray(ff.frames, dtype=np.float64)
-    for t, frame in enumerate(frames):
+    for t, frame in enumerate(frames if not allow_nonfinite else ()):
         bad = ~np.isfinite(frame)
         if bad.any():
             i, j = (int(k) for k in np.argwhere(bad)[0])

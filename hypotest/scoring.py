@@ -28,7 +28,7 @@ from forward.constants import scherzer_defocus
 from hypotest.beamfile import BeamFile
 from inference import SCORERS, ScoreResult, ScorerConfig, noise_from_detector, rank_conditions, score_frames
 
-__all__ = ["ScoringInput", "run_score", "CELL_RTOL", "MAX_COUNT", "check_frame_counts", "check_result_finite"]
+__all__ = ["ScoringInput", "run_score", "spans_field_of_view", "CELL_RTOL", "MAX_COUNT", "check_frame_counts", "check_result_finite"]
 
 #: Relative tolerance for "the frame spans the cell" and "the hypotheses share a cell".
 CELL_RTOL = 2e-3
@@ -74,6 +74,19 @@ def _check_frame_geometry(cell, shape, sampling) -> None:
             f"{span[0]:.4g} x {span[1]:.4g} Å, but the hypotheses' cell is {cell[0]:.4g} x {cell[1]:.4g} Å: "
             f"a frame must span exactly the cell (sampling {fit[0]:.5g} x {fit[1]:.5g} Å/pixel)"
         )
+
+
+def spans_field_of_view(hyps: ScoringInput, shape, sampling) -> bool:
+    """True when frames of ``shape`` at ``sampling`` are a field of view larger than the hypotheses'
+    shared cell (:mod:`hypotest.fieldofview`), False when they span exactly the cell (the
+    closed-world path); a frame smaller than the cell but not equal to it is an error there."""
+    cell = _shared_cell(hyps)
+    span = np.asarray(shape, float) * np.asarray(sampling)
+    if np.all(np.abs(span - cell[:2]) <= CELL_RTOL * cell[:2]):
+        return False
+    if np.any(span < cell[:2] * (1 - CELL_RTOL)):
+        _check_frame_geometry(cell, shape, sampling)
+    return True
 
 
 def _defocus_series(beam):

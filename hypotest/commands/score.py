@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scorer", default="laplace", metavar="{laplace,linear,fast}",
                    help="laplace: shift, scale, background marginalised per hypothesis (default); linear: registered "
                         "frames, scale and background; fast: as linear with a binned screen first (large libraries)")
+    p.add_argument("--host", default=None, metavar="ID",
+                   help="field of view: the host hypothesis (default: the one the others differ from by fewest atoms)")
+    p.add_argument("--defect-prior", type=float, default=None, metavar="P",
+                   help="field of view: prior probability that a site is not the host (default 0.02)")
+    p.add_argument("--site-map", type=Path, default=None, metavar="PNG",
+                   help="field of view: the site map picture (default: RESULT.json's name with _sites.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -39,15 +45,20 @@ def run(args: argparse.Namespace) -> int:
     from hypotest.frames import read_image_frames
     from hypotest.hypothesis import load_hypotheses
     from hypotest.outputs import check_output_file, write_file_atomic
-    from hypotest.scoring import ScoringInput, check_result_finite, proposal_beams, run_score
+    from hypotest.scoring import ScoringInput, check_result_finite, proposal_beams, run_score, spans_field_of_view
 
     check_output_file(args.out, example="result.json")  # before any work: a run must not end in "cannot write"
     bf = read_beam_file(args.beam)
-    counts = read_image_frames(args.frames).frames
+    counts = read_image_frames(args.frames, allow_nonfinite=True).frames
     hyps = ScoringInput.from_hypotheses(load_hypotheses(args.library))
+    if not spans_field_of_view(hyps, counts.shape[1:], bf.sampling):
+        counts = read_image_frames(args.frames).frames  # one cell: every pixel must be a count
 
     def progress(xs):
         return tqdm(xs, desc="simulating hypotheses", unit="hyp", disable=args.no_progress)
+
+    if spans_field_of_view(hyps, counts.shape[1:], bf.sampling):
+        return _run_field_of_view(args, hyps, counts, bf, progress)
 
     result = run_score(hyps, counts, bf, seed=args.seed, progress=progress, scorer=args.scorer, where=str(args.frames))
     out = result.to_json_dict()
@@ -66,4 +77,35 @@ def run(args: argparse.Namespace) -> int:
         f"rejected {sum(h['rejected'] for h in out['hypotheses'])}/{len(out['hypotheses'])}; "
         f"{out['n_frames']} frames, {out['dose_e_per_A2']:g} e-/Å²; wrote {args.out}"
     )
+    return 0
+
+
+def _run_field_of_view(args, hyps, counts, bf, progress) -> int:
+    """A frame larger than the hypotheses' cell: lattice registration, sites, local scoring
+    (:mod:`hypotest.fieldofview`), RESULT.json with ``lattice`` and ``sites``, and the site map."""
+    from hypotest.fieldofview import DEFECT_PRIOR, score_field_of_view
+    from hypotest.outputs import write_file_atomic
+    from hypotest.scoring import check_result_finite
+    from hypotest.sitemap import write_site_map
+
+    if args.scorer != "laplace":
+        from forward import InputError
+
+        raise InputError(f"--scorer {args.scorer} scores frames that span one cell; a field of view is scored per site (laplace)")
+    prior = DEFECT_PRIOR if args.defect_prior is None else args.defect_prior
+    out = score_field_of_view(hyps, counts, bf, host_id=args.host, defect_prior=prior, progress=progress)
+    out["inputs"] = {"library": str(args.library), "frames": str(args.frames), "beam": str(args.beam)}
+    check_result_finite(out)
+    png = args.site_map or args.out.with_name(args.out.stem + "_sites.png")
+    out["site_map"] = str(png)
+    text = json.dumps(out, indent=2, allow_nan=False)
+    write_site_map(png, counts[0], out)
+    write_file_atomic(args.out, text)
+    lat = out["lattice"]
+    print(f"lattice: {lat['summary']}")
+    print(f"sites: {len(out['sites'])} ({', '.join(f'{c['label']}' for c in out['site_classes'])}); window "
+          f"{out['window']['radius_A']:.2f} Å ({out['window']['basis']}); masked pixels {out['masked_pixels'][0]['total']}")
+    for key, n in sorted(out["counts"].items(), key=lambda kv: -kv[1]):
+        print(f"  {n:5d}  {key}")
+    print(f"wrote {args.out} and {png}")
     return 0

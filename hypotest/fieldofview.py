@@ -1,0 +1,534 @@
+"""Frames of any field of view: the host lattice registered, every defect site enumerated and
+scored on a window of the frame around it.
+
+The library is per-defect supercells of one host (:func:`analyse_library`): the host is the
+hypothesis the others differ from by fewest atoms (or the one named), each other hypothesis's
+*site* is the centroid of the atoms where it differs from the host, and sites equivalent under the
+host's primitive translations form one *site class* ("Mo column", "S column"). The frame is
+registered against the tiled host image (:mod:`inference.lattice`); every site of each class
+inside the frame, at least a window radius from its edges, is scored against the host and the
+hypotheses of its class (:func:`score_field_of_view`):
+
+- each hypothesis's image is simulated once, periodic on its supercell, and evaluated exactly at
+  the window's pixels through the registered map by its Fourier series (the image is band-limited,
+  so this is exact interpolation); the defect's periodic copies are a supercell away, which
+  :func:`window_geometry` checks against the window radius plus the halo the optics need;
+- per site and hypothesis the local scale and background are marginalised by the Laplace step of
+  :mod:`inference.newton` (the scorers' one Newton-Laplace core), with priors centred on the
+  frame's registered scale and background;
+- a site is a priori the host with probability ``1 - defect_prior``; the rest is shared by the
+  class's hypotheses in proportion to their prior weights;
+- sites whose window (plus halo) overlaps a decided defect's window are flagged ``near_defect``
+  with the defect's index: they were scored as if their neighbours were host;
+- the absolute fit check: the Poisson deviance of the best fit against its mean and variance under
+  that fit (a z-score, one-sided p-value); below ``fit_alpha`` the site is ``unexplained`` and
+  never decided; a window with less than :data:`OFF_SPECIMEN_RATIO` of the host's expected counts
+  is ``off_specimen`` (vacuum, a hole), never a vacancy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from forward import InputError
+
+__all__ = ["LibraryGeometry", "analyse_library", "window_geometry", "bad_pixel_mask", "score_field_of_view",
+           "OFF_SPECIMEN_RATIO", "DEFECT_PRIOR", "DECIDE_P"]  # fmt: skip
+
+#: A window holding less than this fraction of the host's expected counts is off the specimen.
+OFF_SPECIMEN_RATIO = 0.5
+#: The default prior probability that a site is not the host.
+DEFECT_PRIOR = 0.02
+#: A site is decided when its best hypothesis has at least this posterior.
+DECIDE_P = 0.99
+#: A hypothesis differing from the host in more atoms than this is not a point defect of it.
+MAX_DEFECT_ATOMS = 8
+#: ... nor one whose differing atoms spread further than this from their centroid [Å].
+MAX_DEFECT_SPREAD = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LibraryGeometry:
+    """The host, its primitive lattice and each hypothesis's defect site.
+
+    Attributes:
+        host: index of the host hypothesis.
+        lattice: ``[2, 2]`` primitive lattice vectors (columns) [Å].
+        site: ``[H, 2]`` defect site of each hypothesis in its supercell [Å] (the host: nan).
+        site_class: ``[H]`` class index per hypothesis (the host: -1).
+        classes: per class ``(label, position [2] Å)``.
+        changes: per hypothesis a short description of how it differs from the host.
+    """
+
+    host: int
+    lattice: np.ndarray
+    site: np.ndarray
+    site_class: np.ndarray
+    classes: tuple
+    changes: tuple
+
+
+def _match(pos_a, num_a, pos_b, num_b, cell, tol=0.1):
+    """For each atom of a, whether an atom of b of the same species sits within ``tol`` (periodic in x, y)."""
+    d = pos_a[:, None, :] - pos_b[None, :, :]
+    d[..., :2] -= np.round(d[..., :2] / cell[None, None, :2]) * cell[None, None, :2]
+    close = np.linalg.norm(d, axis=-1) < tol
+    return (close & (num_a[:, None] == num_b[None, :])).any(axis=1)
+
+
+def _differences(host, other, cell):
+    ph, nh = np.asarray(host.positions, float), np.asarray(host.numbers)
+    po, no = np.asarray(other.positions, float), np.asarray(other.numbers)
+    gone = ~_match(ph, nh, po, no, cell)
+    new = ~_match(po, no, ph, nh, cell)
+    return ph[gone], nh[gone], po[new], no[new]
+
+
+def _primitive_lattice(spec, cell, tol=0.1):
+    """The two shortest in-plane translations that map the host onto itself."""
+    pos, num = np.asarray(spec.positions, float), np.asarray(spec.numbers)
+    ref = int(np.argmin(np.bincount(num)[num]))  # an atom of the rarest species
+    cands = []
+    for j in np.flatnonzero(num == num[ref]):
+        v = pos[j, :2] - pos[ref, :2]
+        if abs(pos[j, 2] - pos[ref, 2]) > tol:
+            continue
+        v = v - np.round(v / cell[:2]) * cell[:2]
+        for sx in (-1, 0, 1):
+            for sy in (-1, 0, 1):
+                w = v + np.array([sx * cell[0], sy * cell[1]])
+                if np.linalg.norm(w) > 1e-6:
+                    cands.append(w)
+    cands.append(np.array([cell[0], 0.0]))
+    cands.append(np.array([0.0, cell[1]]))
+    cands = sorted(cands, key=lambda w: np.linalg.norm(w))
+    shifted = pos.copy()
+    good = []
+    for w in cands:
+        shifted[:, :2] = pos[:, :2] + w
+        if _match(shifted, num, pos, num, cell, tol).all():
+            good.append(w)
+    a1 = good[0]
+    a2 = next(w for w in good if abs(a1[0] * w[1] - a1[1] * w[0]) > 1e-3 * np.linalg.norm(a1) * np.linalg.norm(w))
+    if a1[0] * a2[1] - a1[1] * a2[0] < 0:
+        a2 = -a2
+    return np.stack([a1, a2], axis=1)
+
+
+def _column_label(spec, xy, cell, tol=0.3):
+    pos, num = np.asarray(spec.positions, float), np.asarray(spec.numbers)
+    d = pos[:, :2] - xy[None, :]
+    d -= np.round(d / cell[None, :2]) * cell[None, :2]
+    near = np.linalg.norm(d, axis=1) < tol
+    if not near.any():
+        return f"interstitial ({xy[0]:.2f}, {xy[1]:.2f}) Å"
+    from forward.elements import symbol as chemical_symbol
+
+    return "-".join(sorted({chemical_symbol(int(z)) for z in num[near]})) + " column"
+
+
+def analyse_library(hyps, host_id: str | None = None) -> LibraryGeometry:
+    """The :class:`LibraryGeometry` of a :class:`hypotest.scoring.ScoringInput` (shared cell checked
+    upstream). Errors name the hypothesis that is not a point defect of the host."""
+    specs = hyps.specimens
+    cell = np.asarray(specs[0].cell, float)
+    n = len(specs)
+    if host_id is not None:
+        if host_id not in hyps.ids:
+            raise InputError(f"--host {host_id!r} is not a hypothesis of the library: ids are {list(hyps.ids)}")
+        host = hyps.ids.index(host_id)
+    else:
+        counts = np.zeros((n, n), int)
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    a, _, b, _ = _differences(specs[i], specs[j], cell)
+                    counts[i, j] = len(a) + len(b)
+        host = int(np.argmin(counts.max(axis=1) * 1000 + counts.sum(axis=1)))
+    lattice = _primitive_lattice(specs[host], cell)
+    sites = np.full((n, 2), np.nan)
+    changes = []
+    for h in range(n):
+        if h == host:
+            changes.append("host")
+            continue
+        gp, gn, npos, nn = _differences(specs[host], specs[h], cell)
+        pts = np.concatenate([gp[:, :2], npos[:, :2]])
+        if len(pts) == 0:
+            raise InputError(f"hypothesis {hyps.names[h]!r} ({hyps.ids[h]}) has the same atoms as the host "
+                             f"{hyps.names[host]!r}: it names no defect site")  # fmt: skip
+        d = pts - pts[0]
+        pts = pts[0] + d - np.round(d / cell[None, :2]) * cell[None, :2]
+        c = pts.mean(axis=0)
+        spread = float(np.linalg.norm(pts - c, axis=1).max())
+        if len(pts) > MAX_DEFECT_ATOMS or spread > MAX_DEFECT_SPREAD:
+            raise InputError(
+                f"hypothesis {hyps.names[h]!r} ({hyps.ids[h]}) differs from the host {hyps.names[host]!r} in "
+                f"{len(pts)} atoms spread over {spread:.2f} Å: it is not a point defect of that host (at most "
+                f"{MAX_DEFECT_ATOMS} atoms within {MAX_DEFECT_SPREAD:g} Å); give the host with --host or a library of "
+                "one host's defects"
+            )
+        sites[h] = c
+        from forward.elements import symbol as chemical_symbol
+
+        out = "+".join(chemical_symbol(int(z)) for z in gn)
+        inn = "+".join(chemical_symbol(int(z)) for z in nn)
+        changes.append(f"{out or '-'} -> {inn or 'vacancy'}")
+    inv = np.linalg.inv(lattice)
+    classes, site_class = [], np.full(n, -1)
+    for h in range(n):
+        if h == host:
+            continue
+        for k, (_, ref) in enumerate(classes):
+            f = inv @ (sites[h] - ref)
+            if np.linalg.norm(lattice @ (f - np.round(f))) < 0.3:
+                site_class[h] = k
+                break
+        else:
+            site_class[h] = len(classes)
+            classes.append((_column_label(specs[host], sites[h], cell), sites[h].copy()))
+    return LibraryGeometry(host=host, lattice=lattice, site=sites, site_class=site_class, classes=tuple(classes),
+                           changes=tuple(changes))  # fmt: skip
+
+
+def window_geometry(beam, lattice, cell) -> dict:
+    """Window radius and halo [Å] from the optics, checked against the supercell.
+
+    STEM: the probe's Airy radius ``r_p = 0.61 lambda / alpha``; the window reaches the nearest
+    neighbouring column (the shortest host translation / sqrt 3 for a honeycomb, bounded below by
+    ``2 r_p``) and the halo is ``2 r_p`` (the probe tails). HRTEM: the CTF delocalisation
+    ``R = max_k |lambda df k + Cs lambda^3 k^3|`` up to the aperture (Lichte, Ultramicroscopy 38
+    (1991) 13) is added to both."""
+    from forward.constants import wavelength
+
+    lam = float(wavelength(float(beam.energy)))
+    alpha = float(beam.semiangle_cutoff) * 1e-3
+    r_p = 0.61 * lam / alpha
+    d_nn = float(min(np.linalg.norm(lattice, axis=0))) / math.sqrt(3)
+    radius = max(d_nn, 2 * r_p)
+    halo = 2 * r_p
+    what = f"probe Airy radius {r_p:.2f} Å"
+    if beam.detector.mode == "hrtem":
+        k = np.linspace(0, alpha / lam, 200)
+        df = -float(beam.aberrations.C10)
+        cs = float(beam.aberrations.C30)
+        deloc = float(np.max(np.abs(lam * df * k + cs * lam**3 * k**3)))
+        radius += deloc
+        halo += deloc
+        what = f"resolution {r_p:.2f} Å, CTF delocalisation {deloc:.2f} Å"
+    span = float(min(cell[0], cell[1]))
+    if radius + halo > span:
+        raise InputError(
+            f"the window ({radius:.2f} Å radius) plus its halo ({halo:.2f} Å; {what}) is {radius + halo:.2f} Å, more "
+            f"than the supercell's shortest period {span:.2f} Å: a defect's periodic copy would show in the window; "
+            f"build the library with a supercell at least {radius + halo:.1f} Å across"
+        )
+    return {"radius_A": radius, "halo_A": halo, "basis": what, "nearest_column_A": d_nn}
+
+
+def bad_pixel_mask(frame) -> tuple[np.ndarray, dict]:
+    """``(mask, counts)``: True where a pixel is scored; NaN/inf, negative, dead (0 where the 3x3
+    median is > 25 counts, a Poisson probability < 1e-11), hot (over median + 12 sqrt(median + 1)
+    + 10) and saturated (the frame's maximum held by >= 4 pixels) pixels are masked and counted."""
+    from scipy.ndimage import median_filter
+
+    y = np.asarray(frame, np.float64)
+    nonfinite = ~np.isfinite(y)
+    yy = np.where(nonfinite, np.nanmedian(np.where(nonfinite, np.nan, y)), y)
+    med = median_filter(yy, size=3, mode="nearest")
+    negative = yy < 0
+    dead = (yy == 0) & (med > 25)
+    hot = yy > med + 12 * np.sqrt(np.maximum(med, 0) + 1) + 10
+    top = yy.max()
+    saturated = (yy == top) if (np.count_nonzero(yy == top) >= 4 and top > 10 * max(np.median(yy), 1)) else np.zeros_like(dead)
+    bad = nonfinite | negative | dead | hot | saturated
+    return ~bad, {"nonfinite": int(nonfinite.sum()), "negative": int(negative.sum()), "dead": int(dead.sum()),
+                  "hot": int((hot & ~saturated).sum()), "saturated": int(saturated.sum()), "total": int(bad.sum())}  # fmt: skip
+
+
+def _deviance_moments():
+    """Tables of the mean and variance of the per-pixel Poisson deviance at mean ``mu``."""
+    from scipy.stats import poisson
+
+    mus = np.geomspace(1e-3, 2e3, 300)
+    mean, var = np.empty_like(mus), np.empty_like(mus)
+    for k, mu in enumerate(mus):
+        y = np.arange(0, int(mu + 12 * math.sqrt(mu) + 20))
+        p = poisson.pmf(y, mu)
+        d = 2 * (np.where(y > 0, y * np.log(np.maximum(y, 1) / mu), 0.0) - (y - mu))
+        mean[k] = np.sum(p * d)
+        var[k] = np.sum(p * d * d) - mean[k] ** 2
+    return mus, mean, var
+
+
+_DEV = None
+
+
+def deviance_moments(mu):
+    """Per-pixel mean and variance of the Poisson deviance at ``mu`` (tabulated; ``1 + 1/(6 mu)`` and
+    ``2`` beyond the table)."""
+    global _DEV
+    if _DEV is None:
+        _DEV = _deviance_moments()
+    mus, mean, var = _DEV
+    lm = np.log(np.clip(mu, mus[0], mus[-1]))
+    return np.interp(lm, np.log(mus), mean), np.interp(lm, np.log(mus), var)
+
+
+def _window_models(series_list, shifts, m, t, centres, di, dj):
+    """``[H, K, A, B]`` model windows: hypothesis ``h``'s image at ``M (centre_k + (di, dj)) + t - shift_hk``."""
+    out = []
+    for h, s in enumerate(series_list):
+        q = s.g @ m  # [G, 2]
+        base = centres @ m.T + t[None, :] - shifts[h]  # [K, 2] Å
+        ph = np.exp(2j * np.pi * (base @ s.g.T)).astype(np.complex64) * s.c.astype(np.complex64)[None, :]
+        u = np.exp(2j * np.pi * di[:, None] * q[None, :, 0]).astype(np.complex64)
+        v = np.exp(2j * np.pi * dj[:, None] * q[None, :, 1]).astype(np.complex64)
+        out.append(np.real(np.einsum("kg,ag,bg->kab", ph, u, v, optimize=True)))
+    return np.stack(out)
+
+
+def _laplace_windows(counts, mask, models, exposure, noise, prior):
+    """Laplace evidence ``[H, K]`` of ``counts [K, P]`` (``mask [K, P]``) under ``models [H, K, P]``."""
+    import jax
+    import jax.numpy as jnp
+
+    from inference.evidence import _mu_derivs
+    from inference.newton import newton_laplace, total_count_start
+    from inference.noise import _saturated_part
+
+    def one(y, w, img, sat):
+        def lik(theta):
+            a, ww, data = _mu_derivs(noise, y, exposure * (theta[0] * img + theta[1]))
+            ea, ew = exposure * a * w, exposure * exposure * ww * w
+            h = (-jnp.sum(ew * img * img), -jnp.sum(ew * img), -jnp.sum(ew))
+            return jnp.stack([jnp.sum(ea * img), jnp.sum(ea)]), h, jnp.sum(data * w)
+
+        total = jnp.sum(y * w) / noise.gain
+        theta0 = total_count_start(total, jnp.sum(img * w), jnp.sum(w), exposure, prior)
+        return newton_laplace(lik, theta0, prior, sat, 6)
+
+    y = jnp.asarray(counts, jnp.float32)
+    w = jnp.asarray(mask, jnp.float32)
+    sat = jnp.sum(_saturated_part(noise, y) * w, axis=-1)
+    per_site = jax.vmap(one, in_axes=(0, 0, 0, 0))
+    fn = jax.jit(jax.vmap(per_site, in_axes=(None, None, 0, None)))
+    return fn(y, w, jnp.asarray(models, jnp.float32), sat)
+
+
+@dataclasses.dataclass
+class _Frame:
+    counts: np.ndarray
+    mask: np.ndarray
+    bad: dict
+    fit: object
+
+
+def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float = DEFECT_PRIOR,
+                        decide_p: float = DECIDE_P, fit_alpha: float = 0.01, progress=None) -> dict:
+    """Register every frame of ``counts [T, nx, ny]``, enumerate the sites of the first frame and
+    score each against its class's hypotheses, the evidence summed over the frames in which the
+    site lies inside. Returns the ``lattice``/``sites``/... entries of RESULT.json."""
+    from scipy.stats import norm
+
+    from hypotest.scoring import _shared_cell
+    from inference import noise_from_detector
+    from inference.evidence import make_nuisance_prior
+    from inference.lattice import host_series, register_lattice
+
+    if not (0 < defect_prior < 1):
+        raise InputError(f"the defect prior must be in (0, 1), got {defect_prior!r} (default {DEFECT_PRIOR})")
+    cell = _shared_cell(hyps)
+    geo = analyse_library(hyps, host_id)
+    mode = bf.beam.detector.mode
+    win = window_geometry(bf.beam, geo.lattice, cell)
+    images = _periodic_images(hyps, bf, cell, progress)
+    series = [host_series(im, cell[:2], geo.lattice, rel_threshold=1e-5, primitive=False) for im in images]
+    host_s = host_series(images[geo.host], cell[:2], geo.lattice)
+    noise = noise_from_detector(bf.beam.detector)
+    exposure = float(bf.beam.dose) * bf.sampling[0] * bf.sampling[1]
+    frames = []
+    prev = None
+    for k, frame in enumerate(counts):
+        if min(frame.shape) * min(bf.sampling) < 2 * max(np.linalg.norm(geo.lattice, axis=0)):
+            raise InputError(
+                f"frame {k} is {frame.shape[0]}x{frame.shape[1]} pixels ({frame.shape[0] * bf.sampling[0]:.3g} x "
+                f"{frame.shape[1] * bf.sampling[1]:.3g} Å): smaller than two host cells "
+                f"({2 * max(np.linalg.norm(geo.lattice, axis=0)):.3g} Å) across; a frame must show the host lattice"
+            )
+        mask, bad = bad_pixel_mask(frame)
+        fit = register_lattice(np.where(mask, frame, 0), host_s, bf.sampling, exposure=exposure, noise=noise,
+                               mask=mask, prior_m=None if prev is None else prev.m)  # fmt: skip
+        if prev is not None:  # the offset is defined up to a lattice translation: follow the previous frame
+            f = np.linalg.solve(geo.lattice, fit.t - prev.t)
+            fit = dataclasses.replace(fit, t=fit.t - geo.lattice @ np.round(f))
+        frames.append(_Frame(np.asarray(frame, np.float64), mask, bad, fit))
+        prev = fit
+    fit0 = frames[0].fit
+    minv = np.linalg.inv(fit0.m)
+    shape = counts.shape[1:]
+    # every site of each class inside frame 0, a window (plus a pixel) from its edges
+    px = min(np.linalg.norm(fit0.m, axis=0))
+    wpx = int(math.ceil(win["radius_A"] / px)) + 1
+    corners = np.array([[0, 0], [shape[0] - 1, 0], [0, shape[1] - 1], [shape[0] - 1, shape[1] - 1]], float)
+    corner_r = corners @ fit0.m.T + fit0.t
+    fl = np.linalg.solve(geo.lattice, corner_r.T).T
+    lo, hi = np.floor(fl.min(0)) - 1, np.ceil(fl.max(0)) + 1
+    n1, n2 = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
+    nvec = np.stack([n1.ravel(), n2.ravel()], 1)
+    sites = []
+    for c, (label, ref) in enumerate(geo.classes):
+        r = ref[None, :] + nvec @ geo.lattice.T
+        p = (r - fit0.t) @ minv.T
+        inside = np.all((p >= wpx) & (p <= np.asarray(shape) - 1 - wpx), axis=1)
+        for rr, pp, nn in zip(r[inside], p[inside], nvec[inside]):
+            sites.append((c, rr, pp, nn))
+    if not sites:
+        raise InputError(f"no site lies a window ({win['radius_A']:.2f} Å) inside the frame's edges: the frame is too small")
+    di = np.arange(-wpx, wpx + 1, dtype=float)
+    level = float(np.mean(images[geo.host]))
+    prior = make_nuisance_prior(scale_mean=max(fit0.scale, 1e-6), scale_sd=0.15 * max(fit0.scale, 1e-6),
+                                background_mean=fit0.background, background_sd=0.1 * level)  # fmt: skip
+    results = [None] * len(sites)
+    log_ev_total = {}
+    for c, (label, ref) in enumerate(geo.classes):
+        members = [geo.host] + [h for h in range(len(hyps.ids)) if geo.site_class[h] == c]
+        idx = [k for k, s in enumerate(sites) if s[0] == c]
+        r_sites = np.stack([sites[k][1] for k in idx])
+        shifts = np.stack([np.zeros_like(r_sites) if h == geo.host else r_sites - geo.site[h][None, :] for h in members])
+        total = np.zeros((len(idx), len(members)))
+        store = None
+        for fr_i, fr in enumerate(frames):
+            fit = fr.fit
+            p = (r_sites - fit.t) @ np.linalg.inv(fit.m).T
+            centre = np.round(p)
+            ok = np.all((centre - wpx >= 0) & (centre + wpx <= np.asarray(shape) - 1), axis=1)
+            ci = centre.astype(int)
+            ai = ci[:, 0:1, None] + di.astype(int)[None, :, None]
+            bj = ci[:, 1:2, None] + di.astype(int)[None, None, :]
+            ai = np.clip(ai, 0, shape[0] - 1)
+            bj = np.clip(bj, 0, shape[1] - 1)
+            y = fr.counts[ai, bj]
+            mk = fr.mask[ai, bj]
+            rel = np.stack(np.meshgrid(di, di, indexing="ij"), -1).reshape(-1, 2)
+            dist = np.linalg.norm(((centre[:, None, :] + rel[None]) @ fit.m.T + fit.t) - r_sites[:, None, :], axis=-1)
+            inwin = (dist <= win["radius_A"]).reshape(len(idx), len(di), len(di))
+            w = (mk & inwin & ok[:, None, None]).reshape(len(idx), -1)
+            y = np.where(w, y.reshape(len(idx), -1), 0.0)
+            models = _window_models([series[h] for h in members], shifts, fit.m, fit.t, centre, di, di)
+            models = models.reshape(len(members), len(idx), -1)
+            ev = _laplace_windows(y, w, models, exposure, noise, prior)
+            total += np.asarray(ev.log_evidence).T
+            if fr_i == 0:
+                store = (y, w, models, ev, centre)
+        log_ev_total[c] = (idx, members, total, store)
+    # posteriors, decisions, fit check, off-specimen
+    for c, (idx, members, total, (y, w, models, ev, centre)) in log_ev_total.items():
+        pri = np.array([float(hyps.priors[h]) for h in members])
+        lp = np.empty(len(members))
+        lp[0] = math.log(1 - defect_prior)
+        lp[1:] = np.log(defect_prior * pri[1:] / pri[1:].sum())
+        post_log = total + lp[None, :]
+        post = np.exp(post_log - post_log.max(1, keepdims=True))
+        post /= post.sum(1, keepdims=True)
+        scale = np.asarray(ev.scale).T
+        bg = np.asarray(ev.background).T
+        for j, k in enumerate(idx):
+            b = int(np.argmax(post[j]))
+            mu = exposure * (scale[j, b] * models[b, j] + bg[j, b])
+            ww = w[j]
+            z = np.maximum(y[j], 0)
+            m = np.maximum(mu, 1e-9)
+            dev = float(np.sum(ww * 2 * (np.where(z > 0, z * np.log(np.maximum(z, 1e-30) / m), 0.0) - (z - m))))
+            em, ev_ = deviance_moments(m)
+            e_dev = float(np.sum(ww * em)) - 2.0
+            v_dev = float(np.sum(ww * ev_))
+            zscore = (dev - e_dev) / math.sqrt(max(v_dev, 1e-12))
+            pval = float(norm.sf(zscore))
+            host_expect = float(np.sum(ww * exposure * (fit0.scale * models[0, j] + fit0.background)))
+            ratio = float(np.sum(ww * y[j])) / max(host_expect, 1e-12)
+            status = "ok"
+            if ratio < OFF_SPECIMEN_RATIO:
+                status = "off_specimen"
+            elif pval < fit_alpha:
+                status = "unexplained"
+            cls, rr, pp, nn = sites[k]
+            l10 = float((post_log[j, b] - lp[b] - (post_log[j, 0] - lp[0])) / math.log(10))
+            results[k] = {
+                "k": k, "class": geo.classes[cls][0], "lattice_index": [int(nn[0]), int(nn[1])],
+                "x_px": float(pp[0]), "y_px": float(pp[1]), "x_A": float(rr[0]), "y_A": float(rr[1]),
+                "best": hyps.ids[members[b]], "best_name": hyps.names[members[b]],
+                "posterior": {hyps.ids[h]: float(post[j, i]) for i, h in enumerate(members)},
+                "log10_bayes_factor": l10, "status": status,
+                "decided": bool(status == "ok" and post[j, b] >= decide_p),
+                "is_host": bool(b == 0),
+                "fit": {"deviance": dev, "expected": e_dev, "sd": math.sqrt(max(v_dev, 0)), "z": zscore, "p_value": pval,
+                        "alpha": fit_alpha, "n_pixels": int(ww.sum()), "count_ratio_to_host": ratio},
+            }  # fmt: skip
+    _flag_neighbours(results, win)
+    cal = fit0.to_json_dict()
+    drift = [{"frame": i, "offset_A": fr.fit.t.tolist(),
+              "drift_px": (np.linalg.inv(fit0.m) @ (fr.fit.t - fit0.t)).tolist()} for i, fr in enumerate(frames)]  # fmt: skip
+    counts_by_type = {}
+    for s in results:
+        key = s["status"] if s["status"] != "ok" else (s["best_name"] if s["decided"] else "undecided")
+        counts_by_type[key] = counts_by_type.get(key, 0) + 1
+    return {
+        "field_of_view": True,
+        "lattice": {**cal, "frames": [fr.fit.to_json_dict()["calibration"] for fr in frames], "drift": drift,
+                    "primitive_vectors_A": geo.lattice.T.tolist()},
+        "host": {"id": hyps.ids[geo.host], "name": hyps.names[geo.host]},
+        "site_classes": [{"label": lab, "position_A": pos.tolist(),
+                          "hypotheses": [hyps.ids[h] for h in range(len(hyps.ids)) if geo.site_class[h] == c]}
+                         for c, (lab, pos) in enumerate(geo.classes)],  # fmt: skip
+        "window": win,
+        "rule": {"defect_prior": defect_prior, "decide_p": decide_p, "fit_alpha": fit_alpha,
+                 "off_specimen_ratio": OFF_SPECIMEN_RATIO},
+        "masked_pixels": [fr.bad for fr in frames],
+        "sites": results,
+        "counts": counts_by_type,
+        "n_frames": int(len(frames)),
+        "dose_e_per_A2": float(bf.beam.dose) * len(frames),
+    }
+
+
+def _flag_neighbours(results, win):
+    """Mark each site whose window overlaps a decided defect's window (and halo) ``near_defect``."""
+    pos = np.array([[s["x_A"], s["y_A"]] for s in results])
+    defect = [i for i, s in enumerate(results) if s["decided"] and not s["is_host"]]
+    reach = 2 * win["radius_A"] + win["halo_A"]
+    for s in results:
+        s["near_defect"] = []
+    for i in defect:
+        d = np.linalg.norm(pos - pos[i], axis=1)
+        for j in np.flatnonzero((d < reach) & (d > 1e-6)):
+            results[j]["near_defect"].append(int(i))
+
+
+def _periodic_images(hyps, bf, cell, progress=None):
+    """Every hypothesis's image, periodic on the supercell, on a grid above Nyquist (STEM: scan
+    steps <= 0.2 Å; HRTEM: the camera at <= half the frame pixel)."""
+    from forward import make_grid
+
+    step = min(0.2, 0.5 * min(bf.sampling)) if bf.beam.detector.mode == "hrtem" else 0.2
+    gpts = tuple(int(math.ceil(cell[i] / step)) for i in (0, 1))
+    sim_sampling = min(bf.sim_sampling, 0.5 * step)
+    grid = make_grid(extent=cell[:2], sampling=sim_sampling)
+    it = progress(hyps.specimens) if progress else hyps.specimens
+    mode = bf.beam.detector.mode
+    if mode == "stem_annular":
+        from forward.stem import make_scan, make_stem_simulator
+
+        scan = make_scan(start=(0.0, 0.0), end=tuple(cell[:2]), gpts=gpts)
+        sim = make_stem_simulator(grid, float(cell[2]), bf.slice_thickness, scan, parametrization=bf.parametrization)
+        return np.stack([np.asarray(sim(s, bf.beam), np.float64) for s in it])
+    if mode == "hrtem":
+        from forward.hrtem import make_hrtem_simulator
+
+        sim = make_hrtem_simulator(grid, float(cell[2]), bf.slice_thickness, parametrization=bf.parametrization,
+                                   camera_gpts=gpts)  # fmt: skip
+        return np.stack([np.asarray(sim.image_from_exit_wave(sim.exit_wave(s, bf.beam), bf.beam), np.float64) for s in it])
+    raise InputError(f"frames of any field of view are scored for detector modes 'hrtem' and 'stem_annular', got {mode!r}")
