@@ -147,7 +147,7 @@ def analyse_library(hyps, host_id: str | None = None) -> LibraryGeometry:
                 if i != j:
                     a, _, b, _ = _differences(specs[i], specs[j], cell)
                     counts[i, j] = len(a) + len(b)
-        host = int(np.argmin(counts.max(axis=1) * 1000 + counts.sum(axis=1)))
+        host = int(np.argmin(counts.sum(axis=1)))
     lattice = _primitive_lattice(specs[host], cell)
     sites = np.full((n, 2), np.nan)
     changes = []
@@ -345,9 +345,9 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
     geo = analyse_library(hyps, host_id)
     mode = bf.beam.detector.mode
     win = window_geometry(bf.beam, geo.lattice, cell)
-    images = _periodic_images(hyps, bf, cell, progress)
-    series = [host_series(im, cell[:2], geo.lattice, rel_threshold=1e-5, primitive=False) for im in images]
-    host_s = host_series(images[geo.host], cell[:2], geo.lattice)
+    # the host first: a frame without its lattice is refused before the other simulations
+    host_img = _periodic_images([hyps.specimens[geo.host]], bf, cell)[0]
+    host_s = host_series(host_img, cell[:2], geo.lattice)
     noise = noise_from_detector(bf.beam.detector)
     exposure = float(bf.beam.dose) * bf.sampling[0] * bf.sampling[1]
     frames = []
@@ -367,6 +367,10 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
             fit = dataclasses.replace(fit, t=fit.t - geo.lattice @ np.round(f))
         frames.append(_Frame(np.asarray(frame, np.float64), mask, bad, fit))
         prev = fit
+    others = [s for h, s in enumerate(hyps.specimens) if h != geo.host]
+    rest = iter(_periodic_images(others, bf, cell, progress))
+    images = np.stack([host_img if h == geo.host else next(rest) for h in range(len(hyps.specimens))])
+    series = [host_series(im, cell[:2], geo.lattice, rel_threshold=1e-5, primitive=False) for im in images]
     fit0 = frames[0].fit
     minv = np.linalg.inv(fit0.m)
     shape = counts.shape[1:]
@@ -508,7 +512,7 @@ def _flag_neighbours(results, win):
             results[j]["near_defect"].append(int(i))
 
 
-def _periodic_images(hyps, bf, cell, progress=None):
+def _periodic_images(specimens, bf, cell, progress=None):
     """Every hypothesis's image, periodic on the supercell, on a grid above Nyquist (STEM: scan
     steps <= 0.2 Å; HRTEM: the camera at <= half the frame pixel)."""
     from forward import make_grid
@@ -517,7 +521,7 @@ def _periodic_images(hyps, bf, cell, progress=None):
     gpts = tuple(int(math.ceil(cell[i] / step)) for i in (0, 1))
     sim_sampling = min(bf.sim_sampling, 0.5 * step)
     grid = make_grid(extent=cell[:2], sampling=sim_sampling)
-    it = progress(hyps.specimens) if progress else hyps.specimens
+    it = progress(specimens) if progress else specimens
     mode = bf.beam.detector.mode
     if mode == "stem_annular":
         from forward.stem import make_scan, make_stem_simulator

@@ -72,7 +72,8 @@ def _check_frame_geometry(cell, shape, sampling) -> None:
         raise InputError(
             f"frames of {shape[0]}x{shape[1]} pixels at {sampling[0]:g} x {sampling[1]:g} Å/pixel span "
             f"{span[0]:.4g} x {span[1]:.4g} Å, but the hypotheses' cell is {cell[0]:.4g} x {cell[1]:.4g} Å: "
-            f"a frame must span exactly the cell (sampling {fit[0]:.5g} x {fit[1]:.5g} Å/pixel)"
+            f"a frame must span exactly the cell (sampling {fit[0]:.5g} x {fit[1]:.5g} Å/pixel), or be larger than the "
+            "cell along both axes (a field of view: the lattice is registered and every site scored)"
         )
 
 

@@ -99,7 +99,9 @@ def _run(case, tmp_path, **change):
         ({"beam_change": {"semiangle_cutoff": -3}}, r"semiangle_cutoff must be in \[0, 300\] mrad"),
         ({"beam_change": {"defocus": 50}}, r"unknown field\(s\) \['defocus'\]"),
         ({"beam_change": {"aberrations": {"Cs": 1e5, "C30": 1e5}}}, "given twice"),
-        ({"beam_change": {"sampling": 0.5}}, r"span 16 x 18 Å, but the hypotheses' cell is 9.48 x 10.95 Å"),
+        ({"beam_change": {"sampling": 0.25}}, r"span 8 x 9 Å, but the hypotheses' cell is 9.48 x 10.95 Å"),
+        # larger than the cell: a field of view, whose lattice is not there at that pixel size
+        ({"beam_change": {"sampling": 0.5}}, r"no host lattice found: expected spacings 3\.16, 3\.16 Å"),
         ({"beam_change": {"detector": {"mode": "haadf"}}}, "unknown detector mode 'haadf'"),
         ({"beam_change": {"detector": {"mode": "4dstem", "outer": 40}, "semiangle_cutoff": 25}},
          r"handles detector modes 'hrtem' and 'stem_annular', got '4dstem': 4D-STEM frames are scored by `hypotest live"),
