@@ -18,6 +18,7 @@ from hypotest.cli import main
 
 DATA = Path(__file__).parents[1] / "data" / "fov_mos2_haadf.npz"
 DOSES = (2e4, 2e5)  # e-/Å² per frame: ~2 and ~20 counts per pixel on average
+HOLE_PX, HOLE_R = (100.0, 28.0), 2.5  # pixel, Å: >= 5.5 Å from every defect of the file
 
 
 def _beam(dose):
@@ -70,7 +71,12 @@ def test_abtem_field_of_view_end_to_end(tmp_path, capsys, dose):
     d = np.load(DATA)
     m = d["M"]
     exposure = dose * abs(np.linalg.det(m))
-    y = np.random.default_rng(int(dose)).poisson(exposure * d["expected"].astype(np.float64)).astype(np.float64)
+    lam = exposure * d["expected"].astype(np.float64)
+    # a hole (vacuum, 2.5 Å radius) far from every defect, where only a dark level remains
+    ii, jj = np.meshgrid(np.arange(128), np.arange(128), indexing="ij")
+    hole = np.hypot(ii - HOLE_PX[0], jj - HOLE_PX[1]) * 0.162 < HOLE_R
+    lam[hole] = exposure * 2e-4
+    y = np.random.default_rng(int(dose)).poisson(lam).astype(np.float64)
     np.save(tmp_path / "frame.npy", y)
     (tmp_path / "beam.json").write_text(json.dumps(_beam(dose)))
     out = tmp_path / "result.json"
@@ -107,11 +113,19 @@ def test_abtem_field_of_view_end_to_end(tmp_path, capsys, dose):
     # isolated sites: no other defect within the window plus its halo (a neighbour's defect is in
     # neither this model nor the ideal observer's; such sites are flagged by the fit check instead)
     reach = res["window"]["radius_A"] + res["window"]["halo_A"]
-    dpx = np.asarray(d["defect_px"])
+    dpx = np.concatenate([np.asarray(d["defect_px"]), [HOLE_PX]])
     step = min(cal["pixel_x_A"], cal["pixel_y_A"])
     isolated = [k for k in range(len(sites))
                 if all(np.linalg.norm(px[k] - q) * step > reach or np.linalg.norm(px[k] - q) < 1.0 for q in dpx)]  # fmt: skip
     in_lib = [k for k in isolated if truth[k] != "Se_S"]
+    # the hole: sites whose window is (nearly) empty are off the specimen, and no site that sees
+    # the hole is decided as a defect (a vacancy, above all)
+    to_hole = np.linalg.norm(px - np.asarray(HOLE_PX), axis=1) * step
+    assert all(sites[k]["status"] == "off_specimen" for k in np.flatnonzero(to_hole < 1.2)), \
+        [(sites[k]["status"], sites[k]["fit"]["count_ratio_to_host"]) for k in np.flatnonzero(to_hole < 1.2)]
+    assert np.count_nonzero(to_hole < 1.2) >= 1
+    assert not [k for k in np.flatnonzero(to_hole < HOLE_R + reach)
+                if truth[k] == "host" and sites[k]["decided"] and not sites[k]["is_host"]]  # fmt: skip
     # no pristine site decided as a defect
     false = [(k, sites[k]["best_name"]) for k in in_lib if truth[k] == "host" and sites[k]["decided"] and not sites[k]["is_host"]]
     assert not false
