@@ -291,32 +291,43 @@ def _window_models(series_list, shifts, m, t, centres, di, dj):
     return np.stack(out)
 
 
-def _laplace_windows(counts, mask, models, exposure, noise, prior):
-    """Laplace evidence ``[H, K]`` of ``counts [K, P]`` (``mask [K, P]``) under ``models [H, K, P]``."""
-    import jax
+def _laplace_one_window(y, w, img, sat, exposure, noise, prior):
+    """Laplace evidence over (scale, background) of one masked window (:mod:`inference.newton`)."""
     import jax.numpy as jnp
 
     from inference.evidence import _mu_derivs
     from inference.newton import newton_laplace, total_count_start
+
+    def lik(theta):
+        a, ww, data = _mu_derivs(noise, y, exposure * (theta[0] * img + theta[1]))
+        ea, ew = exposure * a * w, exposure * exposure * ww * w
+        h = (-jnp.sum(ew * img * img), -jnp.sum(ew * img), -jnp.sum(ew))
+        return jnp.stack([jnp.sum(ea * img), jnp.sum(ea)]), h, jnp.sum(data * w)
+
+    total = jnp.sum(y * w) / noise.gain
+    theta0 = total_count_start(total, jnp.sum(img * w), jnp.sum(w), exposure, prior)
+    return newton_laplace(lik, theta0, prior, sat, 6)
+
+
+_WINDOWS_JIT = None
+
+
+def _laplace_windows(counts, mask, models, exposure, noise, prior):
+    """Laplace evidence ``[H, K]`` of ``counts [K, P]`` (``mask [K, P]``) under ``models [H, K, P]``,
+    vmapped over sites and hypotheses; compiled once per shape (module-level jit)."""
+    global _WINDOWS_JIT
+    import jax
+    import jax.numpy as jnp
+
     from inference.noise import _saturated_part
 
-    def one(y, w, img, sat):
-        def lik(theta):
-            a, ww, data = _mu_derivs(noise, y, exposure * (theta[0] * img + theta[1]))
-            ea, ew = exposure * a * w, exposure * exposure * ww * w
-            h = (-jnp.sum(ew * img * img), -jnp.sum(ew * img), -jnp.sum(ew))
-            return jnp.stack([jnp.sum(ea * img), jnp.sum(ea)]), h, jnp.sum(data * w)
-
-        total = jnp.sum(y * w) / noise.gain
-        theta0 = total_count_start(total, jnp.sum(img * w), jnp.sum(w), exposure, prior)
-        return newton_laplace(lik, theta0, prior, sat, 6)
-
+    if _WINDOWS_JIT is None:
+        per_site = jax.vmap(_laplace_one_window, in_axes=(0, 0, 0, 0, None, None, None))
+        _WINDOWS_JIT = jax.jit(jax.vmap(per_site, in_axes=(None, None, 0, None, None, None, None)))
     y = jnp.asarray(counts, jnp.float32)
     w = jnp.asarray(mask, jnp.float32)
     sat = jnp.sum(_saturated_part(noise, y) * w, axis=-1)
-    per_site = jax.vmap(one, in_axes=(0, 0, 0, 0))
-    fn = jax.jit(jax.vmap(per_site, in_axes=(None, None, 0, None)))
-    return fn(y, w, jnp.asarray(models, jnp.float32), sat)
+    return _WINDOWS_JIT(y, w, jnp.asarray(models, jnp.float32), sat, jnp.asarray(exposure, jnp.float32), noise, prior)
 
 
 @dataclasses.dataclass
