@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forward import BeamCondition, InputError, make_beam, make_detector
+from forward import BeamCondition, InputError, make_aberrations, make_beam, make_detector
 from forward.beam import DETECTOR_MODES
 from forward.parametrizations import PARAMETRIZATIONS
 
@@ -216,6 +216,11 @@ def _parse(d) -> BeamFile:
     if "tilt" in d:
         kw["tilt"] = _numbers(d["tilt"], "tilt", "mrad", 2, "[tx, ty]")
     aberrations = _aberrations(d["aberrations"]) if "aberrations" in d else None
+    if aberrations is not None:
+        try:
+            aberrations = make_aberrations(aberrations)
+        except InputError as exc:
+            raise InputError(f"aberrations: {exc}") from None
     detector = make_detector(**_detector(d.get("detector", {"mode": "hrtem"})))
     beam = make_beam(
         kw["energy"],

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from forward import InputError
@@ -85,6 +85,7 @@ def _is_number(v) -> bool:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(base=st.sampled_from([VALID, STEM]), path=st.sampled_from(PATHS), value=junk)
+@example(base=VALID, path=("aberrations",), value={"": 0})  # an unknown aberration's error names the field
 def test_a_field_replaced_by_random_json(base, path, value):
     out = _outcome(_set(base, path, value))
     if isinstance(out, str) and not _is_number(value) and path[-1] not in ("mode", "parametrization", "schema"):
