@@ -16,7 +16,7 @@ from forward._lazy import lazy_exports
 _SOURCES = {
     "library.build": ("add_to_library", "build_family", "build_library", "make_entries", "oriented"),
     "library.candidate": ("Candidate", "check_atoms", "make_candidate"),
-    "library.defects": ("antisites", "column_vacancies", "interstitials", "substitutions", "vacancies"),
+    "library.defects": ("antisites", "column_substitutions", "column_vacancies", "interstitials", "substitutions", "vacancies"),
     "library.entry": ("LibraryEntry", "make_entry"),
     "library.export": ("entry_to_atoms", "export_library"),
     "library.format": ("SCHEMA_VERSION", "FamilyInfo", "LibraryFile", "open_library", "read_entries", "write_library"),
@@ -43,7 +43,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 if TYPE_CHECKING:  # what static analysis and IDEs see: the eager imports
     from library.build import add_to_library, build_family, build_library, make_entries, oriented  # noqa: F401
     from library.candidate import Candidate, check_atoms, make_candidate  # noqa: F401
-    from library.defects import antisites, column_vacancies, interstitials, substitutions, vacancies  # noqa: F401
+    from library.defects import antisites, column_substitutions, column_vacancies, interstitials, substitutions, vacancies  # noqa: F401
     from library.entry import LibraryEntry, make_entry  # noqa: F401
     from library.export import entry_to_atoms, export_library  # noqa: F401
     from library.format import (  # noqa: F401

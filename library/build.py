@@ -84,6 +84,9 @@ def oriented(candidate: Candidate, orientation: Orientation, where: str | None =
 def _generate(kind: str, params: dict, host: Candidate, view: View) -> list[Candidate]:
     if kind == "vacancy":
         return defects.vacancies(host, view, params.get("elements"))
+    if kind == "column_substitution":
+        return defects.column_substitutions(host, view, params["element"], params["by"], count=int(params.get("count", 2)),
+                                            tol=float(params.get("tol", 0.1)))  # fmt: skip
     if kind == "column_vacancy":
         return defects.column_vacancies(host, view, params["element"], count=int(params.get("count", 2)), tol=float(params.get("tol", 0.1)))
     if kind == "substitution":

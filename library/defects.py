@@ -30,7 +30,7 @@ from library._symmetry import finite_structure, match_index, quiet_spglib, vacuu
 from library.candidate import Candidate
 from library.orient import View
 
-__all__ = ["vacancies", "column_vacancies", "substitutions", "antisites", "interstitials"]
+__all__ = ["vacancies", "column_vacancies", "column_substitutions", "substitutions", "antisites", "interstitials"]
 
 
 def _where(structure, i: int, tol: float = 0.1) -> str:
@@ -85,16 +85,13 @@ def vacancies(host: Candidate, view: View, elements=None, *, symprec: float = 0.
     return sorted(out, key=lambda c: c.name)
 
 
-def column_vacancies(
-    host: Candidate, view: View, element: str, *, count: int = 2, tol: float = 0.1, symprec: float = 0.01
-) -> list[Candidate]:
-    """Remove ``count`` atoms of ``element`` sharing one projected column (e.g. V_S2 in MoS2:
-    both S of a column). One candidate per symmetry-distinct column (by its first atom's site)."""
+def _columns(host: Candidate, view: View, el: str, count: int, tol: float, symprec: float, what: str):
+    """``(first site, sorted atom indices)`` of every symmetry-distinct projected column holding
+    ``count`` atoms of ``el`` (the ``count`` nearest the beam entrance)."""
     from pymatgen.analysis.defects.generators import VacancyGenerator
 
-    (el,) = _check_elements(host, [element], "column_vacancies")
     if int(count) < 2:
-        raise InputError(f"column_vacancies count must be >= 2 (use vacancies for one), got {count}")
+        raise InputError(f"{what} count must be >= 2 (use the single-atom generator for one), got {count}")
     st = finite_structure(host.atoms, view)
     with quiet_spglib():
         defects = list(VacancyGenerator(symprec=symprec).generate(st, rm_species=[el]))
@@ -111,20 +108,49 @@ def column_vacancies(
             continue
         col = col[np.argsort(st.cart_coords[col, 2])][: int(count)]
         key = tuple(sorted(int(c) for c in col))
-        if key in seen:
-            continue
-        seen.add(key)
+        if key not in seen:
+            seen.add(key)
+            out.append((st, i, key))
+    if not out:
+        raise InputError(
+            f"{what}: no projected column of host {host.name!r} holds {count} {el} atoms "
+            f"(within {tol} Å in x, y); lower count or check the zone axis"
+        )
+    return out
+
+
+def column_vacancies(
+    host: Candidate, view: View, element: str, *, count: int = 2, tol: float = 0.1, symprec: float = 0.01
+) -> list[Candidate]:
+    """Remove ``count`` atoms of ``element`` sharing one projected column (e.g. V_S2 in MoS2:
+    both S of a column). One candidate per symmetry-distinct column (by its first atom's site)."""
+    (el,) = _check_elements(host, [element], "column_vacancies")
+    out = []
+    for st, i, key in _columns(host, view, el, int(count), tol, symprec, "column_vacancies"):
         atoms = host.atoms.copy()
         del atoms[list(key)]
         name = f"V_{el}{count} @ {_where(st, i)}"
         out.append(
             _derive(host, atoms, name, ("vacancy", f"V_{el}{count}"), [("generator", "column_vacancy"), ("sites", key)])
         )
-    if not out:
-        raise InputError(
-            f"column_vacancies: no projected column of host {host.name!r} holds {count} {el} atoms "
-            f"(within {tol} Å in x, y); lower count or check the zone axis"
-        )
+    return out
+
+
+def column_substitutions(
+    host: Candidate, view: View, element: str, by: str, *, count: int = 2, tol: float = 0.1, symprec: float = 0.01
+) -> list[Candidate]:
+    """Replace ``count`` atoms of ``element`` sharing one projected column by ``by`` (e.g. Se2_S2
+    in MoS2: both S of a column by Se). One candidate per symmetry-distinct column."""
+    (el,) = _check_elements(host, [element], "column_substitutions")
+    atomic_number(str(by))  # an unknown symbol raises with a suggestion
+    out = []
+    for st, i, key in _columns(host, view, el, int(count), tol, symprec, "column_substitutions"):
+        atoms = host.atoms.copy()
+        atoms.numbers[list(key)] = atomic_number(str(by))
+        tag = f"{by}{count}_{el}{count}"
+        name = f"{tag} @ {_where(st, i)}"
+        out.append(_derive(host, atoms, name, ("substitution", tag),
+                           [("generator", "column_substitution"), ("sites", key)]))  # fmt: skip
     return out
 
 

@@ -22,7 +22,8 @@ Example (the built-in ``library/builtin/*.toml`` are complete, commented ones)::
 Host builders: ``bulk`` (ase.build.bulk: name, crystalstructure, a, c, cubic), ``mx2``
 (ase.build.mx2: formula, kind, a, thickness, vacuum), ``cell`` (lattice, species, frac_coords),
 ``file`` (path, index: one structure read by :func:`library.ingest.read_structures`).
-Generator kinds: vacancy (elements), column_vacancy (element, count), substitution (mapping),
+Generator kinds: vacancy (elements), column_vacancy (element, count), column_substitution (element, by,
+count), substitution (mapping),
 antisite, interstitial (species, min_distance), adsorbate (species, sites, distance).
 ``sources`` (a list of files/globs) adds ingested structures to a family; paths are relative to
 the spec file. ``orientation = { mode = "as_is" }`` keeps structures already in the microscope
@@ -45,12 +46,14 @@ __all__ = ["OrientationConfig", "FamilySpec", "LibrarySpec", "load_spec", "parse
 _GENERATORS = {
     "vacancy": {"elements"},
     "column_vacancy": {"element", "count", "tol"},
+    "column_substitution": {"element", "by", "count", "tol"},
     "substitution": {"mapping"},
     "antisite": set(),
     "interstitial": {"species", "min_distance", "merge"},
     "adsorbate": {"species", "sites", "distance"},
 }
-_REQUIRED = {"column_vacancy": {"element"}, "substitution": {"mapping"}, "interstitial": {"species"}}
+_REQUIRED = {"column_vacancy": {"element"}, "column_substitution": {"element", "by"}, "substitution": {"mapping"},
+             "interstitial": {"species"}}  # fmt: skip
 _HOSTS = {
     "bulk": {"name", "crystalstructure", "a", "c", "cubic"},
     "mx2": {"formula", "kind", "a", "thickness", "vacuum"},

@@ -66,7 +66,7 @@ def test_lazy_packages_give_every_public_name():
             assert getattr(pkg, name) is not None, (pkg.__name__, name)
         assert set(pkg.__all__) <= set(dir(pkg))
     assert forward.hrtem.make_hrtem_simulator is forward.make_hrtem_simulator  # submodules on attribute access
-    assert library.builtin.NAMES == ("mos2_defects", "pt111_adsorbates", "srtio3_vacancy")
+    assert library.builtin.NAMES == ("mos2_defects", "mos2_se", "pt111_adsorbates", "srtio3_vacancy")
     ns: dict = {}
     exec("from forward import *", ns)  # noqa: S102 - the star import a notebook may do
     assert {"make_beam", "InputError", "Specimen", "expected_electrons"} <= set(ns)

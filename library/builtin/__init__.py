@@ -2,6 +2,8 @@
 
 - ``mos2_defects``: MoS2 monolayer point defects in plan view (pristine, V_S, V_S2, V_Mo, Mo_S,
   S_Mo, O_S, W_Mo).
+- ``mos2_se``: Se-implanted MoS2 in plan view (pristine, V_S, V_S2, Se_S, Se2_S2, V_Mo, S_Mo): the
+  library of the README's real-frame worked example.
 - ``pt111_adsorbates``: Pt(111) in surface-profile view, clean and with O or CO at top, bridge
   and hollow sites, EMT-relaxed, Boltzmann priors at 300 K.
 - ``srtio3_vacancy``: SrTiO3 [001] with an oxygen vacancy in each distinct projected column and
@@ -26,7 +28,7 @@ __all__ = ["NAMES", "names", "spec_path", "library_path", "load"]
 _HERE = Path(__file__).parent
 
 #: Names of the built-in libraries.
-NAMES = ("mos2_defects", "pt111_adsorbates", "srtio3_vacancy")
+NAMES = ("mos2_defects", "mos2_se", "pt111_adsorbates", "srtio3_vacancy")
 
 
 def names() -> tuple[str, ...]:

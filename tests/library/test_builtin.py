@@ -57,7 +57,12 @@ def test_sto_vacancies_in_both_column_kinds():
     assert sum("O-Ti column" in n for n in names) == 3 and sum("@ O column" in n for n in names) == 3
 
 
-@pytest.mark.parametrize("name", ["mos2_defects", "srtio3_vacancy"])
+def test_mos2_se_holds_the_worked_example_defects():
+    kinds = sorted(e.tags[1] if len(e.tags) > 1 else e.tags[0] for e in load("mos2_se"))
+    assert kinds == sorted(["pristine", "V_S", "V_S2", "Se_S", "Se2_S2", "V_Mo", "S_Mo"]), kinds
+
+
+@pytest.mark.parametrize("name", ["mos2_defects", "srtio3_vacancy", "mos2_se"])
 def test_shipped_file_matches_a_rebuild(name):
     spec = load_spec(spec_path(name))
     rebuilt = [e for fam in spec.families for e in build_family(fam, base_dir=spec.base_dir)[0]]

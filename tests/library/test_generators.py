@@ -62,6 +62,23 @@ def test_column_vacancy_removes_both_sulfurs(mos2):
         defects.column_vacancies(host, view, "S", count=3)
 
 
+def test_column_substitution_replaces_both_sulfurs_of_one_column(mos2):
+    host, view = mos2
+    (c,) = defects.column_substitutions(host, view, "S", "Se", count=2)
+    assert c.tags[1] == "Se2_S2"
+    sym, hs = c.atoms.get_chemical_symbols(), host.atoms.get_chemical_symbols()
+    assert sym.count("Se") == 2 and sym.count("S") == hs.count("S") - 2 and len(sym) == len(hs)
+    se = c.atoms.positions[[i for i, s in enumerate(sym) if s == "Se"]]
+    # one projected column: same (x, y), the two heights of the monolayer's S planes
+    np.testing.assert_allclose(se[0, :2], se[1, :2], atol=1e-6)
+    assert abs(se[0, 2] - se[1, 2]) == pytest.approx(3.17, abs=1e-6)
+    np.testing.assert_allclose(c.atoms.positions, host.atoms.positions)
+    with pytest.raises(InputError, match=r"column_substitutions: no projected column .* holds 3 S"):
+        defects.column_substitutions(host, view, "S", "Se", count=3)
+    with pytest.raises(InputError, match=r"Sx"):
+        defects.column_substitutions(host, view, "S", "Sx")
+
+
 def test_substitutions_and_antisites(mos2):
     host, view = mos2
     subs = defects.substitutions(host, view, {"S": ["O", "Se"]})
