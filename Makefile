@@ -17,9 +17,9 @@ export OPENBLAS_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system venv-version test test-marked test-all demo lock clean
+.PHONY: setup system venv-version data test test-marked test-all demo real-frame lock clean
 
-setup: venv-version $(STAMP) system
+setup: venv-version $(STAMP) system data
 
 # A .venv made by an older Python is made again.
 venv-version:
@@ -45,6 +45,13 @@ system:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# Test data fetched, not committed: the real HAADF frame of the README's worked example (from the
+# temul-toolkit 0.1.9 wheel, downloaded without installing it; SHA-256 checked).
+REAL_FRAME := tests/data/external/example_Se_implanted_MoS2.dm3
+data: $(REAL_FRAME)
+$(REAL_FRAME): tests/data/fetch_real_frame.py | $(STAMP)
+	$(BIN)/python tests/data/fetch_real_frame.py
+
 # The default suite: everything not marked slow, browser, ray or nion (see pyproject.toml).
 test: setup
 	$(BIN)/python -m pytest
@@ -58,6 +65,12 @@ test-all: test test-marked
 
 demo: setup
 	$(BIN)/hypotest demo
+
+# The README's worked example on the real frame: site map, counts, and the atom-counting comparison.
+real-frame: setup
+	$(BIN)/hypotest score --library mos2_se --frames $(REAL_FRAME) --beam tests/data/beam_temul_mos2.json \
+	  --detector frame --optics frame --out out/real_frame/result.json
+	$(BIN)/python -m hypotest.crosscheck out/real_frame/result.json $(REAL_FRAME)
 
 # Re-resolve the pinned versions from the ranges in pyproject.toml (commit the result).
 lock:

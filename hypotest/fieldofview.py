@@ -132,7 +132,9 @@ def _column_label(spec, xy, cell, tol=0.3):
 
 def analyse_library(hyps, host_id: str | None = None) -> LibraryGeometry:
     """The :class:`LibraryGeometry` of a :class:`hypotest.scoring.ScoringInput` (shared cell checked
-    upstream). Errors name the hypothesis that is not a point defect of the host."""
+    upstream). The host (unless ``host_id``) is the hypothesis periodic on a lattice finer than the
+    supercell that the others differ from by fewest atoms. Errors name the hypothesis that is not a
+    point defect of the host."""
     specs = hyps.specimens
     cell = np.asarray(specs[0].cell, float)
     n = len(specs)
@@ -147,7 +149,12 @@ def analyse_library(hyps, host_id: str | None = None) -> LibraryGeometry:
                 if i != j:
                     a, _, b, _ = _differences(specs[i], specs[j], cell)
                     counts[i, j] = len(a) + len(b)
-        host = int(np.argmin(counts.sum(axis=1)))
+        # the host is periodic on a lattice finer than the supercell (a defect breaks that); among
+        # those (or all, if none is), the one the others differ from by fewest atoms
+        area = abs(cell[0] * cell[1])
+        periodic = [i for i in range(n) if abs(np.linalg.det(_primitive_lattice(specs[i], cell))) < 0.99 * area]
+        pool = periodic or list(range(n))
+        host = min(pool, key=lambda i: (counts[i].sum(), i))
     lattice = _primitive_lattice(specs[host], cell)
     sites = np.full((n, 2), np.nan)
     changes = []
@@ -229,19 +236,21 @@ def window_geometry(beam, lattice, cell) -> dict:
     return {"radius_A": radius, "halo_A": halo, "basis": what, "nearest_column_A": d_nn}
 
 
-def bad_pixel_mask(frame) -> tuple[np.ndarray, dict]:
+def bad_pixel_mask(frame, read_noise: float = 0.0) -> tuple[np.ndarray, dict]:
     """``(mask, counts)``: True where a pixel is scored; NaN/inf, negative, dead (0 where the 3x3
     median is > 25 counts, a Poisson probability < 1e-11), hot (over median + 12 sqrt(median + 1)
-    + 10) and saturated (the frame's maximum held by >= 4 pixels) pixels are masked and counted."""
+    + 10) and saturated (the frame's maximum held by >= 4 pixels) pixels are masked and counted.
+    ``read_noise`` [counts]: a Poisson-Gaussian frame's values may fall below 0 by the read noise;
+    only those below ``-6 read_noise`` count as negative, and the hot limit widens by it."""
     from scipy.ndimage import median_filter
 
     y = np.asarray(frame, np.float64)
     nonfinite = ~np.isfinite(y)
     yy = np.where(nonfinite, np.nanmedian(np.where(nonfinite, np.nan, y)), y)
     med = median_filter(yy, size=3, mode="nearest")
-    negative = yy < 0
+    negative = yy < -6 * read_noise
     dead = (yy == 0) & (med > 25)
-    hot = yy > med + 12 * np.sqrt(np.maximum(med, 0) + 1) + 10
+    hot = yy > med + 12 * np.sqrt(np.maximum(med, 0) + 1 + read_noise**2) + 10
     top = yy.max()
     saturated = (yy == top) if (np.count_nonzero(yy == top) >= 4 and top > 10 * max(np.median(yy), 1)) else np.zeros_like(dead)
     bad = nonfinite | negative | dead | hot | saturated
@@ -339,12 +348,19 @@ class _Frame:
 
 
 def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float = DEFECT_PRIOR,
-                        decide_p: float = DECIDE_P, fit_alpha: float = 0.01, progress=None, images=None) -> dict:
+                        decide_p: float = DECIDE_P, fit_alpha: float = 0.01, progress=None, images=None,
+                        detector: str = "beam", optics: str = "beam") -> dict:
     """Register every frame of ``counts [T, nx, ny]``, enumerate the sites of the first frame and
     score each against its class's hypotheses, the evidence summed over the frames in which the
     site lies inside. Returns the ``lattice``/``sites``/... entries of RESULT.json, with
     ``timing_s`` per stage. ``images [H, gx, gy]``: the hypotheses' periodic images
-    (:func:`periodic_images`) when already simulated."""
+    (:func:`periodic_images`) when already simulated. ``detector``: ``"beam"`` (the frames are
+    counts with BEAM.json's gain and read noise) or ``"frame"`` (the frames are in the detector's
+    own units: gain, dark level and read noise are estimated from the first frame,
+    :mod:`inference.detector_calibration`, and the frames converted to electrons). ``optics``:
+    ``"beam"`` (BEAM.json's optics as they are) or ``"frame"`` (ADF-STEM: the detector's inner angle
+    and the effective source size learned from the host lattice of the first frame,
+    :mod:`inference.lattice_optics`, and every hypothesis simulated under them)."""
     import time
     from scipy.stats import norm
 
@@ -352,7 +368,13 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
     from inference import noise_from_detector
     from inference.evidence import make_nuisance_prior
     from inference.lattice import host_series, register_lattice
+    from inference.lattice_optics import blur_series
 
+    if optics not in ("beam", "frame"):
+        raise InputError(f"optics must be 'beam' (BEAM.json's) or 'frame' (learned from the frame), got {optics!r}")
+    if optics == "frame" and bf.beam.detector.mode != "stem_annular":
+        raise InputError(f"optics learned from the frame are the ADF-STEM inner angle and source size; the detector "
+                         f"is {bf.beam.detector.mode!r} (give its optics in BEAM.json)")  # fmt: skip
     if not (0 < defect_prior < 1):
         raise InputError(f"the defect prior must be in (0, 1), got {defect_prior!r} (default {DEFECT_PRIOR})")
     cell = _shared_cell(hyps)
@@ -368,8 +390,6 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
     host_s = host_series(host_img, cell[:2], geo.lattice)
     noise = noise_from_detector(bf.beam.detector)
     exposure = float(bf.beam.dose) * bf.sampling[0] * bf.sampling[1]
-    frames = []
-    prev = None
     for k, frame in enumerate(counts):
         if min(frame.shape) * min(bf.sampling) < 2 * max(np.linalg.norm(geo.lattice, axis=0)):
             raise InputError(
@@ -377,7 +397,17 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
                 f"{frame.shape[1] * bf.sampling[1]:.3g} Å): smaller than two host cells "
                 f"({2 * max(np.linalg.norm(geo.lattice, axis=0)):.3g} Å) across; a frame must show the host lattice"
             )
-        mask, bad = bad_pixel_mask(frame)
+    calibration, read_e = None, 0.0
+    if detector == "frame":
+        counts, noise, calibration = _calibrated_frames(counts, host_s, bf, geo.lattice, exposure)
+        read_e = calibration.read_noise / calibration.gain
+        timing["calibrate_detector"] = time.perf_counter() - t0
+    elif detector != "beam":
+        raise InputError(f"detector must be 'beam' (BEAM.json's gain) or 'frame' (estimated from the frame), got {detector!r}")
+    frames = []
+    prev = None
+    for k, frame in enumerate(counts):
+        mask, bad = bad_pixel_mask(frame, read_e)
         fit = register_lattice(np.where(mask, frame, 0), host_s, bf.sampling, exposure=exposure, noise=noise,
                                mask=mask, prior_m=None if prev is None else prev.m)  # fmt: skip
         if prev is not None:  # the offset is defined up to a lattice translation: follow the previous frame
@@ -386,6 +416,21 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
         frames.append(_Frame(np.asarray(frame, np.float64), mask, bad, fit))
         prev = fit
     timing["register"] = time.perf_counter() - t0
+    learned, blur = None, None
+    if optics == "frame":
+        t0 = time.perf_counter()
+        bf, host_img, learned = _learn_stem_optics(hyps.specimens[geo.host], bf, cell, geo.lattice, frames[0], host_img,
+                                                   None if images is None else images[geo.host], progress)  # fmt: skip
+        blur = np.asarray(learned["source_covariance_A2"])
+        host_s = blur_series(host_series(host_img, cell[:2], geo.lattice), blur)
+        for k, fr in enumerate(frames):  # registered again against the learned host (from the map found)
+            fit = register_lattice(np.where(fr.mask, fr.counts, 0), host_s, bf.sampling, exposure=exposure, noise=noise,
+                                   mask=fr.mask, prior_m=fr.fit.m)  # fmt: skip
+            f = np.linalg.solve(geo.lattice, fit.t - fr.fit.t)
+            frames[k] = dataclasses.replace(fr, fit=dataclasses.replace(fit, t=fit.t - geo.lattice @ np.round(f),
+                                                                      peak_ratio=fr.fit.peak_ratio))
+        images = None  # simulated again under the learned detector
+        timing["learn_optics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if images is None:
         others = [s for h, s in enumerate(hyps.specimens) if h != geo.host]
@@ -394,6 +439,8 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
     timing["simulate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     series = [host_series(im, cell[:2], geo.lattice, rel_threshold=1e-5, primitive=False) for im in images]
+    if blur is not None:
+        series = [blur_series(sr, blur) for sr in series]
     fit0 = frames[0].fit
     minv = np.linalg.inv(fit0.m)
     shape = counts.shape[1:]
@@ -418,6 +465,7 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
     timing["sites"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     di = np.arange(-wpx, wpx + 1, dtype=float)
+    corr_factor = 1.0 if calibration is None else calibration.correlation_factor(win["radius_A"] / px)
     level = float(np.mean(images[geo.host]))
     prior = make_nuisance_prior(scale_mean=max(fit0.scale, 1e-6), scale_sd=0.15 * max(fit0.scale, 1e-6),
                                 background_mean=fit0.background, background_sd=0.1 * level)  # fmt: skip
@@ -449,7 +497,10 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
             y = np.where(w, y.reshape(len(idx), -1), 0.0)
             models = _window_models([series[h] for h in members], shifts, fit.m, fit.t, centre, di, di)
             models = models.reshape(len(members), len(idx), -1)
-            ev = _laplace_windows(y, w, models, exposure, noise, prior)
+            wq = w.astype(np.float64)
+            if calibration is not None:  # quasi-likelihood: each pixel weighted by Poisson / model variance
+                wq = w / (_dispersion_windows(calibration, models[0], exposure, fit, len(di)) * corr_factor)
+            ev = _laplace_windows(y, wq, models, exposure, noise, prior)
             total += np.asarray(ev.log_evidence).T
             if fr_i == 0:
                 store = (y, w, models, ev, centre)
@@ -472,9 +523,16 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
             z = np.maximum(y[j], 0)
             m = np.maximum(mu, 1e-9)
             dev = float(np.sum(ww * 2 * (np.where(z > 0, z * np.log(np.maximum(z, 1e-30) / m), 0.0) - (z - m))))
-            em, ev_ = deviance_moments(m)
-            e_dev = float(np.sum(ww * em)) - 2.0
-            v_dev = float(np.sum(ww * ev_))
+            if calibration is None:
+                em, ev_ = deviance_moments(m)
+                e_dev = float(np.sum(ww * em)) - 2.0
+                v_dev = float(np.sum(ww * ev_))
+            else:  # Pearson's statistic under the calibrated variance, its spread widened by the correlation
+                grad2 = _grad2(mu.reshape(len(di), len(di)))
+                var = calibration.pixel_variance(m, grad2.ravel())
+                dev = float(np.sum(ww * (y[j] - mu) ** 2 / var))
+                e_dev = float(ww.sum()) - 2.0
+                v_dev = 2.0 * float(ww.sum()) * corr_factor
             zscore = (dev - e_dev) / math.sqrt(max(v_dev, 1e-12))
             pval = float(norm.sf(zscore))
             host_expect = float(np.sum(ww * exposure * (fit0.scale * models[0, j] + fit0.background)))
@@ -494,7 +552,7 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
                 "log10_bayes_factor": l10, "status": status,
                 "decided": bool(status == "ok" and post[j, b] >= decide_p),
                 "is_host": bool(b == 0),
-                "fit": {"deviance": dev, "expected": e_dev, "sd": math.sqrt(max(v_dev, 0)), "z": zscore, "p_value": pval,
+                "fit": {"statistic": "deviance" if calibration is None else "pearson", "deviance": dev, "expected": e_dev, "sd": math.sqrt(max(v_dev, 0)), "z": zscore, "p_value": pval,
                         "alpha": fit_alpha, "n_pixels": int(ww.sum()), "count_ratio_to_host": ratio},
             }  # fmt: skip
     _flag_neighbours(results, win)
@@ -523,7 +581,86 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
         "n_frames": int(len(frames)),
         "timing_s": timing,
         "dose_e_per_A2": float(bf.beam.dose) * len(frames),
+        "detector_calibration": None if calibration is None else calibration.to_json_dict(),
+        "optics": learned,
     }
+
+
+#: Inner angles tried when the optics are learned, as multiples of BEAM.json's inner angle.
+INNER_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+def _learn_stem_optics(host_spec, bf, cell, lattice, frame0, host_img, given_img, progress):
+    """The ADF detector's inner angle (from :data:`INNER_FACTORS` of BEAM.json's, a host
+    simulation each) and the effective source size (a Gaussian, analytic) that best describe the
+    lattice of ``frame0``; returns ``(BeamFile under them, host image, RESULT.json entry)``."""
+    from inference.lattice import host_series
+    from inference.lattice_optics import fit_source_size, measure_series, series_at
+
+    det = bf.beam.detector
+    inner0, outer = float(det.inner), float(det.outer)
+    alpha = float(bf.beam.semiangle_cutoff)
+    inners = sorted({round(inner0 * f, 1) for f in INNER_FACTORS if alpha < inner0 * f < outer} | {inner0})
+    s0 = host_series(host_img, cell[:2], lattice)
+    g_max = float(np.max(np.hypot(*s0.g.T)))
+    meas = measure_series(frame0.counts, frame0.fit.m, frame0.fit.t, lattice, g_max, mask=frame0.mask)
+    rows, best = [], None
+    it = progress(inners) if progress else inners
+    for inner in it:
+        bfi = dataclasses.replace(bf, beam=dataclasses.replace(bf.beam, detector=dataclasses.replace(det, inner=np.asarray(inner))))
+        if inner == inner0:
+            img = host_img if given_img is None else given_img
+        else:
+            img = periodic_images([host_spec], bfi, cell)[0]
+        fit = fit_source_size(meas, series_at(host_series(img, cell[:2], lattice), meas.g))
+        rows.append({"inner_mrad": inner, "chi2_dof": fit.chi2_dof, "source_sd_A": list(fit.sd_A)})
+        if best is None or fit.chi2 < best[0].chi2:
+            best = (fit, bfi, img, inner)
+    fit, bfi, img, inner = best
+    sx, sy = fit.sd_A
+    entry = {
+        "learned_from": "the host lattice of frame 0 (its Fourier coefficients, least squares)",
+        "detector_inner_mrad": inner, "detector_inner_nominal_mrad": inner0, "inner_angles_tried": rows,
+        "source_covariance_A2": fit.cov.tolist(), "source_covariance_sd_A2": fit.cov_sd.tolist(),
+        "source_sd_A": [sx, sy], "chi2_dof": fit.chi2_dof, "reflections": int(len(meas.g)),
+        "summary": (f"ADF inner angle {inner:g} mrad (BEAM.json {inner0:g}; tried {', '.join(f'{r['inner_mrad']:g}' for r in rows)}), "
+                    f"effective source {sx:.3f} x {sy:.3f} Å rms; lattice chi2/dof {fit.chi2_dof:.1f}"),
+    }  # fmt: skip
+    return bfi, img, entry
+
+
+def _calibrated_frames(counts, host_s, bf, lattice, exposure):
+    """Frames in the detector's own units -> ``(electrons [T, nx, ny], noise model, calibration)``:
+    the first frame registered as it is (its finite pixels, least squares in effect: the dark level
+    dwarfs the signal), the detector calibrated on its lattice, every frame converted."""
+    from inference import make_noise_model
+    from inference.detector_calibration import calibrate_detector
+    from inference.lattice import register_lattice
+
+    raw = np.asarray(counts[0], np.float64)
+    finite = np.isfinite(raw)
+    if finite.sum() < 0.5 * raw.size:
+        raise InputError(f"frame 0 has {int((~finite).sum())} of {raw.size} pixels NaN or infinite: too few to calibrate the detector")
+    lo = float(np.percentile(raw[finite], 0.1))
+    fit = register_lattice(np.where(finite, raw - lo, 0.0), host_s, bf.sampling, exposure=1.0, mask=finite)
+    g_max = float(np.max(np.hypot(*host_s.g.T)))
+    cal = calibrate_detector(raw, fit.m, fit.t, lattice, g_max=g_max, mask=finite)
+    read_e = cal.read_noise / cal.gain
+    noise = make_noise_model("poisson_gaussian", gain=1.0, read_noise=read_e) if read_e > 0 else make_noise_model("poisson")
+    return np.stack([cal.electrons(f) for f in counts]), noise, cal
+
+
+def _grad2(win2d):
+    """Squared gradient [(units/pixel)²] of windows ``[..., A, B]`` (central differences)."""
+    gx, gy = np.gradient(win2d, axis=(-2, -1))
+    return gx * gx + gy * gy
+
+
+def _dispersion_windows(cal, host_models, exposure, fit, n):
+    """``[K, P]`` per-pixel dispersion ``var / mu`` of the calibrated noise model at the host's windows."""
+    mu = np.maximum(exposure * (fit.scale * host_models + fit.background), 1e-6)
+    grad2 = _grad2(mu.reshape(mu.shape[0], n, n)).reshape(mu.shape)
+    return cal.pixel_variance(mu, grad2) / mu
 
 
 def _flag_neighbours(results, win):

@@ -47,7 +47,7 @@ import numpy as np
 
 from forward import InputError
 
-__all__ = ["DetectorCalibration", "calibrate_detector", "TILE"]
+__all__ = ["DetectorCalibration", "calibrate_detector", "correlation_factor", "lattice_residuals", "TILE"]
 
 #: Tile side [pixels] of the per-tile lattice fits (a few cells wide, small next to slow variations).
 TILE = 128
@@ -92,6 +92,7 @@ class DetectorCalibration:
     flicker: float = 0.0
     dispersion: float = 1.0
     autocorrelation: np.ndarray | None = None
+    g_max: float = float("nan")
 
     def pixel_variance(self, mu_e, grad2_e, hess2_e=0.0) -> np.ndarray:
         """The model's variance [electrons²] of a pixel of expected value ``mu_e`` [e-], squared
@@ -104,19 +105,8 @@ class DetectorCalibration:
                 + 0.5 * s2 * s2 * np.asarray(hess2_e) + self.flicker**2 * np.asarray(mu_e) ** 2)  # fmt: skip
 
     def correlation_factor(self, radius_px: float) -> float:
-        """``F = sum_lag rho(lag)^2 overlap(lag)`` over a disk window of ``radius_px``: the variance of a
-        sum of squared standardised residuals over the window is ``2 n F`` (Gaussian, correlated)."""
-        if self.autocorrelation is None:
-            return 1.0
-        rho = self.autocorrelation
-        lag = (rho.shape[0] - 1) // 2
-        dx, dy = np.meshgrid(np.arange(-lag, lag + 1), np.arange(-lag, lag + 1), indexing="ij")
-        d = np.hypot(dx, dy)
-        r = max(float(radius_px), 1.0)
-        # the fraction of a disk's pixels whose partner at distance d is inside it too
-        frac = np.where(d < 2 * r, (2 * r * r * np.arccos(np.minimum(d / (2 * r), 1)) - 0.5 * d * np.sqrt(np.maximum(4 * r * r - d * d, 0)))
-                        / (math.pi * r * r), 0.0)  # fmt: skip
-        return float(max(np.sum(rho**2 * frac), 1.0))
+        """:func:`correlation_factor` of this calibration's residuals (1 without them)."""
+        return 1.0 if self.autocorrelation is None else correlation_factor(self.autocorrelation, radius_px)
 
     def electrons(self, frame) -> np.ndarray:
         """``(frame - dark) / gain``: the frame in (effective) electrons."""
@@ -131,7 +121,7 @@ class DetectorCalibration:
             "constrained_intercept": self.constrained_intercept, "n_tiles": self.n_tiles,
             "mean_electrons_per_pixel": self.mean_electrons,
             "position_noise_px": list(self.position_noise_px), "flicker": self.flicker,
-            "dispersion": self.dispersion,
+            "dispersion": self.dispersion, "g_max_per_A": self.g_max,
             "autocorrelation_lag1": None if self.autocorrelation is None else [
                 float(self.autocorrelation[MAX_LAG + 1, MAX_LAG]), float(self.autocorrelation[MAX_LAG, MAX_LAG + 1])],
             "bins": [{"mean": float(a), "variance": float(b), "variance_sd": float(c), "pixels": int(n)}
@@ -146,6 +136,21 @@ class DetectorCalibration:
         return (f"gain {self.gain:.4g} ± {self.gain_sd:.2g} units/e-, dark {self.dark:.6g}, read noise "
                 f"{self.read_noise / self.gain:.2f} e- ({src}); scan position noise {sx:.2f} x {sy:.2f} px rms; "
                 f"{self.mean_electrons:.2f} e-/pixel on average")
+
+
+def correlation_factor(rho, radius_px: float) -> float:
+    """``F = sum_lag rho(lag)^2 overlap(lag)`` over a disk window of ``radius_px``, ``rho [2L+1, 2L+1]``
+    the residuals' autocorrelation: the variance of a sum of ``n`` squared standardised residuals
+    over the window is ``2 n F`` (Gaussian, correlated); at least 1."""
+    rho = np.asarray(rho, float)
+    lag = (rho.shape[0] - 1) // 2
+    dx, dy = np.meshgrid(np.arange(-lag, lag + 1), np.arange(-lag, lag + 1), indexing="ij")
+    d = np.hypot(dx, dy)
+    r = max(float(radius_px), 1.0)
+    # the fraction of a disk's pixels whose partner at distance d is inside it too
+    frac = np.where(d < 2 * r, (2 * r * r * np.arccos(np.minimum(d / (2 * r), 1)) - 0.5 * d * np.sqrt(np.maximum(4 * r * r - d * d, 0)))
+                    / (math.pi * r * r), 0.0)  # fmt: skip
+    return float(max(np.sum(rho**2 * frac), 1.0))
 
 
 def _reflections(lattice, g_max):
@@ -197,6 +202,17 @@ def _tile_fits(y, w, m, t, hk, b, tile):
     if not mus:
         raise InputError(f"detector calibration: no {tile}x{tile}-pixel tile of the frame has enough valid pixels")
     return np.concatenate(mus), np.concatenate(grads), np.concatenate(hess), np.concatenate(res), ntile, img
+
+
+def lattice_residuals(frame, m, t, lattice, *, g_max: float, mask=None, tile: int = TILE):
+    """``(expected, residual, |grad|^2)`` images ``[nx, ny]`` of the per-tile lattice fits of
+    ``frame`` through ``r = m p + t`` (NaN where not fitted): a model-free description of the
+    crystal, tile by tile, against which local disturbances (contamination, defects) stand out."""
+    y = np.asarray(frame, np.float64)
+    w = np.isfinite(y) if mask is None else (np.asarray(mask, bool) & np.isfinite(y))
+    hk, b = _reflections(np.asarray(lattice, np.float64), g_max)
+    *_, img = _tile_fits(np.where(w, y, 0.0), w, np.asarray(m, float), np.asarray(t, float), hk, b, tile)
+    return img[0], img[1], img[2]
 
 
 def _autocorrelation(z, valid, max_lag):
@@ -352,5 +368,5 @@ def calibrate_detector(frame, m, t, lattice, *, g_max: float, mask=None, tile: i
         gain=gain, gain_sd=gain_sd, dark=dark, read_noise=read, dark_source=source, n_vacuum_pixels=nvac, bins=bins,
         line_chi2_dof=chi2, free_gain=free_gain, free_intercept=free_int, constrained_intercept=s2 - gain * dark,
         n_tiles=ntile, mean_electrons=float(np.mean((y[w] - dark) / gain)), position_noise_px=(float(jitter[0]), float(jitter[1])),
-        flicker=math.sqrt(max(flick, 0.0)), dispersion=dispersion, autocorrelation=rho,
+        flicker=math.sqrt(max(flick, 0.0)), dispersion=dispersion, autocorrelation=rho, g_max=float(g_max),
     )  # fmt: skip

@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="field of view: prior probability that a site is not the host (default 0.02)")
     p.add_argument("--site-map", type=Path, default=None, metavar="PNG",
                    help="field of view: the site map picture (default: RESULT.json's name with _sites.png)")
+    p.add_argument("--detector", choices=("beam", "frame"), default="beam",
+                   help="field of view: beam = the frames are electron counts under BEAM.json's detector (default); "
+                        "frame = the frames are in the detector's own units (a DigiScan's, say): gain, dark level, "
+                        "read noise and scan position noise are estimated from the first frame's lattice")
+    p.add_argument("--optics", choices=("beam", "frame"), default="beam",
+                   help="field of view, ADF-STEM: beam = BEAM.json's optics as given (default); frame = the detector's "
+                        "inner angle and the effective source size learned from the host lattice of the first frame")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -60,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     if spans_field_of_view(hyps, counts.shape[1:], bf.sampling):
         return _run_field_of_view(args, hyps, counts, bf, progress)
 
+    if args.detector != "beam" or args.optics != "beam":
+        from forward import InputError
+
+        raise InputError(f"--detector/--optics frame are learned from a field of view's lattice; {args.frames} spans one "
+                         "cell of the hypotheses (give the detector and the optics in BEAM.json)")  # fmt: skip
     result = run_score(hyps, counts, bf, seed=args.seed, progress=progress, scorer=args.scorer, where=str(args.frames))
     out = result.to_json_dict()
     names = dict(zip(hyps.ids, hyps.names))
@@ -88,12 +100,13 @@ def _run_field_of_view(args, hyps, counts, bf, progress) -> int:
     from hypotest.scoring import check_result_finite
     from hypotest.sitemap import write_site_map
 
-    if args.scorer != "laplace":
-        from forward import InputError
+    from forward import InputError
 
+    if args.scorer != "laplace":
         raise InputError(f"--scorer {args.scorer} scores frames that span one cell; a field of view is scored per site (laplace)")
     prior = DEFECT_PRIOR if args.defect_prior is None else args.defect_prior
-    out = score_field_of_view(hyps, counts, bf, host_id=args.host, defect_prior=prior, progress=progress)
+    out = score_field_of_view(hyps, counts, bf, host_id=args.host, defect_prior=prior, progress=progress,
+                              detector=args.detector, optics=args.optics)
     out["inputs"] = {"library": str(args.library), "frames": str(args.frames), "beam": str(args.beam)}
     check_result_finite(out)
     png = args.site_map or args.out.with_name(args.out.stem + "_sites.png")
@@ -102,6 +115,10 @@ def _run_field_of_view(args, hyps, counts, bf, progress) -> int:
     write_site_map(png, counts[0], out)
     write_file_atomic(args.out, text)
     lat = out["lattice"]
+    if out.get("detector_calibration"):
+        print(f"detector: {out['detector_calibration']['summary']}")
+    if out.get("optics"):
+        print(f"optics: {out['optics']['summary']}")
     print(f"lattice: {lat['summary']}")
     print(f"sites: {len(out['sites'])} ({', '.join(f'{c['label']}' for c in out['site_classes'])}); window "
           f"{out['window']['radius_A']:.2f} Å ({out['window']['basis']}); masked pixels {out['masked_pixels'][0]['total']}")

@@ -110,3 +110,26 @@ def test_deviance_moments_match_monte_carlo(mu):
     mean, var = deviance_moments(np.array([mu]))
     assert mean[0] == pytest.approx(d.mean(), rel=0.01)
     assert var[0] == pytest.approx(d.var(), rel=0.03)
+
+
+def test_host_of_the_se_implantation_library_is_the_pristine_lattice():
+    # V_S differs from the others by fewest atoms too, but only the host is periodic on the primitive lattice
+    hyps = ScoringInput.from_hypotheses(load_hypotheses("mos2_se"))
+    geo = analyse_library(hyps)
+    assert hyps.names[geo.host] == "MoS2 monolayer"
+    by_name = {n.split(" @")[0]: geo.site_class[i] for i, n in enumerate(hyps.names)}
+    assert by_name["V_Mo"] == by_name["S_Mo"] == 0
+    assert by_name["V_S"] == by_name["V_S2"] == by_name["Se_S"] == by_name["Se2_S2"] == 1
+    se2 = hyps.names.index(next(n for n in hyps.names if n.startswith("Se2_S2")))
+    assert geo.changes[se2] == "S+S -> Se+Se"
+
+
+def test_optics_from_the_frame_are_adf_stem_only(mos2):
+    from hypotest.fieldofview import score_field_of_view
+
+    bf = _beam("hrtem")
+    counts = np.ones((1, 200, 200))
+    with pytest.raises(InputError, match=r"optics learned from the frame are the ADF-STEM inner angle and source size; the detector is 'hrtem'"):
+        score_field_of_view(mos2, counts, bf, optics="frame")
+    with pytest.raises(InputError, match=r"optics must be 'beam' \(BEAM.json's\) or 'frame'"):
+        score_field_of_view(mos2, counts, bf, optics="learned")
