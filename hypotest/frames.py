@@ -45,6 +45,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +295,12 @@ def _check_dtype(dtype: np.dtype, where: str) -> np.dtype:
 
 
 def _corrupt(file: Path, what: str, exc: BaseException) -> InputError:
+    if isinstance(exc, ModuleNotFoundError):  # the reader is missing, not the file broken
+        return InputError(
+            f"{file}: reading {what} needs the Python package {exc.name!r}, which is not installed in this "
+            f"environment ({sys.executable}); install hypotest with its dependencies (`make setup`, or "
+            "`pip install -c constraints.txt -e .`)"
+        )
     return InputError(
         f"{file}: cannot read as {what} ({type(exc).__name__}: {exc}); the file is corrupt, truncated or not {what}"
     )

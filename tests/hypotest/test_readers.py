@@ -124,6 +124,17 @@ def test_corrupt_file_names_file_and_failure(tmp_path, name):
         read_frames(path)
 
 
+def test_a_missing_reader_package_is_not_called_a_corrupt_file(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "x.dm3").write_bytes(b"not read at all")
+    monkeypatch.setitem(sys.modules, "rsciio.digitalmicrograph", None)  # import now raises ModuleNotFoundError
+    with pytest.raises(InputError, match=r"x\.dm3: reading DigitalMicrograph DM3/DM4 needs the Python package "
+                                         r"'rsciio.digitalmicrograph', which is not installed") as e:  # fmt: skip
+        read_frames(tmp_path / "x.dm3")
+    assert "corrupt" not in str(e.value)
+
+
 def test_truncated_npy_readable_frames_and_error(tmp_path):
     np.save(tmp_path / "t.npy", STACK)
     raw = (tmp_path / "t.npy").read_bytes()
