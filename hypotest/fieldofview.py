@@ -465,6 +465,8 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
     timing["sites"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     di = np.arange(-wpx, wpx + 1, dtype=float)
+    # pixels of the square within the window radius (plus one pixel: the site is off the centre pixel)
+    disk = (np.hypot(di[:, None], di[None, :]) <= win["radius_A"] / min(np.linalg.svd(fit0.m, compute_uv=False)) + 1.0).ravel()
     corr_factor = 1.0 if calibration is None else calibration.correlation_factor(win["radius_A"] / px)
     level = float(np.mean(images[geo.host]))
     prior = make_nuisance_prior(scale_mean=max(fit0.scale, 1e-6), scale_sd=0.15 * max(fit0.scale, 1e-6),
@@ -500,7 +502,8 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
             wq = w.astype(np.float64)
             if calibration is not None:  # quasi-likelihood: each pixel weighted by Poisson / model variance
                 wq = w / (_dispersion_windows(calibration, models[0], exposure, fit, len(di)) * corr_factor)
-            ev = _laplace_windows(y, wq, models, exposure, noise, prior)
+            # only the pixels a window's disk can hold go to the Laplace step (~pi/4 of the square)
+            ev = _laplace_windows(y[:, disk], wq[:, disk], models[:, :, disk], exposure, noise, prior)
             total += np.asarray(ev.log_evidence).T
             if fr_i == 0:
                 store = (y, w, models, ev, centre)
@@ -516,31 +519,35 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
         post /= post.sum(1, keepdims=True)
         scale = np.asarray(ev.scale).T
         bg = np.asarray(ev.background).T
+        # the fit check of every site's best hypothesis at once: [K, P]
+        best = np.argmax(post, axis=1)
+        kk = np.arange(len(idx))
+        mu = exposure * (scale[kk, best][:, None] * models[best, kk] + bg[kk, best][:, None])
+        z = np.maximum(y, 0)
+        mm = np.maximum(mu, 1e-9)
+        if calibration is None:
+            dev = np.sum(w * 2 * (np.where(z > 0, z * np.log(np.maximum(z, 1e-30) / mm), 0.0) - (z - mm)), axis=1)
+            em, ev_ = deviance_moments(mm)
+            e_dev = np.sum(w * em, axis=1) - 2.0
+            v_dev = np.sum(w * ev_, axis=1)
+        else:  # Pearson's statistic under the calibrated variance, its spread widened by the correlation
+            grad2 = _grad2(mu.reshape(len(idx), len(di), len(di))).reshape(len(idx), -1)
+            var = calibration.pixel_variance(mm, grad2)
+            dev = np.sum(w * (y - mu) ** 2 / var, axis=1)
+            e_dev = w.sum(axis=1) - 2.0
+            v_dev = 2.0 * w.sum(axis=1) * corr_factor
+        zscore = (dev - e_dev) / np.sqrt(np.maximum(v_dev, 1e-12))
+        pval = norm.sf(zscore)
+        host_expect = np.sum(w * exposure * (fit0.scale * models[0] + fit0.background), axis=1)
+        ratio = np.sum(w * y, axis=1) / np.maximum(host_expect, 1e-12)
+        n_pix = w.sum(axis=1)
+        statistic = "deviance" if calibration is None else "pearson"
         for j, k in enumerate(idx):
-            b = int(np.argmax(post[j]))
-            mu = exposure * (scale[j, b] * models[b, j] + bg[j, b])
-            ww = w[j]
-            z = np.maximum(y[j], 0)
-            m = np.maximum(mu, 1e-9)
-            dev = float(np.sum(ww * 2 * (np.where(z > 0, z * np.log(np.maximum(z, 1e-30) / m), 0.0) - (z - m))))
-            if calibration is None:
-                em, ev_ = deviance_moments(m)
-                e_dev = float(np.sum(ww * em)) - 2.0
-                v_dev = float(np.sum(ww * ev_))
-            else:  # Pearson's statistic under the calibrated variance, its spread widened by the correlation
-                grad2 = _grad2(mu.reshape(len(di), len(di)))
-                var = calibration.pixel_variance(m, grad2.ravel())
-                dev = float(np.sum(ww * (y[j] - mu) ** 2 / var))
-                e_dev = float(ww.sum()) - 2.0
-                v_dev = 2.0 * float(ww.sum()) * corr_factor
-            zscore = (dev - e_dev) / math.sqrt(max(v_dev, 1e-12))
-            pval = float(norm.sf(zscore))
-            host_expect = float(np.sum(ww * exposure * (fit0.scale * models[0, j] + fit0.background)))
-            ratio = float(np.sum(ww * y[j])) / max(host_expect, 1e-12)
+            b = int(best[j])
             status = "ok"
-            if ratio < OFF_SPECIMEN_RATIO:
+            if ratio[j] < OFF_SPECIMEN_RATIO:
                 status = "off_specimen"
-            elif pval < fit_alpha:
+            elif pval[j] < fit_alpha:
                 status = "unexplained"
             cls, rr, pp, nn = sites[k]
             l10 = float((post_log[j, b] - lp[b] - (post_log[j, 0] - lp[0])) / math.log(10))
@@ -552,8 +559,9 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
                 "log10_bayes_factor": l10, "status": status,
                 "decided": bool(status == "ok" and post[j, b] >= decide_p),
                 "is_host": bool(b == 0),
-                "fit": {"statistic": "deviance" if calibration is None else "pearson", "deviance": dev, "expected": e_dev, "sd": math.sqrt(max(v_dev, 0)), "z": zscore, "p_value": pval,
-                        "alpha": fit_alpha, "n_pixels": int(ww.sum()), "count_ratio_to_host": ratio},
+                "fit": {"statistic": statistic, "deviance": float(dev[j]), "expected": float(e_dev[j]),
+                        "sd": math.sqrt(max(float(v_dev[j]), 0.0)), "z": float(zscore[j]), "p_value": float(pval[j]),
+                        "alpha": fit_alpha, "n_pixels": int(n_pix[j]), "count_ratio_to_host": float(ratio[j])},
             }  # fmt: skip
     _flag_neighbours(results, win)
     timing["score"] = time.perf_counter() - t0
