@@ -58,7 +58,7 @@ def lattice_residual_z(frame_e, result) -> np.ndarray:
     sqrt(2 n F)`` over the window's disk, ``var`` the calibrated model's (RESULT.json's
     ``detector_calibration``), ``F`` the correlation factor of these residuals over the disk. NaN
     where the window leaves the fitted tiles."""
-    from inference.detector_calibration import MAX_LAG, _autocorrelation, correlation_factor, lattice_residuals
+    from inference.detector_calibration import MAX_LAG, _autocorrelation, correlation_factor, lattice_residuals, pixel_variance
 
     cal = result.get("detector_calibration")
     if not cal:
@@ -67,9 +67,7 @@ def lattice_residual_z(frame_e, result) -> np.ndarray:
     m, t = np.asarray(lat["affine_A_per_px"], float), np.asarray(lat["offset_A"], float)
     mu, res, grad2 = lattice_residuals(frame_e, m, t, np.asarray(lat["primitive_vectors_A"], float).T,
                                        g_max=float(cal["g_max_per_A"]))  # fmt: skip
-    sx, sy = cal["position_noise_px"]
-    mu0 = np.maximum(mu, 0.0)
-    var = mu0 + cal["read_noise_e"] ** 2 + 0.5 * (sx * sx + sy * sy) * grad2 + cal["flicker"] ** 2 * mu0**2
+    var = pixel_variance(np.maximum(mu, 0.0), grad2, cal["read_noise_e"], cal["position_noise_px"], cal["flicker"])
     z = res / np.sqrt(np.maximum(var, 1e-9))
     ok = np.isfinite(z) & (np.abs(np.nan_to_num(z)) < 5)
     rho = _autocorrelation(np.where(ok, z, 0.0), ok, MAX_LAG)
@@ -305,11 +303,33 @@ def main(argv=None) -> int:
     if len(argv) != 2:
         print("usage: python -m hypotest.crosscheck RESULT.json FRAME", file=sys.stderr)
         return 2
-    from hypotest.frames import read_image_frames
+    try:
+        return _main(Path(argv[0]), argv[1])
+    except InputError as exc:
+        print(f"hypotest.crosscheck: error: {exc}", file=sys.stderr)
+        return 2
 
-    res_path = Path(argv[0])
-    result = json.loads(res_path.read_text())
-    frame = read_image_frames(argv[1], allow_nonfinite=True).frames[0].astype(np.float64)
+
+def _read_result(path: Path) -> dict:
+    """A field of view's RESULT.json, or an error saying what it is not."""
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file; give the RESULT.json of `hypotest score`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read as JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(result, dict) or not result.get("field_of_view"):
+        raise InputError(f"{path} is not the RESULT.json of a field of view (no 'field_of_view': true); the checks need "
+                         "a frame larger than the hypotheses' cell, scored by `hypotest score`")  # fmt: skip
+    return result
+
+
+def _main(res_path: Path, frame_path: str) -> int:
+    from hypotest.frames import read_image_frames
+    from hypotest.outputs import write_file_atomic
+
+    result = _read_result(res_path)
+    frame = read_image_frames(frame_path, allow_nonfinite=True).frames[0].astype(np.float64)
     cal = result.get("detector_calibration")
     if cal:
         frame = (frame - cal["dark_units"]) / cal["gain_units_per_e"]
@@ -343,7 +363,7 @@ def main(argv=None) -> int:
     for c, v in out["ratio_by_call"].items():
         print(f"  {c:12s} {v['n']:5d}  {v['median']:.3f} [{v['p10']:.3f}, {v['p90']:.3f}]")
     dest = res_path.with_name(res_path.stem + "_crosscheck.json")
-    dest.write_text(json.dumps(out, indent=1))
+    write_file_atomic(dest, json.dumps(out, indent=1))
     print(f"wrote {dest}")
     return 0
 

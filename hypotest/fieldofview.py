@@ -420,7 +420,7 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
     if optics == "frame":
         t0 = time.perf_counter()
         bf, host_img, learned = _learn_stem_optics(hyps.specimens[geo.host], bf, cell, geo.lattice, frames[0], host_img,
-                                                   None if images is None else images[geo.host], progress)  # fmt: skip
+                                                   host_s, None if images is None else images[geo.host], progress)  # fmt: skip
         blur = np.asarray(learned["source_covariance_A2"])
         host_s = blur_series(host_series(host_img, cell[:2], geo.lattice), blur)
         for k, fr in enumerate(frames):  # registered again against the learned host (from the map found)
@@ -598,10 +598,11 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
 INNER_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 
-def _learn_stem_optics(host_spec, bf, cell, lattice, frame0, host_img, given_img, progress):
+def _learn_stem_optics(host_spec, bf, cell, lattice, frame0, host_img, host_s, given_img, progress):
     """The ADF detector's inner angle (from :data:`INNER_FACTORS` of BEAM.json's, a host
     simulation each) and the effective source size (a Gaussian, analytic) that best describe the
-    lattice of ``frame0``; returns ``(BeamFile under them, host image, RESULT.json entry)``."""
+    lattice of ``frame0`` (``host_s``: the host image's series, which sets the reflections); returns
+    ``(BeamFile under them, host image, RESULT.json entry)``."""
     from inference.lattice import host_series
     from inference.lattice_optics import fit_source_size, measure_series, series_at
 
@@ -609,8 +610,7 @@ def _learn_stem_optics(host_spec, bf, cell, lattice, frame0, host_img, given_img
     inner0, outer = float(det.inner), float(det.outer)
     alpha = float(bf.beam.semiangle_cutoff)
     inners = sorted({round(inner0 * f, 1) for f in INNER_FACTORS if alpha < inner0 * f < outer} | {inner0})
-    s0 = host_series(host_img, cell[:2], lattice)
-    g_max = float(np.max(np.hypot(*s0.g.T)))
+    g_max = float(np.max(np.hypot(*host_s.g.T)))
     meas = measure_series(frame0.counts, frame0.fit.m, frame0.fit.t, lattice, g_max, mask=frame0.mask)
     rows, best = [], None
     it = progress(inners) if progress else inners

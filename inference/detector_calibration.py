@@ -15,8 +15,10 @@ times ``delta`` (Jones & Nellist, Microsc. Microanal. 19 (2013) 1050):
 
 the last term (``|H|^2 = H_ii^2 + 2 H_ij^2 + H_jj^2`` of the Hessian of ``E y``, ``s^2`` the mean of
 ``s_x^2, s_y^2``) the second order of a Gaussian shift, which matters at the columns' peaks
-when ``s`` is a fair fraction of a column's width. Only the first order is fitted
-(:data:`SECOND_ORDER`); for position noise beyond ~0.3 px the gain is then biased high.
+when ``s`` is a fair fraction of a column's width. Only the first order is fitted: the second,
+tied to the first, overshot (the series is truncated at ``g_max``, where a shift of 0.1 Å already
+turns a phase by most of a radian, so neither order is exact there). For position noise beyond
+~0.3 px the gain is then biased high.
 
 ``g`` is an effective gain: the spread of the scintillator's pulse heights multiplies the
 variance by an excess-noise factor, which ``g`` absorbs, so that ``(y - d) / g`` is a count whose
@@ -47,7 +49,7 @@ import numpy as np
 
 from forward import InputError
 
-__all__ = ["DetectorCalibration", "calibrate_detector", "correlation_factor", "lattice_residuals", "TILE"]
+__all__ = ["DetectorCalibration", "calibrate_detector", "correlation_factor", "lattice_residuals", "pixel_variance", "TILE"]
 
 #: Tile side [pixels] of the per-tile lattice fits (a few cells wide, small next to slow variations).
 TILE = 128
@@ -55,10 +57,6 @@ TILE = 128
 N_BINS = 24
 #: Vacuum: at least this many pixels darker than the lattice's darkest point (after smoothing).
 MIN_VACUUM_PIXELS = 200
-#: Whether the second-order position-noise term is fitted. Off: tied to the first-order term, it
-#: overshoots (the series is truncated at ``g_max``, where a shift of 0.1 Å already turns a phase by
-#: most of a radian, so neither order is exact there); see :func:`calibrate_detector`.
-SECOND_ORDER = False
 #: Largest lag [pixels] of the residual autocorrelation kept.
 MAX_LAG = 12
 
@@ -94,15 +92,9 @@ class DetectorCalibration:
     autocorrelation: np.ndarray | None = None
     g_max: float = float("nan")
 
-    def pixel_variance(self, mu_e, grad2_e, hess2_e=0.0) -> np.ndarray:
-        """The model's variance [electrons²] of a pixel of expected value ``mu_e`` [e-], squared
-        gradient ``grad2_e`` [(e-/pixel)²] and squared Hessian ``hess2_e`` (``Hxx² + 2 Hxy² + Hyy²``):
-        shot noise, read noise, scan position noise to second order, flicker."""
-        g = self.gain
-        sx, sy = self.position_noise_px
-        s2 = 0.5 * (sx * sx + sy * sy)
-        return (np.asarray(mu_e) + (self.read_noise / g) ** 2 + s2 * np.asarray(grad2_e)
-                + 0.5 * s2 * s2 * np.asarray(hess2_e) + self.flicker**2 * np.asarray(mu_e) ** 2)  # fmt: skip
+    def pixel_variance(self, mu_e, grad2_e) -> np.ndarray:
+        """:func:`pixel_variance` under this calibration."""
+        return pixel_variance(mu_e, grad2_e, self.read_noise / self.gain, self.position_noise_px, self.flicker)
 
     def correlation_factor(self, radius_px: float) -> float:
         """:func:`correlation_factor` of this calibration's residuals (1 without them)."""
@@ -138,6 +130,15 @@ class DetectorCalibration:
                 f"{self.mean_electrons:.2f} e-/pixel on average")
 
 
+def pixel_variance(mu_e, grad2_e, read_noise_e: float, position_noise_px, flicker: float) -> np.ndarray:
+    """The model's variance [electrons²] of a pixel of expected value ``mu_e`` [e-] and squared
+    gradient ``grad2_e`` [(e-/pixel)²]: shot noise, read noise, scan position noise (first order,
+    the mean of the two axes' variances), flicker."""
+    sx, sy = position_noise_px
+    mu = np.asarray(mu_e)
+    return mu + read_noise_e**2 + 0.5 * (sx * sx + sy * sy) * np.asarray(grad2_e) + flicker**2 * mu**2
+
+
 def correlation_factor(rho, radius_px: float) -> float:
     """``F = sum_lag rho(lag)^2 overlap(lag)`` over a disk window of ``radius_px``, ``rho [2L+1, 2L+1]``
     the residuals' autocorrelation: the variance of a sum of ``n`` squared standardised residuals
@@ -168,8 +169,8 @@ def _reflections(lattice, g_max):
 def _tile_fits(y, w, m, t, hk, b, tile):
     """Per tile: expected values (lattice series by least squares) and residuals of the valid pixels."""
     nx, ny = y.shape
-    mus, grads, hess, res, ntile = [], [], [], [], 0
-    img = np.full((4, nx, ny), np.nan)  # expected value, residual, |grad|², |H|² as images (NaN: not fitted)
+    mus, grads, res, ntile = [], [], [], 0
+    img = np.full((3, nx, ny), np.nan)  # expected value, residual, |grad|² as images (NaN: not fitted)
     for a in range(0, nx - tile // 2, tile):
         for c in range(0, ny - tile // 2, tile):
             ys, ws = y[a : a + tile, c : c + tile], w[a : a + tile, c : c + tile]
@@ -186,22 +187,17 @@ def _tile_fits(y, w, m, t, hk, b, tile):
             k = len(hk)
             dph = 2 * np.pi * (hk @ b @ m)  # d phase / d pixel [K, 2]
             grad = (-np.sin(ph) * coef[1 : 1 + k] + np.cos(ph) * coef[1 + k :]) @ dph
-            # the Hessian: d²/dp_i dp_j of a cos + b sin is -(a cos + b sin) dph_i dph_j
-            curv = -(np.cos(ph) * coef[1 : 1 + k] + np.sin(ph) * coef[1 + k :])  # [n, K]
-            hxx, hxy, hyy = curv @ (dph[:, 0] ** 2), curv @ (dph[:, 0] * dph[:, 1]), curv @ (dph[:, 1] ** 2)
-            h2 = hxx**2 + 2 * hxy**2 + hyy**2
             dof_scale = len(yy) / max(len(yy) - x.shape[1], 1)
             mus.append(mu)
             grads.append(grad)
-            hess.append(h2)
             res.append((yy - mu) * math.sqrt(dof_scale))
-            sub = img[:, a : a + ys.shape[0], c : c + ys.shape[1]].reshape(4, -1)
-            sub[0, keep], sub[1, keep], sub[2, keep], sub[3, keep] = mu, res[-1], grad[:, 0] ** 2 + grad[:, 1] ** 2, h2
-            img[:, a : a + ys.shape[0], c : c + ys.shape[1]] = sub.reshape(4, ys.shape[0], ys.shape[1])
+            sub = img[:, a : a + ys.shape[0], c : c + ys.shape[1]].reshape(3, -1)
+            sub[0, keep], sub[1, keep], sub[2, keep] = mu, res[-1], grad[:, 0] ** 2 + grad[:, 1] ** 2
+            img[:, a : a + ys.shape[0], c : c + ys.shape[1]] = sub.reshape(3, ys.shape[0], ys.shape[1])
             ntile += 1
     if not mus:
         raise InputError(f"detector calibration: no {tile}x{tile}-pixel tile of the frame has enough valid pixels")
-    return np.concatenate(mus), np.concatenate(grads), np.concatenate(hess), np.concatenate(res), ntile, img
+    return np.concatenate(mus), np.concatenate(grads), np.concatenate(res), ntile, img
 
 
 def lattice_residuals(frame, m, t, lattice, *, g_max: float, mask=None, tile: int = TILE):
@@ -275,14 +271,14 @@ def calibrate_detector(frame, m, t, lattice, *, g_max: float, mask=None, tile: i
     px = float(np.sqrt(abs(np.linalg.det(m))))
     spacing_px = min(np.linalg.norm(lattice, axis=0)) / px
     m, t = np.asarray(m, float), np.asarray(t, float)
-    mu, grad, h2, res, ntile, img = _tile_fits(np.where(w, y, 0.0), w, m, t, hk, b, tile)
+    mu, grad, res, ntile, img = _tile_fits(np.where(w, y, 0.0), w, m, t, hk, b, tile)
     vac = _vacuum(y, w, spacing_px, floor=float(np.percentile(mu, 0.5)))
     nvac = int(vac.sum())
     if nvac >= MIN_VACUUM_PIXELS:  # the lattice series does not hold in a hole or on its rim: fit without them
         from scipy import ndimage
 
         rim = ndimage.binary_dilation(vac, iterations=max(1, int(round(3 * spacing_px))))
-        mu, grad, h2, res, ntile, img = _tile_fits(np.where(w & ~rim, y, 0.0), w & ~rim, m, t, hk, b, tile)
+        mu, grad, res, ntile, img = _tile_fits(np.where(w & ~rim, y, 0.0), w & ~rim, m, t, hk, b, tile)
     g2 = grad**2
     r2 = res**2
 
@@ -303,32 +299,24 @@ def calibrate_detector(frame, m, t, lattice, *, g_max: float, mask=None, tile: i
     clip = 1 - 2 * 4.0 * norm.pdf(4.0) / (2 * norm.cdf(4.0) - 1)  # E[x^2 | |x| < 4 sd] / sd^2
     offset = 0.0
     ref = float(np.median(mu))  # centred: the intercept at the median, moved back to 0 below
-    # the position noise's second-order term, (s^4 / 2) |H|^2 (Gaussian shifts), is tied to the
-    # first-order one: the fit is repeated with s^4 from the previous pass
-    half_h2 = 0.5 * h2 if SECOND_ORDER else np.zeros_like(h2)
     free, _ = robust_fit(np.stack([mu - ref, np.ones_like(mu), g2[:, 0], g2[:, 1]], 1), r2 / clip)
     free_gain, free_int = float(free[0]), float(free[1] - free[0] * ref)
     if not free_gain > 0:
         raise InputError(f"detector calibration: the variance does not grow with the mean (slope {free_gain:.3g}): "
                          "the frame is not shot-noise limited, or is already processed (filtered, background-subtracted)")  # fmt: skip
-    s4 = 0.0
     if nvac >= MIN_VACUUM_PIXELS:
         dark = float(np.mean(y[vac]))
         s2, _ = _clipped_variance(y[vac] - dark)
         offset = s2
         x = np.stack([mu - dark, g2[:, 0], g2[:, 1], (mu - dark) ** 2], 1)
-        for _ in range(4):
-            target = r2 / clip - s2 - s4 * half_h2
-            coef, keep = robust_fit(x, target)
-            s4 = float(np.mean(np.maximum(coef[1:3], 0.0))) ** 2
+        target = r2 / clip - s2
+        coef, keep = robust_fit(x, target)
         gain, jit, flick = float(coef[0]), coef[1:3], float(coef[3])
         source, read = "vacuum", math.sqrt(s2)
     else:
         x = np.stack([mu - ref, np.ones_like(mu), g2[:, 0], g2[:, 1]], 1)
-        for _ in range(4):
-            target = r2 / clip - s4 * half_h2
-            coef, keep = robust_fit(x, target)
-            s4 = float(np.mean(np.maximum(coef[2:], 0.0))) ** 2
+        target = r2 / clip
+        coef, keep = robust_fit(x, target)
         gain, jit, flick = float(coef[0]), coef[2:], 0.0
         dark, s2 = ref - float(coef[1]) / gain, 0.0
         source, read = "intercept", 0.0
@@ -351,7 +339,7 @@ def calibrate_detector(frame, m, t, lattice, *, g_max: float, mask=None, tile: i
         v, n = _clipped_variance(res[sel])
         vsd = v * math.sqrt(2.0 / n)
         e = mu[sel] - dark
-        pred = float(np.mean(gain * e + s2 + g2[sel] @ (jitter**2) + s4 * half_h2[sel] + flick * e**2))
+        pred = float(np.mean(gain * e + s2 + g2[sel] @ (jitter**2) + flick * e**2))
         rows.append((float(mu[sel].mean()), v, vsd, n))
         chi.append(((v - pred) / vsd) ** 2)
     bins = np.array(rows) if rows else np.zeros((0, 4))
@@ -359,7 +347,7 @@ def calibrate_detector(frame, m, t, lattice, *, g_max: float, mask=None, tile: i
     # what the model leaves: the residuals standardised by it, their mean square (the dispersion;
     # 1 if the model is the whole story) and their correlation between pixels (0 for shot noise)
     e_img = img[0] - dark
-    var_img = gain * e_img + s2 + img[2] * float(np.mean(jitter**2)) + s4 * 0.5 * img[3] * SECOND_ORDER + flick * e_img**2
+    var_img = gain * e_img + s2 + img[2] * float(np.mean(jitter**2)) + flick * e_img**2
     z = img[1] / np.sqrt(np.maximum(var_img, 1e-12 * gain**2))
     ok = np.isfinite(z) & (np.abs(np.nan_to_num(z)) < 5)
     dispersion = float(np.mean(z[ok] ** 2))

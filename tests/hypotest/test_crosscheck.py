@@ -6,6 +6,7 @@ known geometry. Fixed seeds."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -142,3 +143,24 @@ def test_lattice_residuals_find_what_the_lattice_does_not_hold(scene):
     assert rates["fit_alarm_rate_clean"] == 0.0  # every fit p-value is 0.5 here
     with pytest.raises(InputError, match="needs a detector calibration"):
         lattice_residual_z(frame, res | {"detector_calibration": None})
+
+
+def test_command_refuses_what_is_not_a_field_of_view_result(tmp_path, capsys):
+    from hypotest.crosscheck import main
+
+    frame = tmp_path / "f.npy"
+    np.save(frame, np.ones((64, 64)))
+    cases = [
+        ("missing.json", None, r"missing\.json: no such file; give the RESULT\.json of `hypotest score`"),
+        ("bad.json", "{not json", r"bad\.json: cannot read as JSON \(JSONDecodeError"),
+        ("cell.json", '{"best": "h1", "hypotheses": []}', r"cell\.json is not the RESULT\.json of a field of view"),
+    ]
+    for name, text, match in cases:
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        assert main([str(tmp_path / name), str(frame)]) == 2
+        err = capsys.readouterr().err
+        assert re.search(match, err), err
+        assert not (tmp_path / name.replace(".json", "_crosscheck.json")).exists()
+    assert main(["only-one-argument"]) == 2
+    assert "usage: python -m hypotest.crosscheck RESULT.json FRAME" in capsys.readouterr().err

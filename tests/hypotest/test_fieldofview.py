@@ -133,3 +133,14 @@ def test_optics_from_the_frame_are_adf_stem_only(mos2):
         score_field_of_view(mos2, counts, bf, optics="frame")
     with pytest.raises(InputError, match=r"optics must be 'beam' \(BEAM.json's\) or 'frame'"):
         score_field_of_view(mos2, counts, bf, optics="learned")
+
+
+def test_read_noise_keeps_negative_pixels_of_a_poisson_gaussian_frame():
+    rng = np.random.default_rng(0)
+    y = rng.poisson(2.0, (64, 64)) + rng.normal(0.0, 1.5, (64, 64))  # electrons, read noise 1.5 e-
+    y[10, 10] = -20.0  # beyond 6 read-noise sd: a bad pixel
+    assert (y < 0).sum() > 100
+    strict, _ = bad_pixel_mask(y)
+    mask, counts = bad_pixel_mask(y, read_noise=1.5)
+    assert (~strict).sum() > 100  # without the read noise every negative value is masked
+    assert not mask[10, 10] and counts["negative"] == 1 and mask.sum() == y.size - 1
