@@ -35,7 +35,7 @@ import numpy as np
 
 from forward import InputError
 
-__all__ = ["LibraryGeometry", "analyse_library", "window_geometry", "bad_pixel_mask", "score_field_of_view",
+__all__ = ["LibraryGeometry", "analyse_library", "window_geometry", "bad_pixel_mask", "score_field_of_view", "FieldOfViewScorer",
            "periodic_images", "OFF_SPECIMEN_RATIO", "DEFECT_PRIOR", "DECIDE_P"]  # fmt: skip
 
 #: A window holding less than this fraction of the host's expected counts is off the specimen.
@@ -347,6 +347,337 @@ class _Frame:
     fit: object
 
 
+class FieldOfViewScorer:
+    """Frames of one field of view scored one at a time: the incremental form of
+    :func:`score_field_of_view`, which the live session uses (:mod:`hypotest.live.fov`).
+
+    Built from the first frame (``first [nx, ny]``): the library analysed, the host simulated, the
+    detector calibrated and the optics learned where asked, the frame registered, the sites of the
+    field of view enumerated and the other hypotheses simulated (once). :meth:`add` registers a
+    later frame (its offset followed from the previous frame's: drift) and adds each site's log
+    evidence of it; :meth:`result` gives the RESULT.json entries for the frames so far. The sites
+    are those of the first frame; a site a later frame does not hold (drift) gets no evidence from
+    it. Arguments as :func:`score_field_of_view`; ``fit_frame``: the frame whose windows the fit
+    check and the site views use, ``"first"`` (batch) or ``"latest"`` (live)."""
+
+    def __init__(self, hyps, first, bf, *, host_id=None, defect_prior: float = DEFECT_PRIOR, decide_p: float = DECIDE_P,
+                 fit_alpha: float = 0.01, progress=None, images=None, detector: str = "beam", optics: str = "beam",
+                 fit_frame: str = "first"):  # fmt: skip
+        import time
+
+        from hypotest.scoring import _shared_cell
+        from inference import noise_from_detector
+        from inference.evidence import make_nuisance_prior
+        from inference.lattice import host_series
+        from inference.lattice_optics import blur_series
+
+        if optics not in ("beam", "frame"):
+            raise InputError(f"optics must be 'beam' (BEAM.json's) or 'frame' (learned from the frame), got {optics!r}")
+        if optics == "frame" and bf.beam.detector.mode != "stem_annular":
+            raise InputError(f"optics learned from the frame are the ADF-STEM inner angle and source size; the detector "
+                             f"is {bf.beam.detector.mode!r} (give its optics in BEAM.json)")  # fmt: skip
+        if detector not in ("beam", "frame"):
+            raise InputError(f"detector must be 'beam' (BEAM.json's gain) or 'frame' (estimated from the frame), got {detector!r}")
+        if not (0 < defect_prior < 1):
+            raise InputError(f"the defect prior must be in (0, 1), got {defect_prior!r} (default {DEFECT_PRIOR})")
+        if fit_frame not in ("first", "latest"):
+            raise InputError(f"fit_frame must be 'first' or 'latest', got {fit_frame!r}")
+        self.hyps, self.defect_prior, self.decide_p, self.fit_alpha = hyps, defect_prior, decide_p, fit_alpha
+        self.fit_frame = fit_frame
+        cell = _shared_cell(hyps)
+        self.geo = geo = analyse_library(hyps, host_id)
+        self.win = win = window_geometry(bf.beam, geo.lattice, cell)
+        self.timing = timing = {}
+        t0 = time.perf_counter()
+        # the host first: a frame without its lattice is refused before the other simulations
+        host_img = periodic_images([hyps.specimens[geo.host]], bf, cell)[0] if images is None else images[geo.host]
+        timing["simulate_host"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.host_s = host_series(host_img, cell[:2], geo.lattice)
+        self.noise = noise_from_detector(bf.beam.detector)
+        self.exposure = exposure = float(bf.beam.dose) * bf.sampling[0] * bf.sampling[1]
+        self.bf = bf
+        first = np.asarray(first)
+        if first.ndim != 2:
+            raise InputError(f"a frame is a 2D array of pixels, got shape {first.shape}")
+        self.shape = first.shape
+        self._check_size(first, 0)
+        self.calibration, self.read_e = None, 0.0
+        if detector == "frame":
+            self.noise, self.calibration = _calibrate_on(first, self.host_s, bf, geo.lattice)
+            self.read_e = self.calibration.read_noise / self.calibration.gain
+            timing["calibrate_detector"] = time.perf_counter() - t0
+        self.frames: list[_Frame] = []
+        fr0 = self._register(first, None)
+        timing["register"] = time.perf_counter() - t0
+        self.learned, self.blur = None, None
+        if optics == "frame":
+            t0 = time.perf_counter()
+            bf, host_img, self.learned = _learn_stem_optics(hyps.specimens[geo.host], bf, cell, geo.lattice, fr0, host_img,
+                                                            self.host_s, None if images is None else images[geo.host],
+                                                            progress)  # fmt: skip
+            self.bf = bf
+            self.blur = np.asarray(self.learned["source_covariance_A2"])
+            self.host_s = blur_series(host_series(host_img, cell[:2], geo.lattice), self.blur)
+            fr = self._register(fr0.counts, fr0)  # registered again against the learned host (from the map found)
+            fr0 = dataclasses.replace(fr0, fit=dataclasses.replace(fr.fit, peak_ratio=fr0.fit.peak_ratio))
+            images = None  # simulated again under the learned detector
+            timing["learn_optics"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if images is None:
+            others = [s for h, s in enumerate(hyps.specimens) if h != geo.host]
+            rest = iter(periodic_images(others, bf, cell, progress))
+            images = np.stack([host_img if h == geo.host else next(rest) for h in range(len(hyps.specimens))])
+        self.images = images
+        timing["simulate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        series = [host_series(im, cell[:2], geo.lattice, rel_threshold=1e-5, primitive=False) for im in images]
+        if self.blur is not None:
+            series = [blur_series(sr, self.blur) for sr in series]
+        self.series = series
+        fit0 = fr0.fit
+        minv = np.linalg.inv(fit0.m)
+        shape = self.shape
+        # every site of each class inside frame 0, a window (plus a pixel) from its edges
+        px = min(np.linalg.norm(fit0.m, axis=0))
+        self.wpx = wpx = int(math.ceil(win["radius_A"] / px)) + 1
+        corners = np.array([[0, 0], [shape[0] - 1, 0], [0, shape[1] - 1], [shape[0] - 1, shape[1] - 1]], float)
+        corner_r = corners @ fit0.m.T + fit0.t
+        fl = np.linalg.solve(geo.lattice, corner_r.T).T
+        lo, hi = np.floor(fl.min(0)) - 1, np.ceil(fl.max(0)) + 1
+        n1, n2 = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
+        nvec = np.stack([n1.ravel(), n2.ravel()], 1)
+        sites = []
+        for c, (label, ref) in enumerate(geo.classes):
+            r = ref[None, :] + nvec @ geo.lattice.T
+            p = (r - fit0.t) @ minv.T
+            inside = np.all((p >= wpx) & (p <= np.asarray(shape) - 1 - wpx), axis=1)
+            for rr, pp, nn in zip(r[inside], p[inside], nvec[inside]):
+                sites.append((c, rr, pp, nn))
+        if not sites:
+            raise InputError(f"no site lies a window ({win['radius_A']:.2f} Å) inside the frame's edges: the frame is too small")
+        self.sites = sites
+        timing["sites"] = time.perf_counter() - t0
+        self.di = di = np.arange(-wpx, wpx + 1, dtype=float)
+        # pixels of the square within the window radius (plus one pixel: the site is off the centre pixel)
+        self.disk = (np.hypot(di[:, None], di[None, :]) <= win["radius_A"] / min(np.linalg.svd(fit0.m, compute_uv=False)) + 1.0).ravel()
+        self.corr_factor = 1.0 if self.calibration is None else self.calibration.correlation_factor(win["radius_A"] / px)
+        level = float(np.mean(images[geo.host]))
+        self.prior = make_nuisance_prior(scale_mean=max(fit0.scale, 1e-6), scale_sd=0.15 * max(fit0.scale, 1e-6),
+                                         background_mean=fit0.background, background_sd=0.1 * level)  # fmt: skip
+        self.classes = {}
+        for c in range(len(geo.classes)):
+            members = [geo.host] + [h for h in range(len(hyps.ids)) if geo.site_class[h] == c]
+            idx = [k for k, s in enumerate(sites) if s[0] == c]
+            if not idx:
+                continue
+            r_sites = np.stack([sites[k][1] for k in idx])
+            shifts = np.stack([np.zeros_like(r_sites) if h == geo.host else r_sites - geo.site[h][None, :] for h in members])
+            self.classes[c] = {"members": members, "idx": idx, "r": r_sites, "shifts": shifts,
+                               "total": np.zeros((len(idx), len(members))), "first": None, "latest": None}  # fmt: skip
+        self.timing["score"] = 0.0
+        self._score(fr0)
+
+    def _check_size(self, frame, k):
+        lat = self.geo.lattice
+        s = self.bf.sampling
+        if min(frame.shape) * min(s) < 2 * max(np.linalg.norm(lat, axis=0)):
+            raise InputError(
+                f"frame {k} is {frame.shape[0]}x{frame.shape[1]} pixels ({frame.shape[0] * s[0]:.3g} x "
+                f"{frame.shape[1] * s[1]:.3g} Å): smaller than two host cells "
+                f"({2 * max(np.linalg.norm(lat, axis=0)):.3g} Å) across; a frame must show the host lattice"
+            )
+
+    def _register(self, frame, prev) -> _Frame:
+        """``frame`` (electrons) registered; its offset taken as the lattice translate nearest ``prev``'s."""
+        from inference.lattice import register_lattice
+
+        frame = np.asarray(frame, np.float64)
+        mask, bad = bad_pixel_mask(frame, self.read_e)
+        fit = register_lattice(np.where(mask, frame, 0), self.host_s, self.bf.sampling, exposure=self.exposure,
+                               noise=self.noise, mask=mask, prior_m=None if prev is None else prev.fit.m)  # fmt: skip
+        if prev is not None:  # the offset is defined up to a lattice translation: follow the previous frame
+            f = np.linalg.solve(self.geo.lattice, fit.t - prev.fit.t)
+            fit = dataclasses.replace(fit, t=fit.t - self.geo.lattice @ np.round(f))
+        return _Frame(frame, mask, bad, fit)
+
+    def add(self, frame) -> _Frame:
+        """Register ``frame`` (in the first frame's units) and add its evidence to every site's."""
+        import time
+
+        frame = np.asarray(frame)
+        k = len(self.frames)
+        if frame.shape != self.shape:
+            raise InputError(f"frame {k} is {frame.shape[0]}x{frame.shape[1]} pixels; the field of view's frames are "
+                             f"{self.shape[0]}x{self.shape[1]}")  # fmt: skip
+        t0 = time.perf_counter()
+        if self.calibration is not None:
+            frame = self.calibration.electrons(frame)
+        fr = self._register(frame, self.frames[-1])
+        self.timing["register"] += time.perf_counter() - t0
+        self._score(fr)
+        return fr
+
+    def _score(self, fr: _Frame) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        self.frames.append(fr)
+        fit, shape, di, wpx, win = fr.fit, self.shape, self.di, self.wpx, self.win
+        minv = np.linalg.inv(fit.m)
+        for c, cl in self.classes.items():
+            r_sites, n = cl["r"], len(cl["idx"])
+            p = (r_sites - fit.t) @ minv.T
+            centre = np.round(p)
+            ok = np.all((centre - wpx >= 0) & (centre + wpx <= np.asarray(shape) - 1), axis=1)
+            ci = centre.astype(int)
+            ai = np.clip(ci[:, 0:1, None] + di.astype(int)[None, :, None], 0, shape[0] - 1)
+            bj = np.clip(ci[:, 1:2, None] + di.astype(int)[None, None, :], 0, shape[1] - 1)
+            y = fr.counts[ai, bj]
+            mk = fr.mask[ai, bj]
+            rel = np.stack(np.meshgrid(di, di, indexing="ij"), -1).reshape(-1, 2)
+            dist = np.linalg.norm(((centre[:, None, :] + rel[None]) @ fit.m.T + fit.t) - r_sites[:, None, :], axis=-1)
+            inwin = (dist <= win["radius_A"]).reshape(n, len(di), len(di))
+            w = (mk & inwin & ok[:, None, None]).reshape(n, -1)
+            y = np.where(w, y.reshape(n, -1), 0.0)
+            models = _window_models([self.series[h] for h in cl["members"]], cl["shifts"], fit.m, fit.t, centre, di, di)
+            models = models.reshape(len(cl["members"]), n, -1)
+            wq = w.astype(np.float64)
+            if self.calibration is not None:  # quasi-likelihood: each pixel weighted by Poisson / model variance
+                wq = w / (_dispersion_windows(self.calibration, models[0], self.exposure, fit, len(di)) * self.corr_factor)
+            # only the pixels a window's disk can hold go to the Laplace step (~pi/4 of the square)
+            d = self.disk
+            ev = _laplace_windows(y[:, d], wq[:, d], models[:, :, d], self.exposure, self.noise, self.prior)
+            cl["total"] += np.asarray(ev.log_evidence).T
+            store = (y, w, models, ev, centre, len(self.frames) - 1)
+            if cl["first"] is None:
+                cl["first"] = store
+            cl["latest"] = store
+        self.timing["score"] += time.perf_counter() - t0
+
+    def posteriors(self, c: int):
+        """Class ``c``'s ``(members, log prior [M], log posterior [K, M] unnormalised, posterior [K, M])``."""
+        cl = self.classes[c]
+        members = cl["members"]
+        pri = np.array([float(self.hyps.priors[h]) for h in members])
+        lp = np.empty(len(members))
+        lp[0] = math.log(1 - self.defect_prior)
+        lp[1:] = np.log(self.defect_prior * pri[1:] / pri[1:].sum())
+        post_log = cl["total"] + lp[None, :]
+        post = np.exp(post_log - post_log.max(1, keepdims=True))
+        post /= post.sum(1, keepdims=True)
+        return members, lp, post_log, post
+
+    def site_window(self, k: int) -> dict:
+        """Site ``k``'s window in the fit frame: ``counts``, ``mask`` and each member's fitted expected
+        counts ``[M, A, B]`` (NaN outside the window), for the dashboard."""
+        for c, cl in self.classes.items():
+            if k in cl["idx"]:
+                j = cl["idx"].index(k)
+                y, w, models, ev, centre, fi = cl[self.fit_frame]
+                n = len(self.di)
+                scale, bg = np.asarray(ev.scale).T, np.asarray(ev.background).T
+                mu = self.exposure * (scale[j][:, None] * models[:, j] + bg[j][:, None])
+                return {"members": [self.hyps.ids[h] for h in cl["members"]], "frame": int(fi),
+                        "centre_px": centre[j].tolist(), "counts": y[j].reshape(n, n), "mask": w[j].reshape(n, n),
+                        "expected": mu.reshape(len(cl["members"]), n, n)}  # fmt: skip
+        raise InputError(f"no site {k}: the field of view has sites 0..{len(self.sites) - 1}")
+
+    def result(self) -> dict:
+        """The RESULT.json entries (``lattice``, ``sites``, ...) of the frames scored so far."""
+        import time
+
+        from scipy.stats import norm
+
+        t0 = time.perf_counter()
+        hyps, geo, win, exposure = self.hyps, self.geo, self.win, self.exposure
+        fit0 = self.frames[0].fit
+        calibration, di = self.calibration, self.di
+        results = [None] * len(self.sites)
+        for c, cl in self.classes.items():
+            idx = cl["idx"]
+            members, lp, post_log, post = self.posteriors(c)
+            y, w, models, ev, centre, fi = cl[self.fit_frame]
+            fit_f = self.frames[fi].fit
+            scale = np.asarray(ev.scale).T
+            bg = np.asarray(ev.background).T
+            # the fit check of every site's best hypothesis at once: [K, P]
+            best = np.argmax(post, axis=1)
+            kk = np.arange(len(idx))
+            mu = exposure * (scale[kk, best][:, None] * models[best, kk] + bg[kk, best][:, None])
+            z = np.maximum(y, 0)
+            mm = np.maximum(mu, 1e-9)
+            if calibration is None:
+                dev = np.sum(w * 2 * (np.where(z > 0, z * np.log(np.maximum(z, 1e-30) / mm), 0.0) - (z - mm)), axis=1)
+                em, ev_ = deviance_moments(mm)
+                e_dev = np.sum(w * em, axis=1) - 2.0
+                v_dev = np.sum(w * ev_, axis=1)
+            else:  # Pearson's statistic under the calibrated variance, its spread widened by the correlation
+                grad2 = _grad2(mu.reshape(len(idx), len(di), len(di))).reshape(len(idx), -1)
+                var = calibration.pixel_variance(mm, grad2)
+                dev = np.sum(w * (y - mu) ** 2 / var, axis=1)
+                e_dev = w.sum(axis=1) - 2.0
+                v_dev = 2.0 * w.sum(axis=1) * self.corr_factor
+            zscore = (dev - e_dev) / np.sqrt(np.maximum(v_dev, 1e-12))
+            pval = norm.sf(zscore)
+            host_expect = np.sum(w * exposure * (fit_f.scale * models[0] + fit_f.background), axis=1)
+            ratio = np.sum(w * y, axis=1) / np.maximum(host_expect, 1e-12)
+            n_pix = w.sum(axis=1)
+            statistic = "deviance" if calibration is None else "pearson"
+            for j, k in enumerate(idx):
+                b = int(best[j])
+                status = "ok"
+                if ratio[j] < OFF_SPECIMEN_RATIO:
+                    status = "off_specimen"
+                elif pval[j] < self.fit_alpha:
+                    status = "unexplained"
+                cls, rr, pp, nn = self.sites[k]
+                l10 = float((post_log[j, b] - lp[b] - (post_log[j, 0] - lp[0])) / math.log(10))
+                results[k] = {
+                    "k": k, "class": geo.classes[cls][0], "lattice_index": [int(nn[0]), int(nn[1])],
+                    "x_px": float(pp[0]), "y_px": float(pp[1]), "x_A": float(rr[0]), "y_A": float(rr[1]),
+                    "best": hyps.ids[members[b]], "best_name": hyps.names[members[b]],
+                    "posterior": {hyps.ids[h]: float(post[j, i]) for i, h in enumerate(members)},
+                    "log10_bayes_factor": l10, "status": status,
+                    "decided": bool(status == "ok" and post[j, b] >= self.decide_p),
+                    "is_host": bool(b == 0),
+                    "fit": {"statistic": statistic, "deviance": float(dev[j]), "expected": float(e_dev[j]),
+                            "sd": math.sqrt(max(float(v_dev[j]), 0.0)), "z": float(zscore[j]), "p_value": float(pval[j]),
+                            "alpha": self.fit_alpha, "n_pixels": int(n_pix[j]), "count_ratio_to_host": float(ratio[j])},
+                }  # fmt: skip
+        _flag_neighbours(results, win)
+        timing = dict(self.timing)
+        timing["score"] += time.perf_counter() - t0
+        frames = self.frames
+        cal = fit0.to_json_dict()
+        drift = [{"frame": i, "offset_A": fr.fit.t.tolist(),
+                  "drift_px": (np.linalg.inv(fit0.m) @ (fr.fit.t - fit0.t)).tolist()} for i, fr in enumerate(frames)]  # fmt: skip
+        counts_by_type = {}
+        for s in results:
+            key = s["status"] if s["status"] != "ok" else (s["best_name"] if s["decided"] else "undecided")
+            counts_by_type[key] = counts_by_type.get(key, 0) + 1
+        return {
+            "field_of_view": True,
+            "lattice": {**cal, "frames": [fr.fit.to_json_dict()["calibration"] for fr in frames], "drift": drift,
+                        "primitive_vectors_A": geo.lattice.T.tolist()},
+            "host": {"id": hyps.ids[geo.host], "name": hyps.names[geo.host]},
+            "site_classes": [{"label": lab, "position_A": pos.tolist(),
+                              "hypotheses": [hyps.ids[h] for h in range(len(hyps.ids)) if geo.site_class[h] == c]}
+                             for c, (lab, pos) in enumerate(geo.classes)],  # fmt: skip
+            "window": win,
+            "rule": {"defect_prior": self.defect_prior, "decide_p": self.decide_p, "fit_alpha": self.fit_alpha,
+                     "off_specimen_ratio": OFF_SPECIMEN_RATIO},
+            "masked_pixels": [fr.bad for fr in frames],
+            "sites": results,
+            "counts": counts_by_type,
+            "n_frames": int(len(frames)),
+            "timing_s": timing,
+            "dose_e_per_A2": float(self.bf.beam.dose) * len(frames),
+            "detector_calibration": None if calibration is None else calibration.to_json_dict(),
+            "optics": self.learned,
+        }
+
+
 def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float = DEFECT_PRIOR,
                         decide_p: float = DECIDE_P, fit_alpha: float = 0.01, progress=None, images=None,
                         detector: str = "beam", optics: str = "beam") -> dict:
@@ -360,238 +691,16 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
     :mod:`inference.detector_calibration`, and the frames converted to electrons). ``optics``:
     ``"beam"`` (BEAM.json's optics as they are) or ``"frame"`` (ADF-STEM: the detector's inner angle
     and the effective source size learned from the host lattice of the first frame,
-    :mod:`inference.lattice_optics`, and every hypothesis simulated under them)."""
-    import time
-    from scipy.stats import norm
-
-    from hypotest.scoring import _shared_cell
-    from inference import noise_from_detector
-    from inference.evidence import make_nuisance_prior
-    from inference.lattice import host_series, register_lattice
-    from inference.lattice_optics import blur_series
-
-    if optics not in ("beam", "frame"):
-        raise InputError(f"optics must be 'beam' (BEAM.json's) or 'frame' (learned from the frame), got {optics!r}")
-    if optics == "frame" and bf.beam.detector.mode != "stem_annular":
-        raise InputError(f"optics learned from the frame are the ADF-STEM inner angle and source size; the detector "
-                         f"is {bf.beam.detector.mode!r} (give its optics in BEAM.json)")  # fmt: skip
-    if not (0 < defect_prior < 1):
-        raise InputError(f"the defect prior must be in (0, 1), got {defect_prior!r} (default {DEFECT_PRIOR})")
-    cell = _shared_cell(hyps)
-    geo = analyse_library(hyps, host_id)
-    mode = bf.beam.detector.mode
-    win = window_geometry(bf.beam, geo.lattice, cell)
-    timing = {}
-    t0 = time.perf_counter()
-    # the host first: a frame without its lattice is refused before the other simulations
-    host_img = periodic_images([hyps.specimens[geo.host]], bf, cell)[0] if images is None else images[geo.host]
-    timing["simulate_host"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    host_s = host_series(host_img, cell[:2], geo.lattice)
-    noise = noise_from_detector(bf.beam.detector)
-    exposure = float(bf.beam.dose) * bf.sampling[0] * bf.sampling[1]
-    for k, frame in enumerate(counts):
-        if min(frame.shape) * min(bf.sampling) < 2 * max(np.linalg.norm(geo.lattice, axis=0)):
-            raise InputError(
-                f"frame {k} is {frame.shape[0]}x{frame.shape[1]} pixels ({frame.shape[0] * bf.sampling[0]:.3g} x "
-                f"{frame.shape[1] * bf.sampling[1]:.3g} Å): smaller than two host cells "
-                f"({2 * max(np.linalg.norm(geo.lattice, axis=0)):.3g} Å) across; a frame must show the host lattice"
-            )
-    calibration, read_e = None, 0.0
-    if detector == "frame":
-        counts, noise, calibration = _calibrated_frames(counts, host_s, bf, geo.lattice, exposure)
-        read_e = calibration.read_noise / calibration.gain
-        timing["calibrate_detector"] = time.perf_counter() - t0
-    elif detector != "beam":
-        raise InputError(f"detector must be 'beam' (BEAM.json's gain) or 'frame' (estimated from the frame), got {detector!r}")
-    frames = []
-    prev = None
-    for k, frame in enumerate(counts):
-        mask, bad = bad_pixel_mask(frame, read_e)
-        fit = register_lattice(np.where(mask, frame, 0), host_s, bf.sampling, exposure=exposure, noise=noise,
-                               mask=mask, prior_m=None if prev is None else prev.m)  # fmt: skip
-        if prev is not None:  # the offset is defined up to a lattice translation: follow the previous frame
-            f = np.linalg.solve(geo.lattice, fit.t - prev.t)
-            fit = dataclasses.replace(fit, t=fit.t - geo.lattice @ np.round(f))
-        frames.append(_Frame(np.asarray(frame, np.float64), mask, bad, fit))
-        prev = fit
-    timing["register"] = time.perf_counter() - t0
-    learned, blur = None, None
-    if optics == "frame":
-        t0 = time.perf_counter()
-        bf, host_img, learned = _learn_stem_optics(hyps.specimens[geo.host], bf, cell, geo.lattice, frames[0], host_img,
-                                                   host_s, None if images is None else images[geo.host], progress)  # fmt: skip
-        blur = np.asarray(learned["source_covariance_A2"])
-        host_s = blur_series(host_series(host_img, cell[:2], geo.lattice), blur)
-        for k, fr in enumerate(frames):  # registered again against the learned host (from the map found)
-            fit = register_lattice(np.where(fr.mask, fr.counts, 0), host_s, bf.sampling, exposure=exposure, noise=noise,
-                                   mask=fr.mask, prior_m=fr.fit.m)  # fmt: skip
-            f = np.linalg.solve(geo.lattice, fit.t - fr.fit.t)
-            frames[k] = dataclasses.replace(fr, fit=dataclasses.replace(fit, t=fit.t - geo.lattice @ np.round(f),
-                                                                      peak_ratio=fr.fit.peak_ratio))
-        images = None  # simulated again under the learned detector
-        timing["learn_optics"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if images is None:
-        others = [s for h, s in enumerate(hyps.specimens) if h != geo.host]
-        rest = iter(periodic_images(others, bf, cell, progress))
-        images = np.stack([host_img if h == geo.host else next(rest) for h in range(len(hyps.specimens))])
-    timing["simulate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    series = [host_series(im, cell[:2], geo.lattice, rel_threshold=1e-5, primitive=False) for im in images]
-    if blur is not None:
-        series = [blur_series(sr, blur) for sr in series]
-    fit0 = frames[0].fit
-    minv = np.linalg.inv(fit0.m)
-    shape = counts.shape[1:]
-    # every site of each class inside frame 0, a window (plus a pixel) from its edges
-    px = min(np.linalg.norm(fit0.m, axis=0))
-    wpx = int(math.ceil(win["radius_A"] / px)) + 1
-    corners = np.array([[0, 0], [shape[0] - 1, 0], [0, shape[1] - 1], [shape[0] - 1, shape[1] - 1]], float)
-    corner_r = corners @ fit0.m.T + fit0.t
-    fl = np.linalg.solve(geo.lattice, corner_r.T).T
-    lo, hi = np.floor(fl.min(0)) - 1, np.ceil(fl.max(0)) + 1
-    n1, n2 = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
-    nvec = np.stack([n1.ravel(), n2.ravel()], 1)
-    sites = []
-    for c, (label, ref) in enumerate(geo.classes):
-        r = ref[None, :] + nvec @ geo.lattice.T
-        p = (r - fit0.t) @ minv.T
-        inside = np.all((p >= wpx) & (p <= np.asarray(shape) - 1 - wpx), axis=1)
-        for rr, pp, nn in zip(r[inside], p[inside], nvec[inside]):
-            sites.append((c, rr, pp, nn))
-    if not sites:
-        raise InputError(f"no site lies a window ({win['radius_A']:.2f} Å) inside the frame's edges: the frame is too small")
-    timing["sites"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    di = np.arange(-wpx, wpx + 1, dtype=float)
-    # pixels of the square within the window radius (plus one pixel: the site is off the centre pixel)
-    disk = (np.hypot(di[:, None], di[None, :]) <= win["radius_A"] / min(np.linalg.svd(fit0.m, compute_uv=False)) + 1.0).ravel()
-    corr_factor = 1.0 if calibration is None else calibration.correlation_factor(win["radius_A"] / px)
-    level = float(np.mean(images[geo.host]))
-    prior = make_nuisance_prior(scale_mean=max(fit0.scale, 1e-6), scale_sd=0.15 * max(fit0.scale, 1e-6),
-                                background_mean=fit0.background, background_sd=0.1 * level)  # fmt: skip
-    results = [None] * len(sites)
-    log_ev_total = {}
-    for c, (label, ref) in enumerate(geo.classes):
-        members = [geo.host] + [h for h in range(len(hyps.ids)) if geo.site_class[h] == c]
-        idx = [k for k, s in enumerate(sites) if s[0] == c]
-        r_sites = np.stack([sites[k][1] for k in idx])
-        shifts = np.stack([np.zeros_like(r_sites) if h == geo.host else r_sites - geo.site[h][None, :] for h in members])
-        total = np.zeros((len(idx), len(members)))
-        store = None
-        for fr_i, fr in enumerate(frames):
-            fit = fr.fit
-            p = (r_sites - fit.t) @ np.linalg.inv(fit.m).T
-            centre = np.round(p)
-            ok = np.all((centre - wpx >= 0) & (centre + wpx <= np.asarray(shape) - 1), axis=1)
-            ci = centre.astype(int)
-            ai = ci[:, 0:1, None] + di.astype(int)[None, :, None]
-            bj = ci[:, 1:2, None] + di.astype(int)[None, None, :]
-            ai = np.clip(ai, 0, shape[0] - 1)
-            bj = np.clip(bj, 0, shape[1] - 1)
-            y = fr.counts[ai, bj]
-            mk = fr.mask[ai, bj]
-            rel = np.stack(np.meshgrid(di, di, indexing="ij"), -1).reshape(-1, 2)
-            dist = np.linalg.norm(((centre[:, None, :] + rel[None]) @ fit.m.T + fit.t) - r_sites[:, None, :], axis=-1)
-            inwin = (dist <= win["radius_A"]).reshape(len(idx), len(di), len(di))
-            w = (mk & inwin & ok[:, None, None]).reshape(len(idx), -1)
-            y = np.where(w, y.reshape(len(idx), -1), 0.0)
-            models = _window_models([series[h] for h in members], shifts, fit.m, fit.t, centre, di, di)
-            models = models.reshape(len(members), len(idx), -1)
-            wq = w.astype(np.float64)
-            if calibration is not None:  # quasi-likelihood: each pixel weighted by Poisson / model variance
-                wq = w / (_dispersion_windows(calibration, models[0], exposure, fit, len(di)) * corr_factor)
-            # only the pixels a window's disk can hold go to the Laplace step (~pi/4 of the square)
-            ev = _laplace_windows(y[:, disk], wq[:, disk], models[:, :, disk], exposure, noise, prior)
-            total += np.asarray(ev.log_evidence).T
-            if fr_i == 0:
-                store = (y, w, models, ev, centre)
-        log_ev_total[c] = (idx, members, total, store)
-    # posteriors, decisions, fit check, off-specimen
-    for c, (idx, members, total, (y, w, models, ev, centre)) in log_ev_total.items():
-        pri = np.array([float(hyps.priors[h]) for h in members])
-        lp = np.empty(len(members))
-        lp[0] = math.log(1 - defect_prior)
-        lp[1:] = np.log(defect_prior * pri[1:] / pri[1:].sum())
-        post_log = total + lp[None, :]
-        post = np.exp(post_log - post_log.max(1, keepdims=True))
-        post /= post.sum(1, keepdims=True)
-        scale = np.asarray(ev.scale).T
-        bg = np.asarray(ev.background).T
-        # the fit check of every site's best hypothesis at once: [K, P]
-        best = np.argmax(post, axis=1)
-        kk = np.arange(len(idx))
-        mu = exposure * (scale[kk, best][:, None] * models[best, kk] + bg[kk, best][:, None])
-        z = np.maximum(y, 0)
-        mm = np.maximum(mu, 1e-9)
-        if calibration is None:
-            dev = np.sum(w * 2 * (np.where(z > 0, z * np.log(np.maximum(z, 1e-30) / mm), 0.0) - (z - mm)), axis=1)
-            em, ev_ = deviance_moments(mm)
-            e_dev = np.sum(w * em, axis=1) - 2.0
-            v_dev = np.sum(w * ev_, axis=1)
-        else:  # Pearson's statistic under the calibrated variance, its spread widened by the correlation
-            grad2 = _grad2(mu.reshape(len(idx), len(di), len(di))).reshape(len(idx), -1)
-            var = calibration.pixel_variance(mm, grad2)
-            dev = np.sum(w * (y - mu) ** 2 / var, axis=1)
-            e_dev = w.sum(axis=1) - 2.0
-            v_dev = 2.0 * w.sum(axis=1) * corr_factor
-        zscore = (dev - e_dev) / np.sqrt(np.maximum(v_dev, 1e-12))
-        pval = norm.sf(zscore)
-        host_expect = np.sum(w * exposure * (fit0.scale * models[0] + fit0.background), axis=1)
-        ratio = np.sum(w * y, axis=1) / np.maximum(host_expect, 1e-12)
-        n_pix = w.sum(axis=1)
-        statistic = "deviance" if calibration is None else "pearson"
-        for j, k in enumerate(idx):
-            b = int(best[j])
-            status = "ok"
-            if ratio[j] < OFF_SPECIMEN_RATIO:
-                status = "off_specimen"
-            elif pval[j] < fit_alpha:
-                status = "unexplained"
-            cls, rr, pp, nn = sites[k]
-            l10 = float((post_log[j, b] - lp[b] - (post_log[j, 0] - lp[0])) / math.log(10))
-            results[k] = {
-                "k": k, "class": geo.classes[cls][0], "lattice_index": [int(nn[0]), int(nn[1])],
-                "x_px": float(pp[0]), "y_px": float(pp[1]), "x_A": float(rr[0]), "y_A": float(rr[1]),
-                "best": hyps.ids[members[b]], "best_name": hyps.names[members[b]],
-                "posterior": {hyps.ids[h]: float(post[j, i]) for i, h in enumerate(members)},
-                "log10_bayes_factor": l10, "status": status,
-                "decided": bool(status == "ok" and post[j, b] >= decide_p),
-                "is_host": bool(b == 0),
-                "fit": {"statistic": statistic, "deviance": float(dev[j]), "expected": float(e_dev[j]),
-                        "sd": math.sqrt(max(float(v_dev[j]), 0.0)), "z": float(zscore[j]), "p_value": float(pval[j]),
-                        "alpha": fit_alpha, "n_pixels": int(n_pix[j]), "count_ratio_to_host": float(ratio[j])},
-            }  # fmt: skip
-    _flag_neighbours(results, win)
-    timing["score"] = time.perf_counter() - t0
-    cal = fit0.to_json_dict()
-    drift = [{"frame": i, "offset_A": fr.fit.t.tolist(),
-              "drift_px": (np.linalg.inv(fit0.m) @ (fr.fit.t - fit0.t)).tolist()} for i, fr in enumerate(frames)]  # fmt: skip
-    counts_by_type = {}
-    for s in results:
-        key = s["status"] if s["status"] != "ok" else (s["best_name"] if s["decided"] else "undecided")
-        counts_by_type[key] = counts_by_type.get(key, 0) + 1
-    return {
-        "field_of_view": True,
-        "lattice": {**cal, "frames": [fr.fit.to_json_dict()["calibration"] for fr in frames], "drift": drift,
-                    "primitive_vectors_A": geo.lattice.T.tolist()},
-        "host": {"id": hyps.ids[geo.host], "name": hyps.names[geo.host]},
-        "site_classes": [{"label": lab, "position_A": pos.tolist(),
-                          "hypotheses": [hyps.ids[h] for h in range(len(hyps.ids)) if geo.site_class[h] == c]}
-                         for c, (lab, pos) in enumerate(geo.classes)],  # fmt: skip
-        "window": win,
-        "rule": {"defect_prior": defect_prior, "decide_p": decide_p, "fit_alpha": fit_alpha,
-                 "off_specimen_ratio": OFF_SPECIMEN_RATIO},
-        "masked_pixels": [fr.bad for fr in frames],
-        "sites": results,
-        "counts": counts_by_type,
-        "n_frames": int(len(frames)),
-        "timing_s": timing,
-        "dose_e_per_A2": float(bf.beam.dose) * len(frames),
-        "detector_calibration": None if calibration is None else calibration.to_json_dict(),
-        "optics": learned,
-    }
+    :mod:`inference.lattice_optics`, and every hypothesis simulated under them). The frames go
+    through one :class:`FieldOfViewScorer`; the fit check is on the first frame's windows."""
+    counts = np.asarray(counts)
+    if counts.ndim != 3 or len(counts) == 0:
+        raise InputError(f"frames are a [T, nx, ny] stack, got shape {counts.shape}")
+    sc = FieldOfViewScorer(hyps, counts[0], bf, host_id=host_id, defect_prior=defect_prior, decide_p=decide_p,
+                           fit_alpha=fit_alpha, progress=progress, images=images, detector=detector, optics=optics)  # fmt: skip
+    for frame in counts[1:]:
+        sc.add(frame)
+    return sc.result()
 
 
 #: Inner angles tried when the optics are learned, as multiples of BEAM.json's inner angle.
@@ -637,15 +746,15 @@ def _learn_stem_optics(host_spec, bf, cell, lattice, frame0, host_img, host_s, g
     return bfi, img, entry
 
 
-def _calibrated_frames(counts, host_s, bf, lattice, exposure):
-    """Frames in the detector's own units -> ``(electrons [T, nx, ny], noise model, calibration)``:
-    the first frame registered as it is (its finite pixels, least squares in effect: the dark level
-    dwarfs the signal), the detector calibrated on its lattice, every frame converted."""
+def _calibrate_on(first, host_s, bf, lattice):
+    """A frame in the detector's own units -> ``(noise model in electrons, calibration)``: the frame
+    registered as it is (its finite pixels, least squares in effect: the dark level dwarfs the
+    signal), the detector calibrated on its lattice (:func:`inference.detector_calibration.calibrate_detector`)."""
     from inference import make_noise_model
     from inference.detector_calibration import calibrate_detector
     from inference.lattice import register_lattice
 
-    raw = np.asarray(counts[0], np.float64)
+    raw = np.asarray(first, np.float64)
     finite = np.isfinite(raw)
     if finite.sum() < 0.5 * raw.size:
         raise InputError(f"frame 0 has {int((~finite).sum())} of {raw.size} pixels NaN or infinite: too few to calibrate the detector")
@@ -655,7 +764,7 @@ def _calibrated_frames(counts, host_s, bf, lattice, exposure):
     cal = calibrate_detector(raw, fit.m, fit.t, lattice, g_max=g_max, mask=finite)
     read_e = cal.read_noise / cal.gain
     noise = make_noise_model("poisson_gaussian", gain=1.0, read_noise=read_e) if read_e > 0 else make_noise_model("poisson")
-    return np.stack([cal.electrons(f) for f in counts]), noise, cal
+    return noise, cal
 
 
 def _grad2(win2d):

@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("live", help="run a live session on a frame source, with the dashboard")
     p.add_argument("--library", required=True,
                    help="built-in library name, library file (.h5) or a directory/glob of structure files")
-    p.add_argument("--source", required=True, help="zmq://ADDRESS, zmq+connect://ADDRESS, FILE/GLOB, or sim[:SEED]")
+    p.add_argument("--source", required=True,
+                   help="zmq://ADDRESS, zmq+connect://ADDRESS, FILE/GLOB, sim[:SEED], or sim-fov[:SEED] (a field of view "
+                        "of an abTEM MoS2 flake, with --library mos2_defects)")
     p.add_argument("--out", type=Path, default=Path("out/live"), help="the session directory (must not hold a record)")
     p.add_argument("--beam", type=Path, help="BEAM.json (required with a library file)")
     p.add_argument("--rate", type=float, default=None, help="replay / simulated frames per second")
@@ -65,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--design", choices=("allocation", "eig"), default="allocation",
                    help="order proposals by Chernoff's allocation of the dose to the decision (default) or by "
                         "one-frame expected information gain per electron")
+    p.add_argument("--field-of-view", action="store_true",
+                   help="frames of any field of view (the host lattice registered per frame, a posterior per site "
+                        "accumulated over frames; hypotest.live.fov); implied by --source sim-fov")
+    p.add_argument("--dose", type=float, default=None, help="with --source sim-fov: dose per frame [e-/Å²] (default 5000)")
+    p.add_argument("--defect-prior", type=float, default=None,
+                   help="field of view: prior probability that a site is not the host (default 0.02)")
     p.set_defaults(func=run)
 
 
@@ -267,10 +275,55 @@ def run(args: argparse.Namespace) -> int:
             args.out.rmdir()  # refused before the session started: leave nothing behind
 
 
+def _fov_session(args):
+    """``--source sim-fov[:SEED]`` or ``--field-of-view``: a :class:`hypotest.live.fov.FieldOfViewSession`."""
+    from forward import InputError
+    from hypotest.live.builtin import LIBRARY_SETTINGS
+
+    def bar(items):
+        from tqdm import tqdm
+
+        return tqdm(items, desc="simulating hypotheses", unit="hyp")
+
+    if args.source.startswith("sim-fov"):
+        from hypotest.live.fovsim import make_fov_demo_session
+
+        if args.library != "mos2_defects":
+            raise InputError(f"--source sim-fov scans an abTEM flake of the built-in mos2_defects library's host; "
+                             f"use --library mos2_defects (got {args.library!r})")  # fmt: skip
+        seed = int(args.source.split(":", 1)[1]) if ":" in args.source else 0
+        return make_fov_demo_session(args.out, seed=seed, dose=args.dose or 5e3, rate_hz=args.rate or 1.0,
+                                     max_frames=args.max_frames or 30, log=print, progress=bar,
+                                     stop_on_decision=args.stop_on_decision)  # fmt: skip
+    from hypotest.hypothesis import load_hypotheses
+    from hypotest.live.fov import FieldOfViewSession
+
+    if args.beam is None:
+        raise InputError("a field-of-view session needs --beam BEAM.json ('sampling' is the nominal pixel size)")
+    try:
+        beam = json.loads(args.beam.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{args.beam}: cannot read the beam file ({exc})") from None
+    library = args.library
+    if library in LIBRARY_SETTINGS:
+        from library.builtin import library_path
+
+        library = str(library_path(library))
+    source = open_source(args.source, rate=args.rate, control=args.control, beam=beam, sampling=beam.get("sampling"),
+                         curve_key=args.curve_key, curve_clients=args.curve_clients, allow_remote=args.allow_remote_stream)  # fmt: skip
+    return FieldOfViewSession(args.out, hypotheses=load_hypotheses(library), beam=beam, source=source,
+                              config={"library": str(Path(library).resolve()) if Path(library).exists() else library,
+                                      "source": {"spec": args.source, **getattr(source, "settings", {})}},
+                              defect_prior=args.defect_prior, max_frames=args.max_frames, log=print, progress=bar,
+                              stop_on_decision=args.stop_on_decision)  # fmt: skip
+
+
 def _run(args: argparse.Namespace, token: str | None) -> int:
     from hypotest.live.builtin import LIBRARY_SETTINGS, make_demo_session
 
-    if args.source.startswith("sim"):
+    if args.source.startswith("sim-fov") or args.field_of_view:
+        session = _fov_session(args)
+    elif args.source.startswith("sim"):
         if args.library not in LIBRARY_SETTINGS:
             raise SystemExit("hypotest live: the simulated microscope ('sim') needs a built-in library")
         seed = int(args.source.split(":", 1)[1]) if ":" in args.source else 0
@@ -296,13 +349,21 @@ def _run(args: argparse.Namespace, token: str | None) -> int:
     except BaseException:
         session.stop()  # nothing was recorded: the source is closed, no record is left
         raise
-    print(f"live session on {args.source}; record in {args.out}; Ctrl-C or SIGTERM stops (resume: hypotest session "
-          f"resume {args.out})")  # fmt: skip
+    fov = hasattr(session, "sites")
+    print(f"live session on {args.source}; record in {args.out}; Ctrl-C or SIGTERM stops"
+          + (f" (the sites as RESULT.json: {args.out / 'sites.json'})" if fov else
+             f" (resume: hypotest session resume {args.out})"))  # fmt: skip
     with StopSignals() as signals:
         run_session(session, signals, stopped_hint="stopping")
         if server is not None:
             server.stop()
     st = session.status()
+    if fov:
+        f = st["field_of_view"] or {}
+        counts = ", ".join(f"{k.split(' @')[0]} {v}" for k, v in (f.get("counts") or {}).items())
+        print(f"stopped: {st['state']}; frames {st['frames']}; {f.get('n_sites', 0)} sites, {f.get('undecided', 0)} "
+              f"undecided: {counts}")  # fmt: skip
+        return 0
     print(f"stopped: {st['state']}; frames {st['frames']}; decision: {st['decision']}")
     return 0
 
@@ -328,7 +389,7 @@ def start_session(out, *, library: str, beam, source: str, twin: str | None = No
     args = argparse.Namespace(library=library, beam=Path(beam), out=Path(out), rate=rate, control=None, curve_key=None,
                               curve_clients=None, allow_remote_stream=False, no_auto_apply=not auto_apply,
                               stop_on_decision=stop_on_decision, scorer=scorer, design=design, twin=twin,
-                              max_frames=max_frames)  # fmt: skip
+                              max_frames=max_frames, field_of_view=False, dose=None, defect_prior=None)  # fmt: skip
     if (args.out / "record.jsonl").exists():
         from forward import InputError
 

@@ -47,6 +47,8 @@ def run_show(args: argparse.Namespace) -> int:
     from hypotest.live.record import load_record
 
     r = load_record(args.dir)
+    if r.config.get("kind") == "field_of_view":
+        return _show_fov(r)
     fates: dict[str, int] = {}
     for f in r.frames:
         fates[str(f["fate"] or "in flight")] = fates.get(str(f["fate"] or "in flight"), 0) + 1
@@ -116,10 +118,43 @@ def run_resume(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    from hypotest.live.record import _load_config
     from hypotest.live.resume import replay_record
+
+    if _load_config(args.dir).get("kind") == "field_of_view":
+        from tqdm import tqdm
+
+        from hypotest.live.fov import replay_fov_record
+
+        rep = replay_fov_record(args.dir, progress=lambda it: tqdm(it, desc="simulating hypotheses", unit="hyp"))
+        same = rep["max_abs_posterior_diff"] < 1e-6
+        print(f"replayed {rep['frames']} frames of the field of view in one batch: {rep['sites']} sites, max |posterior "
+              f"difference| {rep['max_abs_posterior_diff']:.2e} against sites.json; "
+              f"{'reproduced' if same else 'NOT reproduced'}")  # fmt: skip
+        return 0 if same else 1
 
     rep = replay_record(args.dir)
     print(f"replayed {rep.steps} steps from the stored frames: max |posterior difference| {rep.max_abs_posterior_diff:.2e}, "
           f"max |log evidence difference| {rep.max_abs_log_evidence_diff:.2e} nats; decision reproduced: "
           f"{rep.decision_reproduced}")  # fmt: skip
     return 0 if rep.ok and rep.decision_reproduced else 1
+
+
+def _show_fov(r) -> int:
+    """``session show`` of a field-of-view record: frames, the last step's calibration and counts."""
+    steps = [e for e in r.events if e["kind"] == "fov_step"]
+    refused = [f for f in r.frames if f["fate"] == "rejected"]
+    print(f"field-of-view session {r.dir}  library {r.config.get('library')}  source "
+          f"{r.config.get('source', {}).get('spec', '')}")  # fmt: skip
+    print(f"frames received {len(r.frames)}: scored {len(steps)}, refused {len(refused)}")
+    for f in refused[-3:]:
+        print(f"  refused frame {f['source_id']}: {f['reason']}")
+    if steps:
+        e = steps[-1]
+        c = e["calibration"]
+        print(f"pixel {c['pixel_x_A']:.5f} x {c['pixel_y_A']:.5f} Å, rotation {c['rotation_deg']:.3f}°, drift "
+              f"{e['drift_px'][0]:+.2f}, {e['drift_px'][1]:+.2f} px at frame {e['step']}")  # fmt: skip
+        print(f"{e['n_sites']} sites, {e['undecided']} undecided: "
+              + ", ".join(f"{k.split(' @')[0]} {v}" for k, v in e["counts"].items()))
+        print(f"sites (RESULT.json form): {r.dir / 'sites.json'}")
+    return 0

@@ -16,6 +16,9 @@ loop. Routes (``/openapi.json`` lists them with their schemas)::
     GET    /api/frames/latest.png           the last scored frame (grey)
     GET    /api/simulations/{id}.png        a hypothesis' fitted simulation (grey)
     GET    /api/residual.png                Poisson residual of the best match (diverging)
+    GET    /api/sites                       field-of-view sessions: every site, its best type and decision
+    GET    /api/sites/{k}                   one site: posterior, fit check, window
+    GET    /api/sites/{k}/{layer}.png       its window: layer frame, best (fitted simulation) or residual
     WS     /ws                              the view's events as JSON, one message per event
 
 Every route, the page and the ``/ws`` handshake included, passes :mod:`hypotest.dashboard.guard`
@@ -252,6 +255,32 @@ class Proposal(_Open):
         None, description="expected dose to reach the decision using only this beam from now on [e-/Å²]"
     )
     separates: list[list[str]] = Field(description="pairs of hypothesis names it discriminates")
+
+
+class SiteSummary(_Open):
+    k: int = Field(description="the site's index (frame 0's enumeration)")
+    site_class: str = Field(alias="class", description="the host site class, e.g. 'S column'")
+    x_px: float = Field(description="position in frame 0 [pixels]")
+    y_px: float
+    frame_x_px: float = Field(description="position in the latest frame [pixels] (frame 0's moved by the drift)")
+    frame_y_px: float
+    x_A: float = Field(description="position in the specimen's frame [Å]")
+    y_A: float
+    best: str = Field(description="most probable hypothesis id")
+    best_name: str
+    p_best: float
+    log10_bayes_factor: float | None = Field(description="best against the host")
+    decided: bool
+    status: str = Field(description="ok | unexplained (fails the fit check) | off_specimen (vacuum, a hole)")
+    is_host: bool
+    near_defect: list[int] = Field(description="decided defects whose windows overlap this site's")
+
+
+class SiteDetail(SiteSummary):
+    posterior: dict[str, float] = Field(description="hypothesis id -> posterior (the host and the site class's hypotheses)")
+    posterior_named: list[dict[str, Any]] = Field(description="[{id, name, p}], most probable first")
+    fit: dict[str, Any] = Field(description="the fit check of the best hypothesis on the latest frame's window")
+    window: dict[str, Any] = Field(description="{frame, centre_px, size_px, radius_A} of the window images")
 
 
 class Applied(_Open):
@@ -611,6 +640,35 @@ def make_app(
         if a is None:
             raise HTTPException(404, "no residual yet: it needs a scored frame; wait for the first step event")
         return _png_response(a, "diverging", 0.0, high)
+
+    def sites_of() -> Any:
+        if not callable(getattr(view, "sites", None)):
+            raise HTTPException(404, "this session scores one cell per frame: it has no sites (a field-of-view "
+                                     "session has them: hypotest live --field-of-view, or --source sim-fov)")  # fmt: skip
+        return view
+
+    @app.get("/api/sites", response_model=list[SiteSummary], tags=["query"], responses={404: {}})
+    def get_sites():
+        return _jsonable(sites_of().sites())
+
+    @app.get("/api/sites/{k}", response_model=SiteDetail, tags=["query"], responses={404: {}})
+    def get_site(k: Annotated[int, PathParam(ge=0)]):
+        v = sites_of()
+        try:
+            return _jsonable(v.site(k))
+        except InputError as exc:
+            raise HTTPException(404, _cut(str(exc))) from None
+
+    @app.get("/api/sites/{k}/{layer}.png", response_class=Response, responses=png, tags=["images"])
+    def site_png(k: Annotated[int, PathParam(ge=0)], layer: Literal["frame", "best", "residual"],
+                 low: float = pct_low, high: float = pct_high):  # fmt: skip
+        _check(low, high)
+        v = sites_of()
+        try:
+            a = v.site_image(k, layer)
+        except InputError as exc:
+            raise HTTPException(404, _cut(str(exc))) from None
+        return _png_response(a, "diverging", 0.0, high) if layer == "residual" else _png_response(a, "grey", low, high)
 
     @app.websocket("/ws")
     async def events(ws: WebSocket):

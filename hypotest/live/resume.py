@@ -256,6 +256,10 @@ def resume_session(directory, *, source=None, source_settings: dict | None = Non
     src = None
     try:
         rec = load_record(d)
+        if rec.config.get("kind") == "field_of_view":
+            raise InputError(f"{d} is a field-of-view session: it is not resumed (its posteriors are sums over its "
+                             f"frames, all kept in the record); `hypotest session replay {d}` scores them again, and a "
+                             "new `hypotest live --field-of-view` session continues at the microscope")  # fmt: skip
         hyps, model = _session_hypotheses(rec)
         n_lib = len(rec.config["hypotheses"])
         given = {"auto_apply": auto_apply, "stop_on_decision": stop_on_decision, "max_steps": max_steps}
@@ -311,6 +315,9 @@ def replay_record(directory, log: Callable[[str], None] | None = None) -> Replay
     from the frames in ``frames.bin``, with a fresh model and state, the hypotheses added and
     dropped where the record says; compare the posteriors with the recorded ones."""
     rec = load_record(directory)
+    if rec.config.get("kind") == "field_of_view":
+        raise InputError(f"{directory} is a field-of-view session: replay it with hypotest.live.fov.replay_fov_record "
+                         "(`hypotest session replay` does)")  # fmt: skip
     hyps, model = _session_hypotheses(rec)
     cfg = rec.config
     n_lib = len(cfg["hypotheses"])

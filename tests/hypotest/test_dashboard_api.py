@@ -131,7 +131,8 @@ def test_openapi_lists_every_endpoint(client):
         "/api/status": {"get"}, "/api/hypotheses": {"get", "post"}, "/api/hypotheses/{hypothesis_id}": {"get", "delete"},
         "/api/history": {"get"}, "/api/proposals": {"get"}, "/api/proposals/{index}/apply": {"post"},
         "/api/beam": {"post"}, "/api/auto_apply": {"post"}, "/api/frames/latest.png": {"get"},
-        "/api/simulations/{hypothesis_id}.png": {"get"}, "/api/residual.png": {"get"},
+        "/api/simulations/{hypothesis_id}.png": {"get"}, "/api/residual.png": {"get"}, "/api/sites": {"get"},
+        "/api/sites/{k}": {"get"}, "/api/sites/{k}/{layer}.png": {"get"},
     }  # fmt: skip
     for path, methods in expected.items():
         assert path in paths, f"{path} missing from the OpenAPI schema"
@@ -142,6 +143,12 @@ def test_openapi_lists_every_endpoint(client):
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert paths["/api/beam"]["post"]["security"] == [{"HTTPBearer": []}]
     assert "security" not in paths["/api/status"]["get"]
+
+
+def test_a_one_cell_session_has_no_sites(client):
+    for path in ("/api/sites", "/api/sites/0", "/api/sites/0/frame.png"):
+        r = client.get(path)
+        assert r.status_code == 404 and "scores one cell per frame: it has no sites" in r.json()["detail"], path
 
 
 def test_status_before_the_first_frame(client, idle):

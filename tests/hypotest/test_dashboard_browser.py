@@ -137,3 +137,52 @@ def test_dashboard_follows_a_live_demo_session(demo, page, artifacts):
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert page.errors == [], page.errors
+
+
+def test_dashboard_of_a_field_of_view_session(tmp_path, page, artifacts):
+    """A field-of-view session (the abTEM flake, drifting, 2 frames/s; the hypotheses' images are
+    abTEM's, so nothing is simulated): the frame carries one marker per site, coloured by decision;
+    clicking a decided defect's marker shows its posterior, its window, the best simulation and
+    the residual."""
+    import numpy as np
+
+    from hypotest.live.fovsim import make_fov_demo_session
+
+    images = np.load(REPO / "tests" / "data" / "fov_mos2_haadf.npz")["hyp_images"][:8].astype(np.float64)
+    session = make_fov_demo_session(tmp_path / "fov", seed=4, dose=5e3, rate_hz=2.0, max_frames=12, images=images)
+    srv = serve(session, token=TOKEN)
+    try:
+        page.goto(srv.url)
+        page.wait_for_selector('#ws-state[data-ws="live"]', timeout=30_000)
+        session.start()
+        page.wait_for_function("Number(document.querySelector('#site-overlay').dataset.sites) > 40", timeout=120_000)
+        assert page.is_visible("#sites-panel")
+        n_sites = int(page.get_attribute("#site-overlay", "data-sites"))
+        assert n_sites == len(session.sites())
+        page.wait_for_function("document.querySelectorAll('#site-overlay circle[data-kind=\"defect\"]').length > 0",
+                               timeout=120_000)  # fmt: skip
+        marker = page.locator('#site-overlay circle[data-kind="defect"]').first
+        k = int(marker.get_attribute("data-k"))
+        marker.click()
+        page.wait_for_selector("#site-posterior tbody tr", timeout=30_000)
+        site = session.site(k)
+        assert page.locator("#site-posterior tbody tr").count() == len(site["posterior"])
+        first = page.text_content("#site-posterior tbody tr td")
+        assert first == site["posterior_named"][0]["name"]  # most probable first
+        assert page.text_content("#site-title").startswith(f"{k} · {site['class']}")
+        page.wait_for_function("['frame', 'best', 'residual'].every(l => "
+                               "document.querySelector('#site-img-' + l).naturalWidth > 0)", timeout=30_000)  # fmt: skip
+        size = page.evaluate("(i => i.naturalWidth)(document.querySelector('#site-img-frame'))")
+        assert size == site["window"]["size_px"]
+        assert page.locator("#site-overlay circle.selected").count() == 1
+        assert "sites" in page.text_content("#site-summary") and "rotation" in page.text_content("#site-summary")
+        session.wait(120)
+        page.wait_for_timeout(1500)
+        shot = artifacts / "dashboard_fov.png"
+        shot.unlink(missing_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert page.errors == [], page.errors
+    finally:
+        srv.stop()
+        session.stop()

@@ -12,6 +12,7 @@ const LOG_FLOOR = 1e-6;  // the log axis shows posteriors from 1e-6 to 1
 const S = {
   status: null, hyps: [], history: null, proposals: [], selected: null, logScale: false,
   ws: null, wsOpen: false, refreshing: false, dirty: false, imgStamp: 0, events: [],
+  sites: [], site: null, frameShape: null,
 };
 
 const $ = (sel) => document.querySelector(sel);
@@ -88,6 +89,7 @@ async function refresh() {
     S.status = status; S.hyps = hyps; S.history = history; S.proposals = proposals;
     renderStatus(); renderChart(); renderTimeline(); renderHypotheses(); renderProposals();
     refreshImages();
+    if (status.field_of_view) await refreshSites();
     await renderRefinement();
   } catch (e) {
     if (!S.wsOpen) renderWs("offline");
@@ -167,7 +169,11 @@ function renderStatus() {
   const src = $("#source-connection");
   src.textContent = `${s.source} (${s.connection})`; src.dataset.connection = s.connection;
   const d = $("#decision");
-  if (s.decision) { d.textContent = `${s.decision.name} ✔ P=${fmtP(s.decision.posterior)}`; d.className = "decided"; }
+  if (s.field_of_view) {  // a field of view: no one decision, one per site
+    const fv = s.field_of_view;
+    d.textContent = `${fv.n_sites} sites · ${fv.undecided} undecided`;
+    d.className = fv.undecided === 0 ? "decided" : "";
+  } else if (s.decision) { d.textContent = `${s.decision.name} ✔ P=${fmtP(s.decision.posterior)}`; d.className = "decided"; }
   else {
     const best = S.hyps.length ? S.hyps.reduce((a, b) => ((b.posterior || 0) > (a.posterior || 0) ? b : a)) : null;
     d.textContent = best ? `${best.name} P=${fmtP(best.posterior)}` : "–"; d.className = "";
@@ -324,6 +330,14 @@ async function applyProposal(p, button) {
 
 function renderHypotheses() {
   const tb = $("#hypotheses tbody");
+  const fov = !!(S.status && S.status.field_of_view);
+  if (fov) {  // per type: the expected fraction of its class's sites, the sites decided as it
+    const th = document.querySelectorAll("#hypotheses thead th");
+    th[2].textContent = "fraction"; th[2].title = "expected fraction of the sites of its class that are it";
+    th[3].textContent = "decided"; th[3].title = "sites decided as it";
+    th[4].textContent = "site class";
+    $("#chart-title").textContent = "Expected fraction of sites per type, over frames";
+  }
   const sorted = [...S.hyps].sort((a, b) => (b.posterior || 0) - (a.posterior || 0));
   tb.replaceChildren(...sorted.map((h) => el("tr", {
     "data-id": h.id, class: `${h.state} ${h.id === S.selected ? "selected" : ""}`, onclick: () => select(h.id),
@@ -331,9 +345,9 @@ function renderHypotheses() {
   el("td", {}, el("i", { class: "swatch", style: `background:${colourOf(h.id)}` })),
   el("td", { class: "name", title: `${h.name} · ${h.family} · ${h.id}` }, h.name),
   el("td", {}, fmtP(h.posterior)),
-  el("td", {}, h.log10_bayes_factor === null ? "−∞" : h.log10_bayes_factor.toFixed(1)),
-  el("td", {}, h.state),
-  el("td", {}, h.state === "dropped" ? "" : el("button", {
+  el("td", {}, fov ? String(h.sites_decided) : (h.log10_bayes_factor === null ? "−∞" : h.log10_bayes_factor.toFixed(1))),
+  el("td", {}, fov ? h.site_class : h.state),
+  el("td", {}, (fov || h.state === "dropped") ? "" : el("button", {
     type: "button", class: "small", "data-drop-id": h.id, title: "stop scoring this hypothesis",
     onclick: (ev) => { ev.stopPropagation(); dropHypothesis(h); },
   }, "drop")))));
@@ -381,6 +395,69 @@ async function renderRefinement() {
   const prov = Object.entries(d.provenance || {}).filter(([, v]) => v !== null && v !== "" && typeof v !== "object")
     .slice(0, 6).map(([k, v]) => `${k}: ${v}`).join(" · ");
   box.replaceChildren(table, el("p", { class: "prov muted" }, prov));
+}
+
+// ---- field-of-view sessions: site markers and details ------------------------------------
+const SITE_COLOURS = { host: "#59a14f", defect: "#e15759", undecided: "#edc948", unexplained: "#b07aa1", off_specimen: "#888" };
+function siteKind(s) {
+  if (s.status !== "ok") return s.status;
+  if (!s.decided) return "undecided";
+  return s.is_host ? "host" : "defect";
+}
+
+async function refreshSites() {
+  $("#sites-panel").hidden = false;
+  try {
+    S.sites = await api("/api/sites");
+  } catch (e) { console.warn("sites", e); return; }
+  const fov = S.status.field_of_view;
+  const c = fov.calibration || {};
+  const counts = Object.entries(fov.counts || {}).map(([k, v]) => `${k.split(" @")[0]} ${v}`).join(" · ");
+  $("#site-summary").textContent = `${fov.n_sites} sites, ${fov.undecided} undecided, ${fov.frames} frames; `
+    + `pixel ${fmt(c.pixel_x_A, 5)} × ${fmt(c.pixel_y_A, 5)} Å, rotation ${fmt(c.rotation_deg, 4)}°. ${counts}`;
+  renderSiteOverlay();
+  if (S.site !== null) await showSite(S.site, false);
+}
+
+function renderSiteOverlay() {
+  const svg = $("#site-overlay");
+  const img = $("#img-frame");
+  const nx = img.naturalWidth || 128, ny = img.naturalHeight || 128;
+  svg.setAttribute("viewBox", `0 0 ${nx} ${ny}`);
+  svg.hidden = false;
+  const r = Math.max(1.2, nx / 100);
+  const marks = S.sites.map((s) => {
+    const kind = siteKind(s);
+    const dot = svgEl("circle", { cx: s.frame_x_px + 0.5, cy: ny - s.frame_y_px - 0.5, r: kind === "host" ? r * 0.6 : r,
+      fill: SITE_COLOURS[kind], stroke: SITE_COLOURS[kind], "data-k": s.k, "data-kind": kind,
+      class: S.site === s.k ? "selected" : "" });
+    const t = svgEl("title");
+    t.textContent = `site ${s.k} (${s.class}): ${s.best_name.split(" @")[0]} P=${fmtP(s.p_best)} · ${kind}`;
+    dot.append(t);
+    dot.addEventListener("click", () => showSite(s.k, true));
+    return dot;
+  });
+  svg.replaceChildren(...marks);
+  svg.dataset.sites = String(marks.length);
+}
+
+async function showSite(k, fresh) {
+  S.site = k;
+  let d;
+  try { d = await api(`/api/sites/${k}`); } catch (e) { say(`site ${k}: ${e.message}`); return; }
+  $("#site-title").textContent = `${k} · ${d.class} · (${fmt(d.x_A, 4)}, ${fmt(d.y_A, 4)}) Å · ${siteKind(d)}`;
+  const rows = d.posterior_named.map((p) => el("tr", {}, el("td", {}, p.name), el("td", {}, fmtP(p.p))));
+  const f = d.fit || {};
+  $("#site-detail").replaceChildren(
+    el("table", { class: "compact", id: "site-posterior" }, el("thead", {}, el("tr", {}, el("th", {}, "hypothesis"), el("th", {}, "P"))),
+      el("tbody", {}, ...rows)),
+    el("p", { class: "muted" }, `log₁₀ BF vs host ${fmt(d.log10_bayes_factor)}; fit check z = ${fmt(f.z)}, `
+      + `p = ${fmtP(f.p_value)} (${f.statistic}, ${f.n_pixels} px)`
+      + (d.near_defect.length ? `; near defect site ${d.near_defect.join(", ")}` : "")));
+  $("#site-images").hidden = false;
+  const stamp = `${S.status ? S.status.step : 0}-${++S.imgStamp}`;
+  for (const layer of ["frame", "best", "residual"]) loadImage($(`#site-img-${layer}`), `/api/sites/${k}/${layer}.png?t=${stamp}`);
+  if (fresh) renderSiteOverlay();
 }
 
 // ---- live link -------------------------------------------------------------------------
@@ -452,6 +529,7 @@ function init() {
     }
   });
   window.addEventListener("resize", () => { renderChart(); renderTimeline(); });
+  $("#img-frame").addEventListener("load", () => { if (S.sites.length) renderSiteOverlay(); });
   setInterval(() => { if (!S.wsOpen) refresh(); }, 3000);
   refresh();
   connect();
