@@ -34,6 +34,7 @@ import math
 import numpy as np
 
 from forward import InputError
+from inference.windows import class_evidence, grad2
 
 __all__ = ["LibraryGeometry", "analyse_library", "window_geometry", "bad_pixel_mask", "score_field_of_view", "FieldOfViewScorer",
            "periodic_images", "OFF_SPECIMEN_RATIO", "DEFECT_PRIOR", "DECIDE_P"]  # fmt: skip
@@ -287,58 +288,6 @@ def deviance_moments(mu):
     return np.interp(lm, np.log(mus), mean), np.interp(lm, np.log(mus), var)
 
 
-def _window_models(series_list, shifts, m, t, centres, di, dj):
-    """``[H, K, A, B]`` model windows: hypothesis ``h``'s image at ``M (centre_k + (di, dj)) + t - shift_hk``."""
-    out = []
-    for h, s in enumerate(series_list):
-        q = s.g @ m  # [G, 2]
-        base = centres @ m.T + t[None, :] - shifts[h]  # [K, 2] Å
-        ph = np.exp(2j * np.pi * (base @ s.g.T)).astype(np.complex64) * s.c.astype(np.complex64)[None, :]
-        u = np.exp(2j * np.pi * di[:, None] * q[None, :, 0]).astype(np.complex64)
-        v = np.exp(2j * np.pi * dj[:, None] * q[None, :, 1]).astype(np.complex64)
-        out.append(np.real(np.einsum("kg,ag,bg->kab", ph, u, v, optimize=True)))
-    return np.stack(out)
-
-
-def _laplace_one_window(y, w, img, sat, exposure, noise, prior):
-    """Laplace evidence over (scale, background) of one masked window (:mod:`inference.newton`)."""
-    import jax.numpy as jnp
-
-    from inference.evidence import _mu_derivs
-    from inference.newton import newton_laplace, total_count_start
-
-    def lik(theta):
-        a, ww, data = _mu_derivs(noise, y, exposure * (theta[0] * img + theta[1]))
-        ea, ew = exposure * a * w, exposure * exposure * ww * w
-        h = (-jnp.sum(ew * img * img), -jnp.sum(ew * img), -jnp.sum(ew))
-        return jnp.stack([jnp.sum(ea * img), jnp.sum(ea)]), h, jnp.sum(data * w)
-
-    total = jnp.sum(y * w) / noise.gain
-    theta0 = total_count_start(total, jnp.sum(img * w), jnp.sum(w), exposure, prior)
-    return newton_laplace(lik, theta0, prior, sat, 6)
-
-
-_WINDOWS_JIT = None
-
-
-def _laplace_windows(counts, mask, models, exposure, noise, prior):
-    """Laplace evidence ``[H, K]`` of ``counts [K, P]`` (``mask [K, P]``) under ``models [H, K, P]``,
-    vmapped over sites and hypotheses; compiled once per shape (module-level jit)."""
-    global _WINDOWS_JIT
-    import jax
-    import jax.numpy as jnp
-
-    from inference.noise import _saturated_part
-
-    if _WINDOWS_JIT is None:
-        per_site = jax.vmap(_laplace_one_window, in_axes=(0, 0, 0, 0, None, None, None))
-        _WINDOWS_JIT = jax.jit(jax.vmap(per_site, in_axes=(None, None, 0, None, None, None, None)))
-    y = jnp.asarray(counts, jnp.float32)
-    w = jnp.asarray(mask, jnp.float32)
-    sat = jnp.sum(_saturated_part(noise, y) * w, axis=-1)
-    return _WINDOWS_JIT(y, w, jnp.asarray(models, jnp.float32), sat, jnp.asarray(exposure, jnp.float32), noise, prior)
-
-
 @dataclasses.dataclass
 class _Frame:
     counts: np.ndarray
@@ -358,11 +307,13 @@ class FieldOfViewScorer:
     evidence of it; :meth:`result` gives the RESULT.json entries for the frames so far. The sites
     are those of the first frame; a site a later frame does not hold (drift) gets no evidence from
     it. Arguments as :func:`score_field_of_view`; ``fit_frame``: the frame whose windows the fit
-    check and the site views use, ``"first"`` (batch) or ``"latest"`` (live)."""
+    check and the site views use, ``"first"`` (batch) or ``"latest"`` (live); ``split``: where the
+    sites' windows are scored, in-process (None) or in blocks over Ray actors
+    (:class:`workflows.site_shards.SiteShards`, the same numbers)."""
 
     def __init__(self, hyps, first, bf, *, host_id=None, defect_prior: float = DEFECT_PRIOR, decide_p: float = DECIDE_P,
                  fit_alpha: float = 0.01, progress=None, images=None, detector: str = "beam", optics: str = "beam",
-                 fit_frame: str = "first"):  # fmt: skip
+                 fit_frame: str = "first", split=None):  # fmt: skip
         import time
 
         from hypotest.scoring import _shared_cell
@@ -406,6 +357,7 @@ class FieldOfViewScorer:
         if detector == "frame":
             self.noise, self.calibration = _calibrate_on(first, self.host_s, bf, geo.lattice)
             self.read_e = self.calibration.read_noise / self.calibration.gain
+            first = self.calibration.electrons(first)  # scored in electrons, as add() converts the later frames
             timing["calibrate_detector"] = time.perf_counter() - t0
         self.frames: list[_Frame] = []
         fr0 = self._register(first, None)
@@ -476,6 +428,9 @@ class FieldOfViewScorer:
             self.classes[c] = {"members": members, "idx": idx, "r": r_sites, "shifts": shifts,
                                "total": np.zeros((len(idx), len(members))), "first": None, "latest": None}  # fmt: skip
         self.timing["score"] = 0.0
+        self.split = split
+        if split is not None:
+            split.setup(self)
         self._score(fr0)
 
     def _check_size(self, frame, k):
@@ -523,33 +478,17 @@ class FieldOfViewScorer:
 
         t0 = time.perf_counter()
         self.frames.append(fr)
-        fit, shape, di, wpx, win = fr.fit, self.shape, self.di, self.wpx, self.win
-        minv = np.linalg.inv(fit.m)
+        fit = fr.fit
         for c, cl in self.classes.items():
-            r_sites, n = cl["r"], len(cl["idx"])
-            p = (r_sites - fit.t) @ minv.T
-            centre = np.round(p)
-            ok = np.all((centre - wpx >= 0) & (centre + wpx <= np.asarray(shape) - 1), axis=1)
-            ci = centre.astype(int)
-            ai = np.clip(ci[:, 0:1, None] + di.astype(int)[None, :, None], 0, shape[0] - 1)
-            bj = np.clip(ci[:, 1:2, None] + di.astype(int)[None, None, :], 0, shape[1] - 1)
-            y = fr.counts[ai, bj]
-            mk = fr.mask[ai, bj]
-            rel = np.stack(np.meshgrid(di, di, indexing="ij"), -1).reshape(-1, 2)
-            dist = np.linalg.norm(((centre[:, None, :] + rel[None]) @ fit.m.T + fit.t) - r_sites[:, None, :], axis=-1)
-            inwin = (dist <= win["radius_A"]).reshape(n, len(di), len(di))
-            w = (mk & inwin & ok[:, None, None]).reshape(n, -1)
-            y = np.where(w, y.reshape(n, -1), 0.0)
-            models = _window_models([self.series[h] for h in cl["members"]], cl["shifts"], fit.m, fit.t, centre, di, di)
-            models = models.reshape(len(cl["members"]), n, -1)
-            wq = w.astype(np.float64)
-            if self.calibration is not None:  # quasi-likelihood: each pixel weighted by Poisson / model variance
-                wq = w / (_dispersion_windows(self.calibration, models[0], self.exposure, fit, len(di)) * self.corr_factor)
-            # only the pixels a window's disk can hold go to the Laplace step (~pi/4 of the square)
-            d = self.disk
-            ev = _laplace_windows(y[:, d], wq[:, d], models[:, :, d], self.exposure, self.noise, self.prior)
-            cl["total"] += np.asarray(ev.log_evidence).T
-            store = (y, w, models, ev, centre, len(self.frames) - 1)
+            args = (cl["shifts"], [self.series[h] for h in cl["members"]])
+            if self.split is not None:  # blocks of sites scored in Ray actors (workflows.site_shards)
+                ev = self.split.evidence(c, fr.counts, fr.mask, fit.m, fit.t, cl["r"], (fit.scale, fit.background))
+            else:
+                ev = class_evidence(fr.counts, fr.mask, fit.m, fit.t, cl["r"], *args, self.di, self.disk,
+                                    self.win["radius_A"], self.exposure, self.noise, self.prior, self.calibration,
+                                    self.corr_factor, (fit.scale, fit.background))  # fmt: skip
+            cl["total"] += ev.log_evidence.T
+            store = (ev.y, ev.w, ev.models, ev, ev.centre, len(self.frames) - 1)
             if cl["first"] is None:
                 cl["first"] = store
             cl["latest"] = store
@@ -613,8 +552,8 @@ class FieldOfViewScorer:
                 e_dev = np.sum(w * em, axis=1) - 2.0
                 v_dev = np.sum(w * ev_, axis=1)
             else:  # Pearson's statistic under the calibrated variance, its spread widened by the correlation
-                grad2 = _grad2(mu.reshape(len(idx), len(di), len(di))).reshape(len(idx), -1)
-                var = calibration.pixel_variance(mm, grad2)
+                g2 = grad2(mu.reshape(len(idx), len(di), len(di))).reshape(len(idx), -1)
+                var = calibration.pixel_variance(mm, g2)
                 dev = np.sum(w * (y - mu) ** 2 / var, axis=1)
                 e_dev = w.sum(axis=1) - 2.0
                 v_dev = 2.0 * w.sum(axis=1) * self.corr_factor
@@ -680,7 +619,7 @@ class FieldOfViewScorer:
 
 def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float = DEFECT_PRIOR,
                         decide_p: float = DECIDE_P, fit_alpha: float = 0.01, progress=None, images=None,
-                        detector: str = "beam", optics: str = "beam") -> dict:
+                        detector: str = "beam", optics: str = "beam", split=None) -> dict:
     """Register every frame of ``counts [T, nx, ny]``, enumerate the sites of the first frame and
     score each against its class's hypotheses, the evidence summed over the frames in which the
     site lies inside. Returns the ``lattice``/``sites``/... entries of RESULT.json, with
@@ -692,12 +631,14 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
     ``"beam"`` (BEAM.json's optics as they are) or ``"frame"`` (ADF-STEM: the detector's inner angle
     and the effective source size learned from the host lattice of the first frame,
     :mod:`inference.lattice_optics`, and every hypothesis simulated under them). The frames go
-    through one :class:`FieldOfViewScorer`; the fit check is on the first frame's windows."""
+    through one :class:`FieldOfViewScorer`; the fit check is on the first frame's windows.
+    ``split``: :class:`workflows.site_shards.SiteShards` to score the sites over Ray actors."""
     counts = np.asarray(counts)
     if counts.ndim != 3 or len(counts) == 0:
         raise InputError(f"frames are a [T, nx, ny] stack, got shape {counts.shape}")
     sc = FieldOfViewScorer(hyps, counts[0], bf, host_id=host_id, defect_prior=defect_prior, decide_p=decide_p,
-                           fit_alpha=fit_alpha, progress=progress, images=images, detector=detector, optics=optics)  # fmt: skip
+                           fit_alpha=fit_alpha, progress=progress, images=images, detector=detector, optics=optics,
+                           split=split)  # fmt: skip
     for frame in counts[1:]:
         sc.add(frame)
     return sc.result()
@@ -765,19 +706,6 @@ def _calibrate_on(first, host_s, bf, lattice):
     read_e = cal.read_noise / cal.gain
     noise = make_noise_model("poisson_gaussian", gain=1.0, read_noise=read_e) if read_e > 0 else make_noise_model("poisson")
     return noise, cal
-
-
-def _grad2(win2d):
-    """Squared gradient [(units/pixel)²] of windows ``[..., A, B]`` (central differences)."""
-    gx, gy = np.gradient(win2d, axis=(-2, -1))
-    return gx * gx + gy * gy
-
-
-def _dispersion_windows(cal, host_models, exposure, fit, n):
-    """``[K, P]`` per-pixel dispersion ``var / mu`` of the calibrated noise model at the host's windows."""
-    mu = np.maximum(exposure * (fit.scale * host_models + fit.background), 1e-6)
-    grad2 = _grad2(mu.reshape(mu.shape[0], n, n)).reshape(mu.shape)
-    return cal.pixel_variance(mu, grad2) / mu
 
 
 def _flag_neighbours(results, win):

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optics", choices=("beam", "frame"), default="beam",
                    help="field of view, ADF-STEM: beam = BEAM.json's optics as given (default); frame = the detector's "
                         "inner angle and the effective source size learned from the host lattice of the first frame")
+    p.add_argument("--site-shards", type=int, default=None, metavar="N",
+                   help="field of view: split the sites over N Ray actors (a local Ray, or the cluster at --address)")
+    p.add_argument("--address", default=None, help="with --site-shards: a running Ray cluster (HOST:PORT or auto; default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -67,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
     if spans_field_of_view(hyps, counts.shape[1:], bf.sampling):
         return _run_field_of_view(args, hyps, counts, bf, progress)
 
+    if args.site_shards is not None:
+        from forward import InputError
+
+        raise InputError(f"--site-shards splits a field of view's sites; {args.frames} spans one cell of the hypotheses "
+                         "(a library's hypotheses are sharded by workflows.shards: python -m workflows.refine)")  # fmt: skip
     if args.detector != "beam" or args.optics != "beam":
         from forward import InputError
 
@@ -105,8 +113,23 @@ def _run_field_of_view(args, hyps, counts, bf, progress) -> int:
     if args.scorer != "laplace":
         raise InputError(f"--scorer {args.scorer} scores frames that span one cell; a field of view is scored per site (laplace)")
     prior = DEFECT_PRIOR if args.defect_prior is None else args.defect_prior
-    out = score_field_of_view(hyps, counts, bf, host_id=args.host, defect_prior=prior, progress=progress,
-                              detector=args.detector, optics=args.optics)
+    if args.site_shards is not None:
+        from workflows.local import local_ray
+        from workflows.site_shards import SiteShards
+
+        if args.site_shards < 1:
+            raise InputError(f"--site-shards must be >= 1, got {args.site_shards}")
+        from workflows._cli import ray_address
+
+        address = ray_address(args)
+        with local_ray(num_cpus=args.site_shards if address is None else None, address=address), \
+                SiteShards(args.site_shards) as split:  # fmt: skip
+            out = score_field_of_view(hyps, counts, bf, host_id=args.host, defect_prior=prior, progress=progress,
+                                      detector=args.detector, optics=args.optics, split=split)  # fmt: skip
+        out["site_shards"] = {"actors": args.site_shards, "sites_per_class": split.sizes}
+    else:
+        out = score_field_of_view(hyps, counts, bf, host_id=args.host, defect_prior=prior, progress=progress,
+                                  detector=args.detector, optics=args.optics)
     out["inputs"] = {"library": str(args.library), "frames": str(args.frames), "beam": str(args.beam)}
     check_result_finite(out)
     png = args.site_map or args.out.with_name(args.out.stem + "_sites.png")
