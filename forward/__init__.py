@@ -26,7 +26,7 @@ _SOURCES = {
     "forward.elements": ("atomic_number", "symbol"),
     "forward.errors": ("InputError",),
     "forward.grid": ("Grid", "fft_friendly_size", "make_grid"),
-    "forward.hrtem": ("HRTEMSimulator", "ctf", "make_hrtem_simulator"),
+    "forward.hrtem": ("HRTEMSimulator", "ctf", "make_hrtem_simulator", "make_optics_image_fn"),
     "forward.noise": ("expected_electrons", "pixel_area", "sample_frame"),
     "forward.phonons": ("displace_atoms", "make_frozen_phonon_simulator"),
     "forward.potentials": ("PROJECTIONS", "make_potential_fn"),
@@ -35,7 +35,7 @@ _SOURCES = {
         "fresnel_propagator", "multislice", "multislice_potential", "multislice_to_depth", "transmission_function",
     ),
     "forward.reciprocal": ("antialias_mask",),
-    "forward.specimen": ("DEFAULT_MIN_DISTANCE", "Specimen", "make_specimen", "stack_specimens"),
+    "forward.specimen": ("DEFAULT_MIN_DISTANCE", "Specimen", "add_exit_layers", "beam_period", "make_specimen", "stack_specimens"),
     "forward.stem": ("Scan", "make_scan", "make_stem_simulator"),
     "forward.transfer": ("aberration_phase", "aperture"),
     "forward.waves": ("plane_wave",),
@@ -67,7 +67,7 @@ if TYPE_CHECKING:  # what static analysis and IDEs see: the eager imports
     from forward.elements import atomic_number, symbol  # noqa: F401
     from forward.errors import InputError  # noqa: F401
     from forward.grid import Grid, fft_friendly_size, make_grid  # noqa: F401
-    from forward.hrtem import HRTEMSimulator, ctf, make_hrtem_simulator  # noqa: F401
+    from forward.hrtem import HRTEMSimulator, ctf, make_hrtem_simulator, make_optics_image_fn  # noqa: F401
     from forward.noise import expected_electrons, pixel_area, sample_frame  # noqa: F401
     from forward.phonons import displace_atoms, make_frozen_phonon_simulator  # noqa: F401
     from forward.potentials import PROJECTIONS, make_potential_fn  # noqa: F401
@@ -80,7 +80,7 @@ if TYPE_CHECKING:  # what static analysis and IDEs see: the eager imports
         transmission_function,
     )
     from forward.reciprocal import antialias_mask  # noqa: F401
-    from forward.specimen import DEFAULT_MIN_DISTANCE, Specimen, make_specimen, stack_specimens  # noqa: F401
+    from forward.specimen import DEFAULT_MIN_DISTANCE, Specimen, add_exit_layers, beam_period, make_specimen, stack_specimens  # noqa: F401
     from forward.stem import Scan, make_scan, make_stem_simulator  # noqa: F401
     from forward.transfer import aberration_phase, aperture  # noqa: F401
     from forward.waves import plane_wave  # noqa: F401

@@ -12,7 +12,7 @@ from forward._validate import as_float_array
 from forward.elements import MAX_Z, atomic_number
 from forward.errors import InputError
 
-__all__ = ["Specimen", "make_specimen", "stack_specimens", "DEFAULT_MIN_DISTANCE"]
+__all__ = ["Specimen", "make_specimen", "stack_specimens", "beam_period", "add_exit_layers", "DEFAULT_MIN_DISTANCE"]
 
 #: Closest approach of two atoms [Å] below which a structure is rejected as overlapping.
 DEFAULT_MIN_DISTANCE = 0.5
@@ -170,3 +170,79 @@ def stack_specimens(specimens: Sequence[Specimen]) -> Specimen:
         cell=np.stack([np.asarray(s.cell) for s in specimens]),
         dw_sigmas=np.stack([np.asarray(s.dw_sigmas) for s in specimens]),
     )
+
+
+def _beam_period(pos: np.ndarray, z: np.ndarray, cell: np.ndarray, tol: float) -> float | None:
+    """The smallest translation ``c`` along the beam [Å] that maps at least half the atoms onto an
+    atom of the same element (x, y periodic), or None."""
+    dz = []
+    for el in np.unique(z):
+        p = pos[z == el]
+        d = p[None, :, :] - p[:, None, :]
+        frac = d[..., :2] / cell[:2]
+        same_xy = np.all(np.abs(frac - np.round(frac)) * cell[:2] < tol, axis=-1)
+        dz.append(d[..., 2][same_xy & (d[..., 2] > 0.5)])
+    cands = np.unique(np.round(np.concatenate(dz), 3)) if dz else np.zeros(0)
+    for c in cands[:64]:
+        d = pos[None, :, :] + np.r_[0.0, 0.0, c] - pos[:, None, :]
+        d[..., :2] -= np.round(d[..., :2] / cell[:2]) * cell[:2]
+        close = (np.linalg.norm(d, axis=-1) < tol) & (z[None, :] == z[:, None])
+        if close.any(axis=0).sum() >= 0.5 * len(z):
+            return float(c)
+    return None
+
+
+def beam_period(specimen: Specimen, tol: float = 0.05) -> float | None:
+    """The crystal's repeat along the beam [Å] within ``specimen`` (the smallest translation along z
+    that maps at least half of its atoms onto atoms of the same element), or None when it holds
+    no repeat (a monolayer, one unit cell)."""
+    return _beam_period(np.asarray(specimen.positions, float), np.asarray(specimen.numbers), np.asarray(specimen.cell, float), tol)
+
+
+def add_exit_layers(specimen: Specimen, n: int, period: float | None = None, tol: float = 0.05) -> Specimen:
+    """``specimen`` with ``n`` more host unit cells at the exit surface (the thickness nuisance).
+
+    The specimen is cut into layers one ``period`` deep from its shallowest atom; the host layer is
+    the one that recurs most often (so a defect in one layer is not copied), and it is repeated
+    below the deepest layer ``n`` times, the cell growing by ``n period`` (the vacuum below the
+    crystal is kept). ``period`` defaults to :func:`beam_period`.
+    """
+    if isinstance(n, bool) or int(n) != n or n < 0:
+        raise InputError(f"extra unit cells must be a whole number >= 0, got {n!r}")
+    n = int(n)
+    if n == 0:
+        return specimen
+    pos = np.asarray(specimen.positions, float)
+    z = np.asarray(specimen.numbers)
+    cell = np.asarray(specimen.cell, float)
+    c = beam_period(specimen, tol) if period is None else float(period)
+    if c is None:
+        raise InputError(
+            "the thickness cannot vary by whole unit cells: the structure has no repeat along the beam (a monolayer or "
+            "a single unit cell); give no thickness range, or a structure at least two unit cells deep"
+        )
+    z0 = pos[:, 2].min()
+    layer = np.floor((pos[:, 2] - z0 + tol) / c).astype(int)
+    sigs = {}
+    for j in np.unique(layer):
+        m = layer == j
+        rel = np.c_[z[m], np.round(np.c_[pos[m, :2] % cell[:2], pos[m, 2] - j * c] / tol)]
+        sigs[int(j)] = tuple(map(tuple, rel[np.lexsort(rel.T[::-1])].astype(int)))
+    count = {j: sum(s == sigs[j] for s in sigs.values()) for j in sigs}
+    host = max(sigs, key=lambda j: (count[j], len(sigs[j]), -j))
+    if count[host] < 2:
+        raise InputError(
+            "the thickness cannot vary by whole unit cells: no two layers of the structure along the beam are alike, so "
+            f"the host layer is unknown (period {c:.4g} Å)"
+        )
+    m = layer == host
+    last = int(layer.max())
+    new_pos, new_z, new_dw = [pos], [z], [np.asarray(specimen.dw_sigmas, float)]
+    for k in range(1, n + 1):
+        p = pos[m].copy()
+        p[:, 2] += (last + k - host) * c
+        new_pos.append(p)
+        new_z.append(z[m])
+        new_dw.append(np.asarray(specimen.dw_sigmas, float)[m])
+    cell2 = cell + np.r_[0.0, 0.0, n * c]
+    return make_specimen(np.concatenate(new_pos), np.concatenate(new_z), cell2, np.concatenate(new_dw), min_distance=0.0)

@@ -68,7 +68,7 @@ def presimulate_exit_waves(hyps, library: str = LIBRARY, workers: int = 2, cache
 
 def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, rate_hz: float = 4.0,
              dashboard: bool = True, port: int = 8765, linger_s: float = 0.0, max_frames: int = 300,
-             pixelated: bool = False) -> dict:  # fmt: skip
+             pixelated: bool = False, defocus_error: float = 0.0, truth_outside: str | None = None) -> dict:  # fmt: skip
     out = Path(out)
     if (out / "record.jsonl").exists():
         import shutil
@@ -92,7 +92,8 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
         f"({stages['presimulation']['ray_address']}) in {stages['presimulation']['seconds']} s")  # fmt: skip
 
     session = make_demo_session(out, seed=seed, library=LIBRARY, frame_rate_hz=rate_hz, exit_waves=waves,
-                                max_frames=max_frames, log=lambda s: log("      " + s), pixelated=pixelated)  # fmt: skip
+                                max_frames=max_frames, log=lambda s: log("      " + s), pixelated=pixelated,
+                                defocus_error=defocus_error, truth_outside=truth_outside)  # fmt: skip
     st = LIBRARY_SETTINGS[LIBRARY]
     server = None
     if dashboard:
@@ -100,6 +101,9 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
 
         server = serve(session, host="127.0.0.1", port=port)
         log(f"      dashboard: {server.url}  (remote machine: ssh -L {server.port}:127.0.0.1:{server.port} HOST)")
+    if defocus_error or truth_outside:
+        log(f"      the microscope: defocus {defocus_error:+g} Å off what it is told"
+            + (f"; its hidden structure is NOT in the library ({truth_outside})" if truth_outside else ""))  # fmt: skip
     log(f"[3/4] live session: simulated microscope with a hidden structure (seed {seed}), {rate_hz:g} frames/s of "
         f"{st.dose:g} e-/Å² at {st.energy / 1e3:g} kV, camera {session.model.frame_shape[0]}x"
         f"{session.model.frame_shape[1]} px; record in {out}")  # fmt: skip
@@ -126,7 +130,7 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
     status = session.status()
     truth = json.loads((out / "truth.jsonl").read_text().splitlines()[-1]) if (out / "truth.jsonl").exists() else None
     rejected = {h["name"]: h["reason"] for h in session.hypotheses() if h["rejected"]}
-    summary, line = summarize(status, truth, rejected)
+    summary, line = summarize(status, truth, rejected, outside=bool(truth_outside))
     stages["session"] = {"seconds": round(time.perf_counter() - t, 2), "record": str(out)}
     log(f"[4/4] {line}")
     record = {"schema": "hypotest-demo/2", "seed": seed, "stages": stages, "summary": summary}
@@ -134,12 +138,14 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
     return record
 
 
-def summarize(status: dict, truth: dict | None, rejected: dict[str, str]) -> tuple[dict, str]:
+def summarize(status: dict, truth: dict | None, rejected: dict[str, str], outside: bool = False) -> tuple[dict, str]:
     """The demo's summary and its one-line report, from the session's final ``status``.
 
     The decision's frames and dose are those AT the decision (its record: ``frames``,
     ``dose_used_e_per_A2``, ``step``); frames received afterwards (while the dashboard lingers, or
     in flight when it stopped) are counted apart, and ``dose_used_e_per_A2`` stays the total scored.
+    With the truth ``outside`` the library, the right outcome is no decision and the frames marked
+    unexplained by the fit check (``correct`` then means that).
     """
     dec = status["decision"]
     received = status["frames"]["received"]
@@ -152,7 +158,18 @@ def summarize(status: dict, truth: dict | None, rejected: dict[str, str]) -> tup
         "correct": bool(dec is not None and truth is not None and dec["id"] == truth["id"]),
         "rejected": rejected, "latency_s": status["latency_s"],
     }  # fmt: skip
+    fc = status.get("fit_check")
+    if fc is not None:
+        summary["unexplained_steps"] = fc["unexplained_steps"]
+        summary["fit_check_last"] = {k: fc[k] for k in ("z", "p_value", "unexplained")}
+    if outside:
+        summary["truth_in_library"] = False
+        summary["correct"] = bool(dec is None and fc is not None and fc["unexplained_steps"] > 0.9 * max(fc["steps"], 1))
     verdict = f"truth: {summary['truth']} -> {'correct' if summary['correct'] else 'NOT correct'}"
+    if outside:
+        verdict = (f"truth: {summary['truth']} (not in the library) -> "
+                   f"{summary.get('unexplained_steps', 0)}/{status['step']} steps unexplained, "
+                   + ("no decision: correct" if summary["correct"] else "NOT correct"))  # fmt: skip
     if dec is None:
         line = (f"undecided after {status['step']} steps: - (P = None) after {received} frames "
                 f"({status['frames']['coalesced']} coalesced), {status['dose_used_e_per_A2']:g} e-/Å²; {verdict}")  # fmt: skip

@@ -28,7 +28,7 @@ from forward.constants import scherzer_defocus
 from hypotest.beamfile import BeamFile
 from inference import SCORERS, ScoreResult, ScorerConfig, noise_from_detector, rank_conditions, score_frames
 
-__all__ = ["ScoringInput", "run_score", "spans_field_of_view", "CELL_RTOL", "MAX_COUNT", "check_frame_counts", "check_result_finite"]
+__all__ = ["ScoringInput", "run_score", "run_score_optics", "spans_field_of_view", "CELL_RTOL", "MAX_COUNT", "check_frame_counts", "check_result_finite"]
 
 #: Relative tolerance for "the frame spans the cell" and "the hypotheses share a cell".
 CELL_RTOL = 2e-3
@@ -171,15 +171,19 @@ def check_result_finite(out: dict, names: dict | None = None) -> None:
 
 
 def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int = 0, progress=None,
-              scorer: str = "laplace", where: str = "frames") -> ScoreResult:
+              scorer: str = "laplace", where: str = "frames", optics=None, fit_rate: float | None = None) -> ScoreResult:
     """Simulate every hypothesis under ``bf``, score ``counts`` and (HRTEM) propose the next defocus.
 
     ``counts`` are checked first (:func:`check_frame_counts`; ``where`` names their file in errors),
-    and the scorer's name, before any simulation.
+    and the scorer's name, before any simulation. ``optics``: an :class:`inference.OpticsPrior`
+    (HRTEM only): the defocus, astigmatism and thickness learned from the frames and marginalised
+    (:func:`run_score_optics`) instead of BEAM.json's taken as exact.
     """
     if scorer not in SCORERS:
         raise InputError(f"unknown scorer {scorer!r}: expected one of {SCORERS}")
     check_frame_counts(counts, where)
+    if optics is not None:
+        return run_score_optics(hyps, counts, bf, optics, seed=seed, progress=progress, fit_rate=fit_rate)
     cell = _shared_cell(hyps)
     shape = counts.shape[1:]
     _check_frame_geometry(cell, shape, bf.sampling)
@@ -213,7 +217,8 @@ def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int
         )
     noise = noise_from_detector(bf.beam.detector)
     config = ScorerConfig(kind=scorer, noise=noise)  # background prior relative to the images' level
-    result = score_frames(counts, images, hyps.priors, bf.beam, bf.sampling, ids=hyps.ids, names=hyps.names, scorer=config)
+    result = score_frames(counts, images, hyps.priors, bf.beam, bf.sampling, ids=hyps.ids, names=hyps.names, scorer=config,
+                          **({} if fit_rate is None else {"fit_rate": fit_rate}))  # fmt: skip
     if mode == "hrtem":
         beams, labels = _defocus_series(bf.beam)
         cand = np.stack([np.stack([np.asarray(sim.image_from_exit_wave(w, b)) for w in waves]) for b in beams])
@@ -226,9 +231,81 @@ def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int
     return result
 
 
-def proposal_beams(bf: BeamFile) -> list[dict]:
-    """The defocus candidates as BEAM.json-style aberration dicts, in proposal index order."""
-    beams, _ = _defocus_series(bf.beam)
+def run_score_optics(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, optics, *, seed: int = 0, progress=None,
+                     fit_rate: float | None = None) -> ScoreResult:  # fmt: skip
+    """HRTEM frames scored with the optics as nuisance (:func:`inference.score_frames_optics`).
+
+    Each hypothesis is simulated with ``optics.extra_cells`` host unit cells added at the exit
+    surface (:func:`forward.add_exit_layers`: one multislice per thickness choice); the defocus and
+    astigmatism are one FFT pair per exit wave from there (:func:`forward.make_optics_image_fn`).
+    The defocus series of the design step is centred on the learned defocus, and the result's
+    ``optics`` carries the correction as text ("set defocus to ...").
+    """
+    from forward import add_exit_layers, make_optics_image_fn
+    from forward.hrtem import make_hrtem_simulator
+    from inference import score_frames_optics
+
+    mode = bf.beam.detector.mode
+    if mode != "hrtem":
+        raise InputError(
+            f"optics learned from one-cell frames are HRTEM's (defocus, astigmatism, thickness); the detector is {mode!r}. "
+            "ADF-STEM's source size and inner angle are learned from a field of view's host lattice (--optics frame with a "
+            "frame larger than the cell)"
+        )
+    cell = _shared_cell(hyps)
+    shape = counts.shape[1:]
+    _check_frame_geometry(cell, shape, bf.sampling)
+    sim_sampling = min(bf.sim_sampling, 0.5 * min(bf.sampling))
+    try:
+        grid = make_grid(extent=cell[:2], sampling=sim_sampling)
+    except InputError as exc:
+        what = "BEAM.json simulation.sampling" if sim_sampling == bf.sim_sampling else "half the frame sampling"
+        raise InputError(f"the simulation grid ({what}, {sim_sampling:g} Å): {exc}") from None
+    sims: dict[float, object] = {}
+    waves = []
+    it = progress(range(len(hyps.specimens))) if progress else range(len(hyps.specimens))
+    for h in it:
+        row = []
+        for k in optics.extra_cells:
+            try:
+                spec = add_exit_layers(hyps.specimens[h], k)
+            except InputError as exc:
+                raise InputError(f"hypothesis {hyps.names[h]!r} ({hyps.ids[h]}), thickness +{k} unit cell(s): {exc}") from None
+            tz = float(np.asarray(spec.cell)[2])
+            if tz not in sims:
+                sims[tz] = make_hrtem_simulator(grid, tz, bf.slice_thickness, parametrization=bf.parametrization,
+                                                camera_gpts=shape)  # fmt: skip
+            row.append(np.asarray(sims[tz].exit_wave(spec, bf.beam)))
+        waves.append(row)
+    waves = np.asarray(waves)
+    image_fn = make_optics_image_fn(grid, bf.beam, shape)
+    result, fit = score_frames_optics(counts, waves, image_fn, hyps.priors, bf.beam, bf.sampling, optics, ids=hyps.ids,
+                                      names=hyps.names, fit_rate=fit_rate)  # fmt: skip
+    est = result.optics
+    learned = replace(bf.beam, aberrations=replace(bf.beam.aberrations, C10=np.asarray(-est["defocus_A"], np.float32)))
+    beams, labels = _defocus_series(learned)
+    import jax.numpy as jnp
+
+    kbest = [fit.best_cells(h) for h in range(len(hyps.ids))]
+    cand = []
+    for bm in beams:
+        d = float(-bm.aberrations.C10) - optics.nominal_defocus
+        cand.append(np.stack([np.asarray(image_fn(waves[h, kbest[h]], jnp.asarray([d, *fit.theta[h, kbest[h], 1:]], jnp.float32)))
+                              for h in range(len(hyps.ids))]))  # fmt: skip
+    log_post = np.log(np.maximum(result.posterior, 1e-300))
+    ranked = rank_conditions(jax.random.key(seed), np.stack(cand), float(bf.beam.dose), bf.sampling[0] * bf.sampling[1],
+                             log_post, noise_from_detector(bf.beam.detector), labels=labels)  # fmt: skip
+    optics_out = {**est, "correction": f"set defocus to {est['defocus_A']:.1f} Å (nominal {optics.nominal_defocus:.1f} Å)"
+                  + (f"; correct C12 {est['c12_A']:.1f} Å at {est['phi12_rad']:.2f} rad" if est["c12_A"] > 2 * est["c12_sd_A"] else "")
+                  + (f"; the crystal is {est['extra_cells']} unit cell(s) thicker than the hypotheses' cells" if est["extra_cells"] else "")}  # fmt: skip
+    return dataclasses.replace(result.with_proposals(ranked), optics=optics_out)
+
+
+def proposal_beams(bf: BeamFile, defocus: float | None = None) -> list[dict]:
+    """The defocus candidates as BEAM.json-style aberration dicts, in proposal index order (around
+    ``defocus`` [Å] when the optics were learned, else around BEAM.json's)."""
+    beam = bf.beam if defocus is None else replace(bf.beam, aberrations=replace(bf.beam.aberrations, C10=np.asarray(-defocus)))
+    beams, _ = _defocus_series(beam)
     return [{"defocus": round(-float(b.aberrations.C10), 3)} for b in beams]
 
 

@@ -36,6 +36,7 @@ from inference.design import (
 )
 from inference.evidence import NuisancePrior, fourier_shift, make_nuisance_prior, signal_relative_prior
 from inference.fisher import crlb, fisher_information, log_det_fisher
+from inference.fitcheck import FitCheck, fit_check, fit_checks
 from inference.frame import Frame, make_frame
 from inference.laplace import LaplaceInfo, laplace_log_evidence
 from inference.noise import (
@@ -69,6 +70,7 @@ from inference.refine import (
     map_refine,
     nuts_refine,
 )
+from inference.optics import OpticsFit, OpticsPrior, fit_optics, make_optics_prior, score_frames_optics
 from inference.registration import register_shift
 from inference.score import ScoreResult, score_frames
 from inference.scorer import SCORERS, ImageSet, NonFiniteEvidence, Score, Scorer, ScorerConfig, make_scorer, method_text
@@ -78,6 +80,7 @@ __all__ = [
     "NOISE_KINDS",
     "SCORERS",
     "Allocation",
+    "FitCheck",
     "Frame",
     "ImageSet",
     "LaplaceInfo",
@@ -86,6 +89,8 @@ __all__ = [
     "NoiseModel",
     "NonFiniteEvidence",
     "NuisancePrior",
+    "OpticsFit",
+    "OpticsPrior",
     "PosteriorState",
     "Proposal",
     "Rejection",
@@ -107,6 +112,9 @@ __all__ = [
     "expected_electrons",
     "expected_information_gain",
     "find_rejections",
+    "fit_check",
+    "fit_checks",
+    "fit_optics",
     "fisher_information",
     "fourier_shift",
     "init_posterior",
@@ -119,6 +127,7 @@ __all__ = [
     "make_log_density",
     "make_map_refiner",
     "make_noise_model",
+    "make_optics_prior",
     "make_nuisance_prior",
     "make_rejection_rule",
     "make_scorer",
@@ -134,6 +143,7 @@ __all__ = [
     "rejected_mask",
     "sample_counts",
     "score_frames",
+    "score_frames_optics",
     "screen_margin",
     "segment",
     "signal_relative_prior",

@@ -155,8 +155,11 @@ def _mu_derivs(noise: NoiseModel, counts, mu):
     m = jnp.maximum(mu + _shift(noise), 1e-6)
     inv = 1.0 / m
     r = z * inv
-    # z log(m / z) - (m - z) = -z log(r) - (m - z): the Poisson deviance / -2, O(1) per pixel
-    data = jnp.where(z > 0, -z * jnp.log(jnp.maximum(r, 1e-30)), 0.0) - (m - z)
+    # z log(m / z) - (m - z) = -z log(r) - (m - z): the Poisson deviance / -2, O(1) per pixel.
+    # The logarithm sees 1 where z = 0 (the double-where pattern): its value there is discarded
+    # anyway, and a clamp instead makes second derivatives (the optics' Hessian through this
+    # evidence, inference.optics) 0 * inf = NaN on zero-count pixels.
+    data = jnp.where(z > 0, -z * jnp.log(jnp.where(z > 0, r, 1.0)), 0.0) - (m - z)
     return r - 1.0, r * inv, data
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from forward import BeamCondition, InputError
 from inference.design import Proposal
+from inference.fitcheck import DEFAULT_RATE, fit_check
 from inference.frame import Frame
 from inference.noise import _check_counts, noise_from_detector
 from inference.posterior import (
@@ -32,7 +33,7 @@ from inference.posterior import (
 )
 from inference.scorer import SCORERS, NonFiniteEvidence, Score, ScorerConfig, make_scorer, method_text
 
-__all__ = ["ScoreResult", "score_frames"]
+__all__ = ["ScoreResult", "score_frames", "attach_fit_check"]
 
 @dataclasses.dataclass(frozen=True)
 class ScoreResult:
@@ -68,10 +69,29 @@ class ScoreResult:
     method: str
     proposals: tuple[Proposal, ...] = ()
     scores: tuple[Score, ...] = dataclasses.field(default=(), compare=False, repr=False)
+    fit_checks: tuple[dict, ...] = ()
+    fit_check_all: dict | None = None
+    fit_rate: float = DEFAULT_RATE
+    optics: dict | None = None
 
     @property
     def best(self) -> str:
         return self.ids[int(np.argmax(self.posterior))]
+
+    @property
+    def unexplained(self) -> bool:
+        """True when the best hypothesis fails the absolute fit check over all frames at
+        ``fit_rate`` (:mod:`inference.fitcheck`): no hypothesis of the library explains the data."""
+        return self.fit_check_all is not None and self.fit_check_all["p_value"] < self.fit_rate
+
+    @property
+    def decision(self) -> str | None:
+        """The best hypothesis, or None when the data are unexplained (never a decision then,
+        however high its relative posterior)."""
+        return None if self.unexplained else self.best
+
+    def unexplained_frames(self) -> list[int]:
+        return [t for t, f in enumerate(self.fit_checks) if f["p_value"] < self.fit_rate]
 
     def with_proposals(self, proposals: Sequence[Proposal]) -> ScoreResult:
         return dataclasses.replace(self, proposals=tuple(proposals))
@@ -101,6 +121,13 @@ class ScoreResult:
             "method": self.method,
             "hypotheses": hyps,
             "proposals": [p.to_dict() for p in self.proposals],
+            **({} if self.fit_check_all is None else {
+                "decision": self.decision,
+                "unexplained": self.unexplained,
+                "fit_check": {"hypothesis": self.best, "rate": self.fit_rate, "all_frames": self.fit_check_all,
+                              "frames": list(self.fit_checks), "unexplained_frames": self.unexplained_frames()},
+            }),
+            **({} if self.optics is None else {"optics": self.optics}),
         }
 
     @classmethod
@@ -123,6 +150,10 @@ class ScoreResult:
             rule=d["rule"],
             method=d["method"],
             proposals=props,
+            fit_checks=tuple(d["fit_check"]["frames"]) if "fit_check" in d else (),
+            fit_check_all=d["fit_check"]["all_frames"] if "fit_check" in d else None,
+            fit_rate=float(d["fit_check"]["rate"]) if "fit_check" in d else DEFAULT_RATE,
+            optics=d.get("optics"),
         )
 
 
@@ -172,6 +203,7 @@ def score_frames(
     scorer: str | ScorerConfig = "laplace",
     rule: RejectionRule | None = None,
     signal_level: float | None = None,
+    fit_rate: float = DEFAULT_RATE,
 ) -> ScoreResult:
     """Score frames against the cached images of every hypothesis (the one scorer,
     :func:`inference.make_scorer`), accumulate the posterior and apply the rejection rule.
@@ -189,6 +221,7 @@ def score_frames(
         rule: default :func:`inference.posterior.make_rejection_rule` (Bayes factor < 1e-3).
         signal_level: the mean image level the background prior is relative to (default: the
             mean of ``images``; :mod:`inference.scorer`).
+        fit_rate: false-alarm rate of the absolute fit check (:func:`attach_fit_check`).
     """
     counts, beam, sampling = _as_frames(frames, beam, sampling)
     imgs = np.asarray(images, dtype=np.float32)
@@ -242,7 +275,7 @@ def score_frames(
     method = method_text(config.kind)
     if any(e.screened for e in per_frame):
         method += f"; P(true hypothesis screened out) <= {max(e.screen_error_bound for e in per_frame):.1e} per frame"
-    return ScoreResult(
+    out = ScoreResult(
         ids=ids,
         posterior=np.asarray(posterior_probs(state), dtype=np.float64),
         log_evidence=absolute_log_evidence(state),
@@ -257,3 +290,45 @@ def score_frames(
         method=method,
         scores=tuple(per_frame),
     )
+    n_params = 4 if config.kind == "laplace" else 2
+    return attach_fit_check(out, checked, imgs, sc.config.noise, exposure, n_params=n_params, rate=fit_rate)
+
+
+def _check_rate(rate: float) -> float:
+    r = float(rate)
+    if not (0.0 < r < 0.5):
+        raise InputError(f"the fit check's false-alarm rate must be in (0, 0.5), got {rate!r} (default {DEFAULT_RATE})")
+    return r
+
+
+def attach_fit_check(result: ScoreResult, counts, images, noise, exposure: float, *, n_params: int,
+                     rate: float = DEFAULT_RATE, extra_params: int = 0) -> ScoreResult:  # fmt: skip
+    """``result`` with the absolute fit check of its best hypothesis (:mod:`inference.fitcheck`).
+
+    Each frame ``t`` is compared with that hypothesis's fitted expectation
+    ``mu_t = exposure (scale_t I(x - shift_t) + background_t)`` (the per-frame MAP nuisance of
+    ``result.scores``; ``images [H, nx, ny]`` as scored), ``n_params`` fitted per frame; the frames
+    together with ``T n_params + extra_params`` (e.g. the optics shared by all frames). ``mu`` is
+    floored at 1e-6 of its mean (a fitted negative background can make a few pixels' expectation
+    negative; the floor only makes such a pixel count as a gross misfit). The check is of the
+    *best* hypothesis only: when it fails, no hypothesis explains the frames (the others fit
+    worse by their Bayes factors).
+    """
+    from inference.evidence import fourier_shift
+
+    rate = _check_rate(rate)
+    if not result.scores:
+        return result
+    b = int(np.argmax(result.posterior))
+    img = np.asarray(images[b], np.float64)
+    c = np.stack([np.asarray(x, np.float64) for x in counts])
+    mus = []
+    for e in result.scores:
+        sh = np.asarray(e.shift[b], np.float64)
+        im = img if not np.any(sh != 0) else np.asarray(fourier_shift(np.asarray(img, np.float32), sh), np.float64)
+        mu = exposure * (float(e.scale[b]) * im + float(e.background[b]))
+        mus.append(np.maximum(mu, 1e-6 * max(float(np.mean(mu)), 1e-30)))
+    mu = np.stack(mus)
+    per = tuple(fit_check(noise, c[t], mu[t], n_params=n_params).to_json() for t in range(len(c)))
+    tot = fit_check(noise, c, mu, n_params=n_params * len(c) + int(extra_params)).to_json()
+    return dataclasses.replace(result, fit_checks=per, fit_check_all=tot, fit_rate=rate)

@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--linger", type=float, default=0.0, help="keep the dashboard open this many seconds after the decision")
     p.add_argument("--4dstem", dest="pixelated", action="store_true",
                    help="also offer 4D-STEM (a pixelated camera to 40 mrad) to the design step")
+    p.add_argument("--defocus-error", type=float, default=0.0, metavar="A",
+                   help="the simulated microscope's true defocus is the commanded one plus A Å (its readout is off)")
+    p.add_argument("--truth-outside", default=None, metavar="X@Y",
+                   help="hide a structure the library does not hold: the host with X on a Y site (e.g. Cr@Mo)")
     p.set_defaults(func=run)
 
 
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with StopSignals():  # SIGTERM stops the session as Ctrl-C does: a `stopped` line, every frame's fate
             record = run_demo(out=args.out, seed=args.seed, log=print, rate_hz=args.rate, dashboard=not args.no_dashboard,
-                              port=args.port, linger_s=args.linger, pixelated=args.pixelated)  # fmt: skip
+                              port=args.port, linger_s=args.linger, pixelated=args.pixelated,
+                              defocus_error=args.defocus_error, truth_outside=args.truth_outside)  # fmt: skip
     except KeyboardInterrupt as exc:
         name = str(exc) or "SIGINT"
         print(f"demo {'interrupted' if name == 'SIGINT' else 'terminated'} ({name}); record: {args.out} "

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -39,8 +41,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "frame = the frames are in the detector's own units (a DigiScan's, say): gain, dark level, "
                         "read noise and scan position noise are estimated from the first frame's lattice")
     p.add_argument("--optics", choices=("beam", "frame"), default="beam",
-                   help="field of view, ADF-STEM: beam = BEAM.json's optics as given (default); frame = the detector's "
-                        "inner angle and the effective source size learned from the host lattice of the first frame")
+                   help="beam = BEAM.json's optics taken as exact (default); frame = learned from the frames: one-cell "
+                        "HRTEM frames: defocus, two-fold astigmatism and thickness marginalised per hypothesis (see "
+                        "--defocus-range, --extra-cells); field of view, ADF-STEM: the detector's inner angle and the "
+                        "effective source size from the host lattice of the first frame")
+    p.add_argument("--defocus-range", type=float, default=50.0, metavar="A",
+                   help="with --optics frame (HRTEM): the defocus searched within BEAM.json's +- A Å (prior sd A/2; default 50)")
+    p.add_argument("--extra-cells", default="0", metavar="K,...",
+                   help="with --optics frame (HRTEM): host unit cells that may lie below the hypotheses' cells, e.g. 0,1,2 "
+                        "(the thickness choices, summed over; default 0)")
+    p.add_argument("--c12-sd", type=float, default=10.0, metavar="A",
+                   help="with --optics frame (HRTEM): prior sd of each two-fold astigmatism component [Å] (0: none; default 10)")
+    p.add_argument("--fit-rate", type=float, default=0.01, metavar="R",
+                   help="false-alarm rate of the absolute fit check: frames whose best hypothesis fits worse than this "
+                        "are 'unexplained' and no decision is reported (default 0.01)")
+    p.add_argument("--generate", action="store_true",
+                   help="when the frames are unexplained: make new hypotheses from the host (see --elements, "
+                        "--generate-kinds), score them with the library and report those that explain the frames")
+    p.add_argument("--elements", default=None, metavar="X,...",
+                   help="with --generate: substituents/interstitials, e.g. Zr,La or Zr@Ti (only Ti sites)")
+    p.add_argument("--generate-kinds", default="substitution,vacancy", metavar="KINDS",
+                   help="with --generate: any of substitution, vacancy, interstitial (default substitution,vacancy)")
+    p.add_argument("--generated-prior", type=float, default=0.01, metavar="P",
+                   help="with --generate: prior mass of all generated hypotheses together (default 0.01)")
+    p.add_argument("--generated-library", type=Path, default=None, metavar="H5",
+                   help="with --generate: write the generated hypotheses that explain the frames to this library file")
     p.add_argument("--site-shards", type=int, default=None, metavar="N",
                    help="field of view: split the sites over N Ray actors (a local Ray, or the cluster at --address)")
     p.add_argument("--address", default=None, help="with --site-shards: a running Ray cluster (HOST:PORT or auto; default $RAY_ADDRESS, else a local Ray)")
@@ -68,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
         return tqdm(xs, desc="simulating hypotheses", unit="hyp", disable=args.no_progress)
 
     if spans_field_of_view(hyps, counts.shape[1:], bf.sampling):
+        if args.generate:
+            from forward import InputError
+
+            raise InputError("--generate makes new hypotheses for one-cell frames; for a field of view it is not built yet "
+                             "(its unexplained sites are listed in RESULT.json)")  # fmt: skip
         return _run_field_of_view(args, hyps, counts, bf, progress)
 
     if args.site_shards is not None:
@@ -75,29 +105,107 @@ def run(args: argparse.Namespace) -> int:
 
         raise InputError(f"--site-shards splits a field of view's sites; {args.frames} spans one cell of the hypotheses "
                          "(a library's hypotheses are sharded by workflows.shards: python -m workflows.refine)")  # fmt: skip
-    if args.detector != "beam" or args.optics != "beam":
+    if args.detector != "beam":
         from forward import InputError
 
-        raise InputError(f"--detector/--optics frame are learned from a field of view's lattice; {args.frames} spans one "
-                         "cell of the hypotheses (give the detector and the optics in BEAM.json)")  # fmt: skip
-    result = run_score(hyps, counts, bf, seed=args.seed, progress=progress, scorer=args.scorer, where=str(args.frames))
+        raise InputError(f"--detector frame is learned from a field of view's lattice; {args.frames} spans one "
+                         "cell of the hypotheses (give the detector in BEAM.json)")  # fmt: skip
+    optics = _optics_prior(args, bf) if args.optics == "frame" else None
+    result = run_score(hyps, counts, bf, seed=args.seed, progress=progress, scorer=args.scorer, where=str(args.frames),
+                       optics=optics, fit_rate=args.fit_rate)  # fmt: skip
+    generated = None
+    if args.generate:
+        result, hyps, generated = _generate(args, hyps, counts, bf, result, optics, progress)
     out = result.to_json_dict()
     names = dict(zip(hyps.ids, hyps.names))
     for h in out["hypotheses"]:
         h["name"] = names[h["id"]]
-    cands = proposal_beams(bf) if out["proposals"] else []
+    cands = proposal_beams(bf, None if result.optics is None else result.optics["defocus_A"]) if out["proposals"] else []
     for prop in out["proposals"]:
         prop["aberrations"] = cands[prop["index"]]
     out["inputs"] = {"library": str(args.library), "frames": str(args.frames), "beam": str(args.beam)}
+    if generated is not None:
+        out["generated"] = generated
     check_result_finite(out, names)  # JSON has no NaN: a non-finite score is an error, never a file
     write_file_atomic(args.out, json.dumps(out, indent=2, allow_nan=False))  # a failed run leaves nothing
     best = out["best"]
+    verdict = (f"UNEXPLAINED: no hypothesis fits ({len(result.unexplained_frames())}/{result.n_frames} frames fail the fit "
+               f"check at rate {result.fit_rate:g}; all frames z = {result.fit_check_all['z']:.1f}); least wrong"
+               if result.unexplained else "best")  # fmt: skip
     print(
-        f"best: {names[best]} ({best}) P = {max(h['posterior'] for h in out['hypotheses']):.4f}; "
+        f"{verdict}: {names[best]} ({best}) P = {max(h['posterior'] for h in out['hypotheses']):.4f}; "
         f"rejected {sum(h['rejected'] for h in out['hypotheses'])}/{len(out['hypotheses'])}; "
         f"{out['n_frames']} frames, {out['dose_e_per_A2']:g} e-/Å²; wrote {args.out}"
     )
+    if result.optics is not None:
+        print(f"optics: {result.optics['text']}; {result.optics['correction']}")
+    if generated is not None:
+        print(f"generated: {generated['summary']}")
     return 0
+
+
+def _optics_prior(args, bf):
+    from forward import InputError
+    from inference import make_optics_prior
+
+    try:
+        cells = [int(x) for x in str(args.extra_cells).split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--extra-cells must be whole numbers separated by commas (e.g. 0,1,2), got {args.extra_cells!r}") from None
+    return make_optics_prior(-float(bf.beam.aberrations.C10), defocus_range=args.defocus_range, c12_sd=args.c12_sd,
+                             extra_cells=cells)  # fmt: skip
+
+
+def _generate(args, hyps, counts, bf, result, optics, progress):
+    """New hypotheses from the host when the frames are unexplained (:mod:`hypotest.generate`)."""
+    from forward import InputError
+    from hypotest.fieldofview import analyse_library
+    from hypotest.generate import generate_from_host, generated_priors, parse_elements
+    from hypotest.hypothesis import load_hypotheses
+    from hypotest.scoring import ScoringInput, run_score
+
+    elements = parse_elements(args.elements)
+    kinds = [k.strip() for k in str(args.generate_kinds).split(",") if k.strip()]
+    generated_priors(np.ones(1), 1, args.generated_prior)  # the prior mass is checked before any work
+    if not result.unexplained:
+        return result, hyps, {"triggered": False, "summary": "not needed: the library explains the frames", "candidates": []}
+    lib = load_hypotheses(args.library)
+    try:
+        host = lib[analyse_library(hyps).host]
+    except InputError as exc:
+        raise InputError(f"--generate makes candidates from the library's host, which was not found: {exc}") from None
+    new = generate_from_host(host, elements, kinds, existing_ids=hyps.ids, origin=f"hypotest score --generate for {args.frames}")
+    if not new:
+        return result, hyps, {"triggered": True, "summary": "no new candidates (all already in the library)", "candidates": []}
+    allh = ScoringInput(hyps.ids + tuple(h.id for h in new), hyps.names + tuple(h.name for h in new),
+                        hyps.specimens + tuple(h.specimen for h in new),
+                        generated_priors(hyps.priors, len(new), args.generated_prior))  # fmt: skip
+    res2 = run_score(allh, counts, bf, seed=args.seed, progress=progress, scorer=args.scorer, where=str(args.frames),
+                     optics=optics, fit_rate=args.fit_rate)  # fmt: skip
+    b = int(np.argmax(res2.posterior))
+    gen_ids = {h.id for h in new}
+    accepted = [allh.ids[b]] if allh.ids[b] in gen_ids and not res2.unexplained else []
+    cands = []
+    for h in new:
+        i = allh.ids.index(h.id)
+        cands.append({"id": h.id, "name": h.name, "posterior": float(res2.posterior[i]),
+                      "provenance": dict(h.provenance.notes).get("generated", ""), "explains": h.id in accepted})  # fmt: skip
+    summary = (f"{len(new)} candidates from host {host.name!r}; "
+               + (f"{allh.names[b]} explains the frames (P = {res2.posterior[b]:.4f}, fit z = {res2.fit_check_all['z']:.1f})"
+                  if accepted else "none explains the frames"))  # fmt: skip
+    out = {"triggered": True, "summary": summary, "host": host.id, "kinds": kinds,
+           "elements": [e if s is None else f"{e}@{s}" for e, s in elements], "prior_mass": args.generated_prior,
+           "accepted": accepted, "candidates": cands}  # fmt: skip
+    if accepted and args.generated_library is not None:
+        from library.entry import make_entry
+        from library.format import write_library
+
+        entries = [make_entry(h.specimen, name=h.name, family=h.family, tags=("generated",), prior=1.0, provenance=h.provenance)
+                   for h in new if h.id in accepted]  # fmt: skip
+        write_library(args.generated_library, entries, metadata={"generated_by": "hypotest score --generate",
+                                                                 "frames": str(args.frames)})  # fmt: skip
+        out["library"] = str(args.generated_library)
+    return res2, allh, out
 
 
 def _run_field_of_view(args, hyps, counts, bf, progress) -> int:
@@ -131,6 +239,8 @@ def _run_field_of_view(args, hyps, counts, bf, progress) -> int:
         out = score_field_of_view(hyps, counts, bf, host_id=args.host, defect_prior=prior, progress=progress,
                                   detector=args.detector, optics=args.optics)
     out["inputs"] = {"library": str(args.library), "frames": str(args.frames), "beam": str(args.beam)}
+    if generated is not None:
+        out["generated"] = generated
     check_result_finite(out)
     png = args.site_map or args.out.with_name(args.out.stem + "_sites.png")
     out["site_map"] = str(png)

@@ -25,7 +25,7 @@ from hypotest.live.model import ImageModel
 from hypotest.live.runner import LiveSession
 from hypotest.live.simscope import SimulatedMicroscopeSource
 
-__all__ = ["LIBRARY_SETTINGS", "ImagingSettings", "demo_beams", "make_demo_session"]
+__all__ = ["LIBRARY_SETTINGS", "ImagingSettings", "demo_beams", "make_demo_session", "outside_truth"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +117,8 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
                       hidden: int | list[int] | None = None, schedule=(), switch_rate_hz: float = 0.0,
                       dose: float | None = None, exit_waves=None, expected_run_length: float = 200.0,
                       log: Callable[[str], None] | None = None, start_beam: int = 2,
-                      scorer: str = "laplace", design: str = "allocation", pixelated: bool = False) -> LiveSession:  # fmt: skip
+                      scorer: str = "laplace", design: str = "allocation", pixelated: bool = False,
+                      defocus_error: float = 0.0, truth_outside: str | None = None) -> LiveSession:  # fmt: skip
     """The embedded default: built-in ``library``, a simulated microscope hiding ``hidden`` (by
     default one hypothesis chosen by ``seed``; a list = metastable states, switching by
     ``schedule`` or ``switch_rate_hz``), frames at ``frame_rate_hz`` (None: as fast as scored).
@@ -128,6 +129,12 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
     MoS2 it raises the asymptotic bound but not the realised dose (``benchmarks/design_mos2.py``),
     and its simulation adds ~20 s to the warm-up. The session is not started: call ``.start()`` or
     ``.run()``.
+
+    ``defocus_error`` [Å]: the microscope images at the commanded defocus plus this (its focus
+    readout is off; the frames' beams say what was commanded). ``truth_outside``: the hidden
+    structure is not in the library but made from its host by substitution (``"Cr@Mo"``: Cr on a
+    Mo site, :func:`outside_truth`), so no hypothesis explains the frames: the fit check marks
+    them unexplained and no decision is reached.
     """
     if library not in LIBRARY_SETTINGS:
         raise InputError(f"unknown built-in library {library!r}: expected one of {sorted(LIBRARY_SETTINGS)}")
@@ -141,24 +148,53 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
     for s in states:
         if not 0 <= s < len(hyps):
             raise InputError(f"hidden state {s} is not a hypothesis index of {library} (0..{len(hyps) - 1})")
-    # The microscope has its own model of the true states (it shares the library's exit waves:
-    # the truth is one of the candidates here, which is what the demo tests).
-    scope_model = ImageModel([hyps[s].specimen for s in states], sampling=st.sampling, binning=st.binning,
-                                  slice_thickness=st.slice_thickness,
-                                  exit_waves=None if exit_waves is None else [exit_waves[s] for s in states],
-                                  energy=st.energy)  # fmt: skip
+    # The microscope has its own model of the true states (it shares the library's exit waves
+    # when the truth is one of the candidates).
+    scope_model, names = _scope_model(hyps, states, st, exit_waves, truth_outside)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     source = SimulatedMicroscopeSource(
-        scope_model, [(hyps[s].id, hyps[s].name) for s in states], candidates[start_beam][1], seed=seed,
+        scope_model, names, candidates[start_beam][1], seed=seed,
         rate_hz=frame_rate_hz, max_frames=max_frames, schedule=schedule, switch_rate_hz=switch_rate_hz,
-        truth_path=out / "truth.jsonl",
+        truth_path=out / "truth.jsonl", defocus_error=defocus_error,
     )  # fmt: skip
     source_cfg = {"kind": "simulated", "seed": seed, "states": states, "rate_hz": frame_rate_hz, "max_frames": max_frames,
-                  "schedule": [list(x) for x in schedule], "switch_rate_hz": switch_rate_hz}  # fmt: skip
+                  "schedule": [list(x) for x in schedule], "switch_rate_hz": switch_rate_hz,
+                  "defocus_error": float(defocus_error), "truth_outside": truth_outside}  # fmt: skip
     return LiveSession(
         out, hypotheses=hyps, model=model, source=source, candidate_beams=candidates, beam=candidates[start_beam][1],
         config={"library": library, "model": model.settings, "source": source_cfg, "dose": dose},
         auto_apply=auto_apply, stop_on_decision=stop_on_decision, expected_run_length=expected_run_length,
         log=log, seed=seed, scorer=scorer, design=design,
     )  # fmt: skip
+
+
+def outside_truth(hyps, spec: str):
+    """A structure not in the library: the library's host (:func:`hypotest.fieldofview.analyse_library`)
+    with the substitution ``spec`` (``"Cr@Mo"``, :func:`hypotest.generate.parse_elements`), the
+    first symmetry-distinct site; errors when the spec makes nothing new."""
+    from hypotest.fieldofview import analyse_library
+    from hypotest.generate import generate_from_host, parse_elements
+    from hypotest.scoring import ScoringInput
+
+    elements = parse_elements(spec)
+    if not elements:
+        raise InputError(f"an out-of-library truth needs a substitution such as Cr@Mo, got {spec!r}")
+    host = hyps[analyse_library(ScoringInput.from_hypotheses(hyps)).host]
+    new = generate_from_host(host, elements, ("substitution",), existing_ids=[h.id for h in hyps], origin="the simulated microscope")
+    if not new:
+        raise InputError(f"the substitution {spec!r} of host {host.name!r} gives only structures already in the library")
+    return new[0]
+
+
+def _scope_model(hyps, states, st, exit_waves, truth_outside):
+    """The simulated microscope's image model of its hidden states and their (id, name)."""
+    if truth_outside:
+        h = outside_truth(hyps, truth_outside)
+        model = ImageModel([h.specimen], sampling=st.sampling, binning=st.binning, slice_thickness=st.slice_thickness,
+                           energy=st.energy)  # fmt: skip
+        return model, [(h.id, h.name)]
+    model = ImageModel([hyps[s].specimen for s in states], sampling=st.sampling, binning=st.binning,
+                       slice_thickness=st.slice_thickness,
+                       exit_waves=None if exit_waves is None else [exit_waves[s] for s in states], energy=st.energy)  # fmt: skip
+    return model, [(hyps[s].id, hyps[s].name) for s in states]

@@ -34,7 +34,17 @@ class SessionQueries:
                 "beam": dict(self._beam), "beam_label": self._beam_label, "dose_used_e_per_A2": self._dose_used,
                 "decision": None if self.decision is None else dict(self.decision), "auto_apply": self.auto_apply,
                 "step": self._step, "error": self.error, "warnings": list(getattr(self, "warnings", [])),
+                "fit_check": self._fit_summary(),
             }  # fmt: skip
+
+    def _fit_summary(self) -> dict | None:
+        """The last step's absolute fit check and how many steps were unexplained (lock held)."""
+        hist = getattr(self, "_history", [])
+        last = next((e["fit_check"] for e in reversed(hist) if e.get("fit_check")), None)
+        if last is None:
+            return None
+        n = sum(1 for e in hist if (e.get("fit_check") or {}).get("unexplained"))
+        return {**last, "unexplained_steps": n, "steps": len(hist)}
 
     def _index(self, hypothesis_id: str) -> int:
         for i, h in enumerate(self.hyps):

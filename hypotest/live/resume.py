@@ -188,12 +188,13 @@ def open_source(rec, settings: dict, hyps):
     if kind == "simulated":
         lib = rec.config["library"]
         st = LIBRARY_SETTINGS[lib]
+        from hypotest.live.builtin import _scope_model
+
         states = settings["states"]
-        scope_model = ImageModel([hyps[s].specimen for s in states], sampling=st.sampling, binning=st.binning,
-                                 slice_thickness=st.slice_thickness)  # fmt: skip
+        scope_model, names = _scope_model(hyps, states, st, None, settings.get("truth_outside"))
         remaining = None if settings["max_frames"] is None else max(settings["max_frames"] - next_id, 0)
         return SimulatedMicroscopeSource(
-            scope_model, [(hyps[s].id, hyps[s].name) for s in states], rec.config["beam"], seed=settings["seed"],
+            scope_model, names, rec.config["beam"], seed=settings["seed"], defocus_error=float(settings.get("defocus_error", 0.0)),
             rate_hz=settings["rate_hz"], max_frames=remaining, schedule=[tuple(x) for x in settings["schedule"]],
             switch_rate_hz=settings["switch_rate_hz"], truth_path=rec.dir / "truth.jsonl", start_frame=next_id,
         )  # fmt: skip

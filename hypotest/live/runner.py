@@ -528,8 +528,10 @@ class LiveSession(SessionQueries):
             self._log(f"step {step}: {n} frames coalesced (scoring fell behind)")
         best = int(info.view.best)
         post = info.view.posterior
+        fc = info.entry.get("fit_check") or {}
         self._log(f"step {step:3d} [{info.entry['beam_label']}] best {self.hyps[best].name:<36.36} P={post[best]:.4f} "
-                  f"rejected {len(new.rejected)}/{len(self.hyps)}")  # fmt: skip
+                  f"rejected {len(new.rejected)}/{len(self.hyps)}"
+                  + (f"  UNEXPLAINED (fit z = {fc['z']:.1f}, p = {fc['p_value']:.2g})" if fc.get("unexplained") else ""))  # fmt: skip
         if info.decision is not None:
             self.writer.append("decision", **info.decision)
             self._log(f"decision at step {step}: {self.hyps[best].name} (P = {post[best]:.4f})")

@@ -65,14 +65,18 @@ class SimulatedMicroscopeSource:
         schedule, switch_rate_hz: state switching (module docstring); ``initial``: first state.
         truth_path: where the truth lines go (None: kept in memory only).
         start_frame: continue a sequence (a resumed session).
+        defocus_error: [Å] the lens's true defocus is the commanded one plus this (HRTEM): the
+            frames are imaged at it while their beam says what was commanded, as on a microscope
+            whose focus readout is off.
     """
 
     name = "simulated microscope"
 
     def __init__(self, model: ImageModel, state_names, beam: dict, *, seed: int = 0, rate_hz: float | None = None,
                  max_frames: int | None = None, schedule=(), switch_rate_hz: float = 0.0, initial: int = 0,
-                 truth_path=None, start_frame: int = 0):  # fmt: skip
+                 truth_path=None, start_frame: int = 0, defocus_error: float = 0.0):  # fmt: skip
         self._model = model
+        self.defocus_error = float(defocus_error)
         self._names = [tuple(x) for x in state_names]
         self._key = jax.random.key(seed)
         self.rate_hz = rate_hz
@@ -117,7 +121,7 @@ class SimulatedMicroscopeSource:
         t = self._t
         state = self._states[t] if t < len(self._states) else self._states[-1]
         bc = parse_beam(beam, where="beam command").beam
-        image = self._model.images(beam)[state]
+        image = self._model.images(self._true_beam(beam))[state]
         lam = expected_electrons(image, bc.dose, self._model.pixel_area_of(beam))
         # frames leave in the microscope's layout (4D-STEM: [sx, sy, kx, ky])
         counts = self._model.frame_layout(beam, np.asarray(sample_frame(jax.random.fold_in(self._key, t), lam, bc.detector)))
@@ -136,6 +140,14 @@ class SimulatedMicroscopeSource:
         self._emitted += 1
         return RawFrame(source_id=t, timestamp=time.time(), counts=counts, beam=beam,
                         sampling=tuple(parse_beam(beam).sampling), meta={"source": self.name})  # fmt: skip
+
+    def _true_beam(self, beam: dict) -> dict:
+        """The beam the specimen is imaged under: the commanded one with the defocus error added."""
+        if not self.defocus_error or (beam.get("detector") or {}).get("mode", "hrtem") != "hrtem":
+            return beam
+        ab = dict(beam.get("aberrations") or {})
+        ab["defocus"] = float(ab.get("defocus", 0.0)) + self.defocus_error
+        return {**beam, "aberrations": ab}
 
     def poll(self, timeout: float) -> list:
         if self._ended:

@@ -124,6 +124,9 @@ class LiveConfig:
         stop_on_decision: keep a decision once reached (else a later switch undoes it).
         dose_factor: refuse a frame whose counts are off by more than this factor from what its
             stated dose gives (beyond Poisson noise; 0: no check).
+        fit_rate: false-alarm rate of the absolute fit check of each step's best hypothesis
+            (:mod:`inference.fitcheck`): a step it fails is ``unexplained`` and no decision is
+            reached on it.
     """
 
     scorer: ScorerConfig  # with noise and prior filled in (:func:`make_live_config`)
@@ -131,6 +134,7 @@ class LiveConfig:
     target: float = 0.99
     stop_on_decision: bool = True
     dose_factor: float = DOSE_FACTOR
+    fit_rate: float = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +257,7 @@ class StepImages:
 
 
 def make_live_config(scorer: str, noise, *, rule_threshold: float = 1e-3, target: float = 0.99,
-                     stop_on_decision: bool = True, dose_factor: float = DOSE_FACTOR) -> LiveConfig:  # fmt: skip
+                     stop_on_decision: bool = True, dose_factor: float = DOSE_FACTOR, fit_rate: float = 0.01) -> LiveConfig:  # fmt: skip
     """A validated :class:`LiveConfig`: the one scorer of kind ``scorer`` (:data:`inference.SCORERS`;
     a live frame's drift is registered, so ``"linear"`` and ``"fast"`` score at it) with the
     default nuisance prior, and the Bayes-factor rule at ``rule_threshold``."""
@@ -268,10 +272,12 @@ def make_live_config(scorer: str, noise, *, rule_threshold: float = 1e-3, target
     f = float(dose_factor)
     if not (f == 0 or (math.isfinite(f) and f > 1)):
         raise InputError(f"dose_factor must be > 1 (or 0 to accept any dose), got {dose_factor!r}")
+    if not 0 < float(fit_rate) < 0.5:
+        raise InputError(f"the fit check's false-alarm rate must be in (0, 0.5), got {fit_rate!r}")
     config = ScorerConfig(kind=scorer, noise=noise, prior=make_nuisance_prior())
     make_scorer(config)  # validate now, not at the first frame
     return LiveConfig(scorer=config, rule=make_rejection_rule("bayes_factor", rule_threshold), target=float(target),
-                      stop_on_decision=bool(stop_on_decision), dose_factor=f)  # fmt: skip
+                      stop_on_decision=bool(stop_on_decision), dose_factor=f, fit_rate=float(fit_rate))  # fmt: skip
 
 
 def init_live_state(config: LiveConfig, ids, names, priors, *, expected_run_length: float = 200.0) -> LiveState:
@@ -386,8 +392,10 @@ def live_step(state: LiveState, batch: Sequence[PendingFrame], images: StepImage
     best = int(view.best)
     post = view.posterior
     dose_used = state.dose_used + dose
+    check = _fit_check(counts, model.images(beam)[best], ev, int(np.flatnonzero(active == best)[0]) if best in active else 0,
+                       exposure, noise, cfg.fit_rate, ev.shift)  # fmt: skip
     decision, reached, undone = state.decision, None, False
-    if post[best] >= cfg.target and decision is None:
+    if post[best] >= cfg.target and decision is None and not check["unexplained"]:
         decision = reached = {"id": state.ids[best], "name": state.names[best], "posterior": float(post[best]),
                               "step": step, "dose_used_e_per_A2": dose_used, "frames": sum(step_frames)}  # fmt: skip
     elif decision is not None and post[best] < cfg.target and not cfg.stop_on_decision:
@@ -411,12 +419,29 @@ def live_step(state: LiveState, batch: Sequence[PendingFrame], images: StepImage
         "log10_bayes_factor": view.log10_bayes_factor.tolist(),
         "rejected": {state.ids[i]: reasons[i] for i in sorted(rejected)}, "fit": fit, "drift_px": list(drift),
         "screen_error_bound": ev.screen_error_bound, "dose_ratio": dose_ratio, "segment_start": view.segment_start,
-        "change_point": bool(view.change_point), "map_state": state.ids[best],
+        "change_point": bool(view.change_point), "map_state": state.ids[best], "fit_check": check,
     }  # fmt: skip
     info = StepInfo(fates=tuple(fates), rest=rest, entry=entry, events=tuple(events), decision=reached,
                     decision_undone=undone, view=view, score=ev, counts=counts, beam=beam, exposure=exposure,
                     active=active, timings={"preprocess": t1 - t0, "score": t2 - t1, "update": t3 - t2})  # fmt: skip
     return new, info
+
+
+def _fit_check(counts, image, ev, bi: int, exposure: float, noise, rate: float, shifts) -> dict:
+    """The absolute fit check of the step's best hypothesis (:func:`inference.fit_check`): the
+    counts against ``exposure (scale I(x - shift) + background)`` at its per-step MAP nuisance,
+    scale and background fitted (2 parameters; the shift is the registered drift)."""
+    from inference import fit_check
+    from inference.evidence import fourier_shift
+
+    img = np.asarray(image, np.float32)
+    sh = np.asarray(shifts[bi], np.float32)
+    if img.ndim == 2 and np.any(sh != 0):
+        img = np.asarray(fourier_shift(img, sh))
+    mu = exposure * (float(ev.scale[bi]) * img.astype(np.float64) + float(ev.background[bi]))
+    mu = np.maximum(mu, 1e-6 * max(float(np.mean(mu)), 1e-30))
+    fc = fit_check(noise, np.asarray(counts, np.float64), mu, n_params=2).to_json()
+    return {**fc, "rate": rate, "unexplained": bool(fc["p_value"] < rate)}
 
 
 def add_hypothesis(state: LiveState, hypothesis_id: str, name: str, prior: float, past_log_evidence) -> LiveState:

@@ -174,7 +174,11 @@ function renderStatus() {
     d.textContent = `${fv.n_sites} sites · ${fv.undecided} undecided`;
     d.className = fv.undecided === 0 ? "decided" : "";
   } else if (s.decision) { d.textContent = `${s.decision.name} ✔ P=${fmtP(s.decision.posterior)}`; d.className = "decided"; }
-  else {
+  else if (s.fit_check && s.fit_check.unexplained) {  // no hypothesis explains the last frame: never a decision
+    const best = S.hyps.length ? S.hyps.reduce((a, b) => ((b.posterior || 0) > (a.posterior || 0) ? b : a)) : null;
+    d.textContent = `unexplained (fit z=${s.fit_check.z.toFixed(1)}; least wrong ${best ? best.name : "–"})`;
+    d.className = "unexplained";
+  } else {
     const best = S.hyps.length ? S.hyps.reduce((a, b) => ((b.posterior || 0) > (a.posterior || 0) ? b : a)) : null;
     d.textContent = best ? `${best.name} P=${fmtP(best.posterior)}` : "–"; d.className = "";
   }
