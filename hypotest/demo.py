@@ -68,7 +68,8 @@ def presimulate_exit_waves(hyps, library: str = LIBRARY, workers: int = 2, cache
 
 def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, rate_hz: float = 4.0,
              dashboard: bool = True, port: int = 8765, linger_s: float = 0.0, max_frames: int = 300,
-             pixelated: bool = False, defocus_error: float = 0.0, truth_outside: str | None = None) -> dict:  # fmt: skip
+             pixelated: bool = False, defocus_error: float = 0.0, truth_outside: str | None = None,
+             dose: float | None = None, generate: dict | None = None) -> dict:  # fmt: skip
     out = Path(out)
     if (out / "record.jsonl").exists():
         import shutil
@@ -93,7 +94,8 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
 
     session = make_demo_session(out, seed=seed, library=LIBRARY, frame_rate_hz=rate_hz, exit_waves=waves,
                                 max_frames=max_frames, log=lambda s: log("      " + s), pixelated=pixelated,
-                                defocus_error=defocus_error, truth_outside=truth_outside)  # fmt: skip
+                                defocus_error=defocus_error, truth_outside=truth_outside, dose=dose,
+                                generate=generate)  # fmt: skip
     st = LIBRARY_SETTINGS[LIBRARY]
     server = None
     if dashboard:
@@ -105,7 +107,7 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
         log(f"      the microscope: defocus {defocus_error:+g} Å off what it is told"
             + (f"; its hidden structure is NOT in the library ({truth_outside})" if truth_outside else ""))  # fmt: skip
     log(f"[3/4] live session: simulated microscope with a hidden structure (seed {seed}), {rate_hz:g} frames/s of "
-        f"{st.dose:g} e-/Å² at {st.energy / 1e3:g} kV, camera {session.model.frame_shape[0]}x"
+        f"{dose or st.dose:g} e-/Å² at {st.energy / 1e3:g} kV, camera {session.model.frame_shape[0]}x"
         f"{session.model.frame_shape[1]} px; record in {out}")  # fmt: skip
     t = time.perf_counter()
     interrupted = None
@@ -130,7 +132,11 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
     status = session.status()
     truth = json.loads((out / "truth.jsonl").read_text().splitlines()[-1]) if (out / "truth.jsonl").exists() else None
     rejected = {h["name"]: h["reason"] for h in session.hypotheses() if h["rejected"]}
-    summary, line = summarize(status, truth, rejected, outside=bool(truth_outside))
+    summary, line = summarize(status, truth, rejected, outside=bool(truth_outside) and generate is None)
+    added = [h for h in session.hypotheses() if h.get("family") == "generated"]
+    if generate is not None:
+        summary["generated"] = {"n": len(added), "elements": generate.get("elements"),
+                                "decided_for_generated": bool(status["decision"] and any(h["id"] == status["decision"]["id"] for h in added))}  # fmt: skip
     stages["session"] = {"seconds": round(time.perf_counter() - t, 2), "record": str(out)}
     log(f"[4/4] {line}")
     record = {"schema": "hypotest-demo/2", "seed": seed, "stages": stages, "summary": summary}

@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the simulated microscope's true defocus is the commanded one plus A Å (its readout is off)")
     p.add_argument("--truth-outside", default=None, metavar="X@Y",
                    help="hide a structure the library does not hold: the host with X on a Y site (e.g. Cr@Mo)")
+    p.add_argument("--dose", type=float, default=None, metavar="E",
+                   help="dose per frame [e-/Å²] (default: the library's, 40 for MoS2)")
+    p.add_argument("--generate-elements", default=None, metavar="X,...",
+                   help="make new hypotheses from the host while the session runs (substitution by these elements, "
+                        "e.g. Se,Cr or Se@S, and vacancies) when the frames are unexplained or a decision is near")
     p.set_defaults(func=run)
 
 
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         with StopSignals():  # SIGTERM stops the session as Ctrl-C does: a `stopped` line, every frame's fate
             record = run_demo(out=args.out, seed=args.seed, log=print, rate_hz=args.rate, dashboard=not args.no_dashboard,
                               port=args.port, linger_s=args.linger, pixelated=args.pixelated,
-                              defocus_error=args.defocus_error, truth_outside=args.truth_outside)  # fmt: skip
+                              defocus_error=args.defocus_error, truth_outside=args.truth_outside, dose=args.dose,
+                              generate=None if args.generate_elements is None else {"elements": args.generate_elements})  # fmt: skip
     except KeyboardInterrupt as exc:
         name = str(exc) or "SIGINT"
         print(f"demo {'interrupted' if name == 'SIGINT' else 'terminated'} ({name}); record: {args.out} "

@@ -55,9 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit-rate", type=float, default=0.01, metavar="R",
                    help="false-alarm rate of the absolute fit check: frames whose best hypothesis fits worse than this "
                         "are 'unexplained' and no decision is reported (default 0.01)")
-    p.add_argument("--generate", action="store_true",
-                   help="when the frames are unexplained: make new hypotheses from the host (see --elements, "
-                        "--generate-kinds), score them with the library and report those that explain the frames")
+    p.add_argument("--generate", nargs="?", const="unexplained", default=None, choices=("unexplained", "always"),
+                   help="make new hypotheses from the host (see --elements, --generate-kinds), score them with the "
+                        "library and report those that explain the frames: when the frames are unexplained (the "
+                        "default), or always (a directed check: at doses where the absolute fit check cannot see a "
+                        "wrong structure yet, a generated one can still win on its Bayes factor)")
     p.add_argument("--elements", default=None, metavar="X,...",
                    help="with --generate: substituents/interstitials, e.g. Zr,La or Zr@Ti (only Ti sites)")
     p.add_argument("--generate-kinds", default="substitution,vacancy", metavar="KINDS",
@@ -167,7 +169,7 @@ def _generate(args, hyps, counts, bf, result, optics, progress):
     elements = parse_elements(args.elements)
     kinds = [k.strip() for k in str(args.generate_kinds).split(",") if k.strip()]
     generated_priors(np.ones(1), 1, args.generated_prior)  # the prior mass is checked before any work
-    if not result.unexplained:
+    if not result.unexplained and args.generate != "always":
         return result, hyps, {"triggered": False, "summary": "not needed: the library explains the frames", "candidates": []}
     lib = load_hypotheses(args.library)
     try:
@@ -193,7 +195,7 @@ def _generate(args, hyps, counts, bf, result, optics, progress):
     summary = (f"{len(new)} candidates from host {host.name!r}; "
                + (f"{allh.names[b]} explains the frames (P = {res2.posterior[b]:.4f}, fit z = {res2.fit_check_all['z']:.1f})"
                   if accepted else "none explains the frames"))  # fmt: skip
-    out = {"triggered": True, "summary": summary, "host": host.id, "kinds": kinds,
+    out = {"triggered": True, "when": args.generate, "library_unexplained": result.unexplained, "summary": summary, "host": host.id, "kinds": kinds,
            "elements": [e if s is None else f"{e}@{s}" for e, s in elements], "prior_mass": args.generated_prior,
            "accepted": accepted, "candidates": cands}  # fmt: skip
     if accepted and args.generated_library is not None:

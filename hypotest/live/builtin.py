@@ -118,7 +118,8 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
                       dose: float | None = None, exit_waves=None, expected_run_length: float = 200.0,
                       log: Callable[[str], None] | None = None, start_beam: int = 2,
                       scorer: str = "laplace", design: str = "allocation", pixelated: bool = False,
-                      defocus_error: float = 0.0, truth_outside: str | None = None) -> LiveSession:  # fmt: skip
+                      defocus_error: float = 0.0, truth_outside: str | None = None,
+                      generate: dict | None = None) -> LiveSession:  # fmt: skip
     """The embedded default: built-in ``library``, a simulated microscope hiding ``hidden`` (by
     default one hypothesis chosen by ``seed``; a list = metastable states, switching by
     ``schedule`` or ``switch_rate_hz``), frames at ``frame_rate_hz`` (None: as fast as scored).
@@ -134,7 +135,9 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
     readout is off; the frames' beams say what was commanded). ``truth_outside``: the hidden
     structure is not in the library but made from its host by substitution (``"Cr@Mo"``: Cr on a
     Mo site, :func:`outside_truth`), so no hypothesis explains the frames: the fit check marks
-    them unexplained and no decision is reached.
+    them unexplained and no decision is reached. ``generate``: new hypotheses made from the host
+    while the session runs (:meth:`hypotest.live.runner.LiveSession._generate_hypotheses`),
+    ``{"elements": "Se,Cr@Mo", "kinds": ["substitution", "vacancy"], "prior_mass": 0.01}``.
     """
     if library not in LIBRARY_SETTINGS:
         raise InputError(f"unknown built-in library {library!r}: expected one of {sorted(LIBRARY_SETTINGS)}")
@@ -163,9 +166,9 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
                   "defocus_error": float(defocus_error), "truth_outside": truth_outside}  # fmt: skip
     return LiveSession(
         out, hypotheses=hyps, model=model, source=source, candidate_beams=candidates, beam=candidates[start_beam][1],
-        config={"library": library, "model": model.settings, "source": source_cfg, "dose": dose},
+        config={"library": library, "model": model.settings, "source": source_cfg, "dose": dose, "generate": generate},
         auto_apply=auto_apply, stop_on_decision=stop_on_decision, expected_run_length=expected_run_length,
-        log=log, seed=seed, scorer=scorer, design=design,
+        log=log, seed=seed, scorer=scorer, design=design, generate=generate,
     )  # fmt: skip
 
 

@@ -43,8 +43,11 @@ class SessionQueries:
         last = next((e["fit_check"] for e in reversed(hist) if e.get("fit_check")), None)
         if last is None:
             return None
-        n = sum(1 for e in hist if (e.get("fit_check") or {}).get("unexplained"))
-        return {**last, "unexplained_steps": n, "steps": len(hist)}
+        n = sum(1 for e in hist if (e.get("fit_check") or {}).get("unexplained")
+                or ((e.get("fit_check") or {}).get("segment") or {}).get("unexplained"))
+        seg = last.get("segment") or {}
+        return {**last, "unexplained": bool(last.get("unexplained") or seg.get("unexplained")),
+                "unexplained_steps": n, "steps": len(hist)}
 
     def _index(self, hypothesis_id: str) -> int:
         for i, h in enumerate(self.hyps):

@@ -64,6 +64,8 @@ from hypotest.live.step import (
     make_live_config,
     rescore_steps,
     restore_state,
+    segment_fit,
+    step_fit_check,
 )
 from inference import allocate_conditions, noise_from_detector, rank_conditions
 
@@ -116,7 +118,7 @@ class LiveSession(SessionQueries):
                  auto_apply: bool = True, stop_on_decision: bool = True, max_steps: int | None = None,
                  expected_run_length: float = 200.0, fsync: bool = False, resume: bool = False,
                  log: Callable[[str], None] | None = None, seed: int = 0, scorer: str = "laplace",
-                 design: str = "allocation", lock: SessionLock | None = None):  # fmt: skip
+                 design: str = "allocation", lock: SessionLock | None = None, generate: dict | None = None):  # fmt: skip
         if design not in DESIGNS:
             raise InputError(f"unknown design {design!r}: expected one of {DESIGNS}")
         if not hypotheses:
@@ -142,6 +144,18 @@ class LiveSession(SessionQueries):
         self.live_config = make_live_config(scorer, self.noise, rule_threshold=rule_threshold, target=target,
                                             stop_on_decision=stop_on_decision)  # fmt: skip
         self.scorer_kind = scorer
+        # new hypotheses from the host when the session is about to decide or the frames are
+        # unexplained (hypotest.generate): {"elements": "Se,Cr@Mo", "kinds": [...], "prior_mass": 0.01}
+        self.generate = None if generate is None else dict(generate)
+        if self.generate is not None:
+            from hypotest.generate import GENERATOR_KINDS, generated_priors, parse_elements
+
+            parse_elements(self.generate.get("elements"))
+            bad = [k for k in self.generate.get("kinds", ()) if k not in GENERATOR_KINDS]
+            if bad:
+                raise InputError(f"unknown generator kind(s) {bad}: expected some of {GENERATOR_KINDS}")
+            generated_priors(np.ones(1), 1, float(self.generate.get("prior_mass", 0.01)))
+        self._generated = False
         self.design = design
         self.rule_threshold = float(rule_threshold)
         self.target = float(target)
@@ -266,7 +280,12 @@ class LiveSession(SessionQueries):
                 continue
             shapes.add(prepared.images.shape)
             exposure = float(b["dose"]) * self.model.pixel_area_of(b)
-            sc.score(np.asarray(prepared.images[0] * exposure, np.float32), prepared, exposure, (0.0, 0.0))
+            counts = np.asarray(prepared.images[0] * exposure, np.float32)
+            ev = sc.score(counts, prepared, exposure, (0.0, 0.0))
+            # the step's fit check too (its tables, scipy's normal law, the Fourier shift's compilation)
+            step_fit_check(counts, np.asarray(prepared.images[0]), ev, 0, exposure, self.noise, self.live_config.fit_rate,
+                            np.full((len(active), 2), 0.25, np.float32))  # fmt: skip
+            segment_fit((0.0, 0.0, 0.0, 0, 0), {"deviance": 1.0, "expected": 1.0, "sd": 1.0}, 0, self.live_config.fit_rate)
         self._propose(0, self.live.view(), active)
         return time.perf_counter() - t
 
@@ -486,6 +505,17 @@ class LiveSession(SessionQueries):
         with self._lock:
             state = self.live
         new, info = self._live_step(state, batch, self.images)
+        hold = None
+        if self.generate is not None and not self._generated and info.entry is not None:
+            fc = info.entry.get("fit_check") or {}
+            unexplained = bool(fc.get("unexplained") or (fc.get("segment") or {}).get("unexplained"))
+            if info.decision is not None or unexplained:
+                # before a decision stands, the best hypothesis must beat the structures generated
+                # from the host (a directed check: the fit check alone has little power at low dose)
+                hold = "unexplained frames" if unexplained else f"a decision for {info.decision['name']}"
+                if info.decision is not None:
+                    new = dataclasses.replace(new, decision=None)
+                    info = dataclasses.replace(info, decision=None)
         for f in info.fates:
             self.writer.append("fate", **f)
             with self._lock:
@@ -531,10 +561,14 @@ class LiveSession(SessionQueries):
         fc = info.entry.get("fit_check") or {}
         self._log(f"step {step:3d} [{info.entry['beam_label']}] best {self.hyps[best].name:<36.36} P={post[best]:.4f} "
                   f"rejected {len(new.rejected)}/{len(self.hyps)}"
-                  + (f"  UNEXPLAINED (fit z = {fc['z']:.1f}, p = {fc['p_value']:.2g})" if fc.get("unexplained") else ""))  # fmt: skip
+                  + (f"  UNEXPLAINED (fit z = {fc['z']:.1f}, p = {fc['p_value']:.2g})" if fc.get("unexplained") else "")
+                  + (f"  UNEXPLAINED over {fc['segment']['steps']} steps (z = {fc['segment']['z']:.1f})"
+                     if (fc.get("segment") or {}).get("unexplained") else ""))  # fmt: skip
         if info.decision is not None:
             self.writer.append("decision", **info.decision)
             self._log(f"decision at step {step}: {self.hyps[best].name} (P = {post[best]:.4f})")
+        if hold is not None:
+            self._generate_hypotheses(hold, step)
         newly = [e.hypothesis_id for e in info.events if e.event == "rejected"]
         returned = [e.hypothesis_id for e in info.events if e.event == "returned"]
         self._publish({"type": "step", "step": step, "posterior": post.tolist(), "ids": list(new.ids),
@@ -709,6 +743,39 @@ class LiveSession(SessionQueries):
         self.writer.append("auto_apply", t=time.time(), on=bool(on), by="operator")
         return self.status()
 
+    def _generate_hypotheses(self, why: str, step: int) -> None:
+        """New hypotheses from the library's host (:mod:`hypotest.generate`), added with their
+        past evidence (:meth:`add_hypothesis`) under the stated prior: together ``prior_mass`` of
+        the prior, split equally. Once per session."""
+        from hypotest.fieldofview import analyse_library
+        from hypotest.generate import generate_from_host, parse_elements
+        from hypotest.scoring import ScoringInput
+
+        self._generated = True
+        g = self.generate
+        lib = [h for h in self.hyps if h.family != "generated"]
+        try:
+            host = lib[analyse_library(ScoringInput.from_hypotheses(lib)).host]
+        except InputError as exc:
+            self._warn(f"no hypotheses generated: the library's host was not found ({exc})")
+            return
+        kinds = tuple(g.get("kinds") or ("substitution", "vacancy"))
+        t = time.perf_counter()
+        new = generate_from_host(host, parse_elements(g.get("elements")), kinds, existing_ids=[h.id for h in self.hyps],
+                                 origin=f"the live session {self.dir.name} at step {step} ({why})")  # fmt: skip
+        mass = float(g.get("prior_mass", 0.01))
+        total = float(sum(float(h.prior) for h in lib))
+        prior = mass / (1.0 - mass) * total / max(len(new), 1)
+        self._log(f"checking {why}: {len(new)} hypotheses generated from host {host.name!r} ({', '.join(kinds)}; "
+                  f"prior mass {mass:g} together)")  # fmt: skip
+        for h in new:
+            self.add_hypothesis({"name": h.name, "positions": np.asarray(h.specimen.positions).tolist(),
+                                 "numbers": np.asarray(h.specimen.numbers).tolist(), "prior": prior, "family": "generated",
+                                 "provenance": dict(h.provenance.notes).get("generated", "")})  # fmt: skip
+        best = int(self.live.view().best)
+        self._log(f"generated {len(new)} in {time.perf_counter() - t:.1f} s; best now {self.hyps[best].name} "
+                  f"(P = {self.live.view().posterior[best]:.4f})")  # fmt: skip
+
     def add_hypothesis(self, structure: dict) -> dict:
         from hypotest.hypothesis import make_hypothesis
         from hypotest.live.record import load_record
@@ -721,8 +788,10 @@ class LiveSession(SessionQueries):
             raise InputError(f"new hypothesis: missing field(s) {missing}; need name, positions [[x,y,z]] Å, numbers [Z]")
         spec = make_specimen(structure["positions"], structure["numbers"], cell=self.model.cell)
         prior = float(structure.get("prior", 1.0))
+        note = str(structure.get("provenance", ""))[:500]
         h = make_hypothesis(spec, name=str(structure["name"]), family=str(structure.get("family", "added")), prior=prior,
-                            provenance=Provenance(source="added during the session"))  # fmt: skip
+                            provenance=Provenance(source="added during the session",
+                                                  notes=(("generated", note),) if note else ()))  # fmt: skip
         if any(x.id == h.id for x in self.hyps):
             raise InputError(f"hypothesis {h.name!r} has the same structure as an existing one (id {h.id})")
         with self._lock:
@@ -733,7 +802,7 @@ class LiveSession(SessionQueries):
             self.live = add_hypothesis(self.live, h.id, h.name, prior, past)
             self.hyps.append(h)
             self.writer.append("hypothesis_added", t=time.time(), step=self._step, id=h.id, name=h.name, family=h.family,
-                               prior=prior, past_log_evidence=past,
+                               prior=prior, past_log_evidence=past, **({"provenance": note} if note else {}),
                                structure={"positions": np.asarray(spec.positions).tolist(),
                                           "numbers": np.asarray(spec.numbers).tolist()})  # fmt: skip
         self._publish({"type": "hypotheses"})

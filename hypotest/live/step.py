@@ -84,6 +84,8 @@ __all__ = [
     "drop_hypothesis",
     "rescore_steps",
     "restore_state",
+    "segment_fit",
+    "step_fit_check",
 ]
 
 
@@ -150,6 +152,8 @@ class LiveState:
         step: steps done; dose_used: dose of every step [e-/Å²].
         step_frames, step_doses: frames and dose [e-/Å²] of each step (for the reasons).
         decision: the decision reached (None until then).
+        fit_sums: the fit check summed over the current segment's steps: (deviance, expected,
+            variance, steps, the segment's first step) (:func:`segment_fit`).
     """
 
     config: LiveConfig
@@ -165,6 +169,7 @@ class LiveState:
     step_frames: tuple[int, ...] = ()
     step_doses: tuple[float, ...] = ()
     decision: dict | None = None
+    fit_sums: tuple[float, float, float, int, int] = (0.0, 0.0, 0.0, 0, 0)
 
     @property
     def n_hypotheses(self) -> int:
@@ -392,17 +397,20 @@ def live_step(state: LiveState, batch: Sequence[PendingFrame], images: StepImage
     best = int(view.best)
     post = view.posterior
     dose_used = state.dose_used + dose
-    check = _fit_check(counts, model.images(beam)[best], ev, int(np.flatnonzero(active == best)[0]) if best in active else 0,
+    check = step_fit_check(counts, model.images(beam)[best], ev, int(np.flatnonzero(active == best)[0]) if best in active else 0,
                        exposure, noise, cfg.fit_rate, ev.shift)  # fmt: skip
+    fit_sums, seg_check = segment_fit(state.fit_sums, check, int(view.segment_start), cfg.fit_rate)
+    check["segment"] = seg_check
+    explained = not (check["unexplained"] or seg_check["unexplained"])
     decision, reached, undone = state.decision, None, False
-    if post[best] >= cfg.target and decision is None and not check["unexplained"]:
+    if post[best] >= cfg.target and decision is None and explained:
         decision = reached = {"id": state.ids[best], "name": state.names[best], "posterior": float(post[best]),
                               "step": step, "dose_used_e_per_A2": dose_used, "frames": sum(step_frames)}  # fmt: skip
     elif decision is not None and post[best] < cfg.target and not cfg.stop_on_decision:
         decision, undone = None, True
     new = dataclasses.replace(state, tracker=tracker, rejected=rejected, reasons=tuple(reasons), step=step + 1,
                               dose_used=dose_used, step_frames=step_frames, step_doses=step_doses,
-                              decision=decision)  # fmt: skip
+                              decision=decision, fit_sums=fit_sums)  # fmt: skip
     t3 = time.perf_counter()
 
     bi = int(np.flatnonzero(active == best)[0]) if best in active else 0
@@ -427,7 +435,26 @@ def live_step(state: LiveState, batch: Sequence[PendingFrame], images: StepImage
     return new, info
 
 
-def _fit_check(counts, image, ev, bi: int, exposure: float, noise, rate: float, shifts) -> dict:
+def segment_fit(sums, check: dict, segment_start: int, rate: float) -> tuple[tuple, dict]:
+    """The fit check over the current segment's steps: each step's statistic, expectation and
+    variance (of its best hypothesis at that step) added, restarted at a change point; the sum of
+    many pixels over several frames is close to normal, so ``z = (D - E) / sqrt(V)`` and
+    ``p = P(N(0, 1) >= z)``. At low dose one frame's check has little power (the deviance of a
+    wrong structure grows with dose, its noise does not): the segment's check is what sees a
+    structure that no hypothesis explains after enough frames."""
+    from scipy.stats import norm
+
+    d, e, v, n, start = sums
+    if n == 0 or start != segment_start:
+        d, e, v, n = 0.0, 0.0, 0.0, 0
+    d, e, v, n = d + check["deviance"], e + check["expected"], v + check["sd"] ** 2, n + 1
+    z = (d - e) / math.sqrt(v) if v > 0 else 0.0
+    p = float(norm.sf(z))
+    return (d, e, v, n, segment_start), {"z": round(z, 3), "p_value": float(f"{p:.4g}"), "steps": n,
+                                         "unexplained": bool(p < rate)}
+
+
+def step_fit_check(counts, image, ev, bi: int, exposure: float, noise, rate: float, shifts) -> dict:
     """The absolute fit check of the step's best hypothesis (:func:`inference.fit_check`): the
     counts against ``exposure (scale I(x - shift) + background)`` at its per-step MAP nuisance,
     scale and background fitted (2 parameters; the shift is the registered drift)."""
@@ -539,8 +566,11 @@ def restore_state(state: LiveState, steps: Sequence[dict], events: Sequence[dict
         for h, v in zip(rec["ids"], rec["log_evidence"]):
             if h in col:
                 le[col[h]] = -np.inf if v is None else v
-        tracker, _ = tracker_update(state.tracker, le)
-        state = dataclasses.replace(state, tracker=tracker, step=state.step + 1,
+        tracker, view = tracker_update(state.tracker, le)
+        fit_sums = state.fit_sums
+        if rec.get("fit_check"):
+            fit_sums, _ = segment_fit(fit_sums, rec["fit_check"], int(view.segment_start), state.config.fit_rate)
+        state = dataclasses.replace(state, tracker=tracker, step=state.step + 1, fit_sums=fit_sums,
                                     dose_used=state.dose_used + rec["dose_e_per_A2"],
                                     step_frames=state.step_frames + (len(rec["frames"]),),
                                     step_doses=state.step_doses + (rec["dose_e_per_A2"],))  # fmt: skip

@@ -176,7 +176,9 @@ function renderStatus() {
   } else if (s.decision) { d.textContent = `${s.decision.name} ✔ P=${fmtP(s.decision.posterior)}`; d.className = "decided"; }
   else if (s.fit_check && s.fit_check.unexplained) {  // no hypothesis explains the last frame: never a decision
     const best = S.hyps.length ? S.hyps.reduce((a, b) => ((b.posterior || 0) > (a.posterior || 0) ? b : a)) : null;
-    d.textContent = `unexplained (fit z=${s.fit_check.z.toFixed(1)}; least wrong ${best ? best.name : "–"})`;
+    const seg = s.fit_check.segment && s.fit_check.segment.unexplained ? s.fit_check.segment : null;
+    const z = seg ? `z=${seg.z.toFixed(1)} over ${seg.steps} steps` : `z=${s.fit_check.z.toFixed(1)}`;
+    d.textContent = `unexplained (fit ${z}; least wrong ${best ? best.name : "–"})`;
     d.className = "unexplained";
   } else {
     const best = S.hyps.length ? S.hyps.reduce((a, b) => ((b.posterior || 0) > (a.posterior || 0) ? b : a)) : null;

@@ -1,0 +1,58 @@
+"""The live session when the truth is not in the library: the fit check of every step (and of the
+segment) in the record and the status, no decision on unexplained frames, and new hypotheses made
+from the host while the session runs, added with their past evidence, deciding for the truth."""
+
+from __future__ import annotations
+
+from hypotest.live.builtin import make_demo_session, outside_truth
+from hypotest.live.record import load_record
+from hypotest.live.resume import replay_record
+from hypotest.hypothesis import load_hypotheses
+
+
+def test_every_step_carries_its_fit_check_and_the_truth_passes_it(tmp_path, mos2_waves):
+    s = make_demo_session(tmp_path / "in", seed=3, dose=200.0, exit_waves=mos2_waves, max_frames=12, stop_on_decision=False)
+    st = s.run_sync()
+    rec = load_record(tmp_path / "in")
+    checks = [e["fit_check"] for e in rec.steps]
+    assert checks and all({"z", "p_value", "rate", "unexplained", "segment"} <= set(c) for c in checks)
+    assert sum(c["unexplained"] for c in checks) <= 1 and not checks[-1]["segment"]["unexplained"]
+    assert st["fit_check"]["steps"] == len(rec.steps) and st["decision"] is not None
+    rep = replay_record(tmp_path / "in")
+    assert rep.ok and rep.decision_reproduced
+
+
+def test_unexplained_frames_hold_the_decision(tmp_path, mos2_waves):
+    """Se on an S site, not in the library, at 3e5 e-/Å² per frame: the fit check fails, so the
+    least wrong hypothesis (however probable) is never decided for."""
+    s = make_demo_session(tmp_path / "out", seed=0, dose=3e5, exit_waves=mos2_waves, max_frames=6, truth_outside="Se@S",
+                          frame_rate_hz=None)  # fmt: skip
+    st = s.run_sync()
+    rec = load_record(tmp_path / "out")
+    assert rec.truth["states"] == [outside_truth(load_hypotheses("mos2_defects"), "Se@S").name]
+    assert all(e["fit_check"]["unexplained"] or e["fit_check"]["segment"]["unexplained"] for e in rec.steps)
+    assert max(max(p for p in e["posterior"] if p is not None) for e in rec.steps) > 0.99  # a confident wrong best...
+    assert st["decision"] is None and st["fit_check"]["unexplained"]  # ...never reported as a decision
+    assert st["fit_check"]["unexplained_steps"] == len(rec.steps)
+
+
+def test_generated_hypotheses_decide_for_the_truth_and_replay(tmp_path, mos2_waves):
+    """The same truth at 2000 e-/Å² per frame, where one frame's fit check cannot see it: before
+    the decision for the least wrong library member stands, hypotheses are generated from the host
+    (Se and Cr substitutions, vacancies); the right one is added with its past evidence and wins."""
+    s = make_demo_session(tmp_path / "gen", seed=0, dose=2000.0, exit_waves=mos2_waves, max_frames=10, truth_outside="Se@S",
+                          frame_rate_hz=None, generate={"elements": "Se,Cr"})  # fmt: skip
+    st = s.run_sync()
+    truth = s.source.reveal()[-1]
+    assert st["decision"] is not None and st["decision"]["id"] == truth["id"]
+    rec = load_record(tmp_path / "gen")
+    added = [e for e in rec.events if e["kind"] == "hypothesis_added"]
+    assert any(e["id"] == truth["id"] for e in added)
+    assert all(e["family"] == "generated" and "from host" in e["provenance"] for e in added)
+    dec = [e for e in rec.events if e["kind"] == "decision"]
+    assert len(dec) == 1 and dec[0]["id"] == truth["id"]  # the held decision for the library member was never written
+    h = s.hypothesis(truth["id"])
+    notes = dict((k, v) for k, v in h["provenance"]["notes"])
+    assert "from host 'MoS2 monolayer'" in notes["generated"] and h["family"] == "generated"
+    rep = replay_record(tmp_path / "gen")
+    assert rep.ok and rep.decision_reproduced
