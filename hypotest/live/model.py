@@ -360,8 +360,10 @@ class ImageModel:
         _STEM_CACHE[key] = img
         return img
 
-    def add(self, specimen: Specimen) -> int:
-        """Add a hypothesis; its images are simulated on the next :meth:`images` call."""
+    def add(self, specimen: Specimen, images: dict | None = None) -> int:
+        """Add a hypothesis; its images are simulated on the next :meth:`images` call, except those
+        given in ``images`` ({:func:`beam_key`: image}, computed elsewhere, e.g. beside the loop by
+        another model with the same settings), which are used as they are."""
         if not np.allclose(np.asarray(specimen.cell), self.cell, rtol=2e-3):
             raise InputError(
                 f"the new hypothesis has cell {np.asarray(specimen.cell).round(3).tolist()} Å; the session's cell is "
@@ -369,7 +371,12 @@ class ImageModel:
             )
         with self._lock:
             self.specimens.append(specimen)
-            return len(self.specimens) - 1
+            i = len(self.specimens) - 1
+            for key, img in (images or {}).items():
+                have = self._images.get(key)
+                if have is not None and have.shape[0] == i and tuple(have.shape[1:]) == tuple(np.shape(img)):
+                    self._images[key] = np.concatenate([have, np.asarray(img, np.float32)[None]])
+            return i
 
 
 def band_limited_scan(cell, energy: float, semiangle: float) -> tuple[int, int]:

@@ -156,6 +156,9 @@ class LiveSession(SessionQueries):
                 raise InputError(f"unknown generator kind(s) {bad}: expected some of {GENERATOR_KINDS}")
             generated_priors(np.ones(1), 1, float(self.generate.get("prior_mass", 0.01)))
         self._generated = False
+        self._gen_thread: threading.Thread | None = None
+        self._gen_ready = None
+        self._sync = False
         self.design = design
         self.rule_threshold = float(rule_threshold)
         self.target = float(target)
@@ -329,6 +332,7 @@ class LiveSession(SessionQueries):
         score -> propose -> apply -> next frame. Deterministic (no coalescing, every proposal is
         applied before the next frame), for tests, benchmarks and scripted sessions."""
         self._begin(warm_up)
+        self._sync = True
         limit = max_steps if max_steps is not None else self.max_steps
         try:
             while not self._finished() and (limit is None or self._step < limit):
@@ -471,7 +475,17 @@ class LiveSession(SessionQueries):
                     while not self._pending and not self._stop.is_set() and not self.source_ended:
                         self._cond.wait(0.5)
                     if self._stop.is_set() or (not self._pending and self.source_ended):
-                        break
+                        break_now = True
+                    else:
+                        break_now = False
+                if break_now:
+                    with self._lock:
+                        t = self._gen_thread
+                    if t is not None and not self._stop.is_set():  # generated hypotheses still on their way
+                        t.join(120.0)
+                        self._take_generated()
+                    break
+                with self._cond:
                     batch = list(self._pending)
                     self._pending.clear()
                 rest = self._process(batch)
@@ -502,20 +516,21 @@ class LiveSession(SessionQueries):
     # ---------------------------------------------------------------- one step
     def _process(self, batch: list[PendingFrame]) -> list[PendingFrame]:
         """One live step on ``batch``, recorded; returns the frames left for the next step."""
+        self._take_generated()  # candidates made beside the loop join before the step
         with self._lock:
             state = self.live
         new, info = self._live_step(state, batch, self.images)
         hold = None
-        if self.generate is not None and not self._generated and info.entry is not None:
+        if self.generate is not None and info.entry is not None:
             fc = info.entry.get("fit_check") or {}
             unexplained = bool(fc.get("unexplained") or (fc.get("segment") or {}).get("unexplained"))
-            if info.decision is not None or unexplained:
+            if not self._generated and (info.decision is not None or unexplained):
                 # before a decision stands, the best hypothesis must beat the structures generated
                 # from the host (a directed check: the fit check alone has little power at low dose)
                 hold = "unexplained frames" if unexplained else f"a decision for {info.decision['name']}"
-                if info.decision is not None:
-                    new = dataclasses.replace(new, decision=None)
-                    info = dataclasses.replace(info, decision=None)
+            if (hold is not None or self._generation_pending()) and info.decision is not None:
+                new = dataclasses.replace(new, decision=None)
+                info = dataclasses.replace(info, decision=None)
         for f in info.fates:
             self.writer.append("fate", **f)
             with self._lock:
@@ -568,7 +583,7 @@ class LiveSession(SessionQueries):
             self.writer.append("decision", **info.decision)
             self._log(f"decision at step {step}: {self.hyps[best].name} (P = {post[best]:.4f})")
         if hold is not None:
-            self._generate_hypotheses(hold, step)
+            self._start_generation(hold, step)
         newly = [e.hypothesis_id for e in info.events if e.event == "rejected"]
         returned = [e.hypothesis_id for e in info.events if e.event == "returned"]
         self._publish({"type": "step", "step": step, "posterior": post.tolist(), "ids": list(new.ids),
@@ -743,40 +758,88 @@ class LiveSession(SessionQueries):
         self.writer.append("auto_apply", t=time.time(), on=bool(on), by="operator")
         return self.status()
 
-    def _generate_hypotheses(self, why: str, step: int) -> None:
-        """New hypotheses from the library's host (:mod:`hypotest.generate`), added with their
-        past evidence (:meth:`add_hypothesis`) under the stated prior: together ``prior_mass`` of
-        the prior, split equally. Once per session."""
+    def _generation_pending(self) -> bool:
+        with self._lock:
+            return self._gen_thread is not None
+
+    def _start_generation(self, why: str, step: int) -> None:
+        """Make new hypotheses from the library's host beside the loop (:meth:`_generate_worker`);
+        decisions are held until they have joined (:meth:`_take_generated`). Once per session."""
+        self._generated = True
+        # the beams of the recorded steps and the current one: what the candidates' past evidence
+        # and the next steps need; the design step's other candidates are simulated when asked
+        beams = {beam_key(b): b for b in [self._beam] + [e["beam"] for e in self._history]}
+        if self._sync:  # run_sync is deterministic: the candidates are made and join right here
+            with self._lock:
+                self._gen_thread = threading.current_thread()
+            self._generate_worker(why, step, list(beams.values()))
+            self._take_generated()
+            return
+        t = threading.Thread(target=self._generate_worker, args=(why, step, list(beams.values())), name="hypotest-generate",
+                             daemon=True)  # fmt: skip
+        with self._lock:
+            self._gen_thread = t
+        t.start()
+
+    def _generate_worker(self, why: str, step: int, beams: list) -> None:
+        """The candidates (:mod:`hypotest.generate`) and their images under every beam the session
+        has used or may propose, simulated by a model of their own (the loop's is not locked)."""
         from hypotest.fieldofview import analyse_library
         from hypotest.generate import generate_from_host, parse_elements
+        from hypotest.live.model import ImageModel
         from hypotest.scoring import ScoringInput
 
-        self._generated = True
-        g = self.generate
-        lib = [h for h in self.hyps if h.family != "generated"]
-        try:
-            host = lib[analyse_library(ScoringInput.from_hypotheses(lib)).host]
-        except InputError as exc:
-            self._warn(f"no hypotheses generated: the library's host was not found ({exc})")
-            return
-        kinds = tuple(g.get("kinds") or ("substitution", "vacancy"))
         t = time.perf_counter()
-        new = generate_from_host(host, parse_elements(g.get("elements")), kinds, existing_ids=[h.id for h in self.hyps],
-                                 origin=f"the live session {self.dir.name} at step {step} ({why})")  # fmt: skip
-        mass = float(g.get("prior_mass", 0.01))
-        total = float(sum(float(h.prior) for h in lib))
+        try:
+            g = self.generate
+            lib = [h for h in self.hyps if h.family != "generated"]
+            host = lib[analyse_library(ScoringInput.from_hypotheses(lib)).host]
+            kinds = tuple(g.get("kinds") or ("substitution", "vacancy"))
+            new = generate_from_host(host, parse_elements(g.get("elements")), kinds, existing_ids=[h.id for h in self.hyps],
+                                     origin=f"the live session {self.dir.name} at step {step} ({why})")  # fmt: skip
+            self._log(f"checking {why}: {len(new)} hypotheses generated from host {host.name!r} ({', '.join(kinds)}); "
+                      "simulating them beside the loop")  # fmt: skip
+            images: list[dict] = [{} for _ in new]
+            if new:
+                st = self.model.settings
+                other = ImageModel([h.specimen for h in new], sampling=st["sampling"], binning=st["binning"],
+                                   slice_thickness=st["slice_thickness"], camera_gpts=st.get("camera_gpts"))  # fmt: skip
+                for b in beams:
+                    imgs = other.images(b)
+                    for j in range(len(new)):
+                        images[j][beam_key(b)] = imgs[j]
+            result = (why, new, images, host, time.perf_counter() - t)
+        except Exception as exc:  # never kills the session: the decision goes on without them
+            result = (why, [], [], None, time.perf_counter() - t)
+            self._warn(f"no hypotheses generated ({type(exc).__name__}: {exc})")
+        with self._lock:
+            self._gen_ready = result
+
+    def _take_generated(self) -> None:
+        """In the loop thread: add the candidates the worker finished (their past evidence from
+        every recorded step, :meth:`add_hypothesis`) under the stated prior: together
+        ``prior_mass`` of the prior, split equally."""
+        with self._lock:
+            ready, self._gen_ready = self._gen_ready, None
+            if ready is not None:
+                self._gen_thread = None
+        if ready is None:
+            return
+        why, new, images, host, seconds = ready
+        mass = float(self.generate.get("prior_mass", 0.01))
+        total = float(sum(float(h.prior) for h in self.hyps if h.family != "generated"))
         prior = mass / (1.0 - mass) * total / max(len(new), 1)
-        self._log(f"checking {why}: {len(new)} hypotheses generated from host {host.name!r} ({', '.join(kinds)}; "
-                  f"prior mass {mass:g} together)")  # fmt: skip
-        for h in new:
+        t = time.perf_counter()
+        for h, imgs in zip(new, images):
             self.add_hypothesis({"name": h.name, "positions": np.asarray(h.specimen.positions).tolist(),
                                  "numbers": np.asarray(h.specimen.numbers).tolist(), "prior": prior, "family": "generated",
-                                 "provenance": dict(h.provenance.notes).get("generated", "")})  # fmt: skip
-        best = int(self.live.view().best)
-        self._log(f"generated {len(new)} in {time.perf_counter() - t:.1f} s; best now {self.hyps[best].name} "
-                  f"(P = {self.live.view().posterior[best]:.4f})")  # fmt: skip
+                                 "provenance": dict(h.provenance.notes).get("generated", "")}, images=imgs)  # fmt: skip
+        if new:
+            best = int(self.live.view().best)
+            self._log(f"{len(new)} generated hypotheses joined ({seconds:.1f} s beside the loop, {time.perf_counter() - t:.2f} s "
+                      f"in it); best now {self.hyps[best].name} (P = {self.live.view().posterior[best]:.4f})")  # fmt: skip
 
-    def add_hypothesis(self, structure: dict) -> dict:
+    def add_hypothesis(self, structure: dict, images: dict | None = None) -> dict:
         from hypotest.hypothesis import make_hypothesis
         from hypotest.live.record import load_record
         from library.provenance import Provenance
@@ -795,7 +858,7 @@ class LiveSession(SessionQueries):
         if any(x.id == h.id for x in self.hyps):
             raise InputError(f"hypothesis {h.name!r} has the same structure as an existing one (id {h.id})")
         with self._lock:
-            i = self.model.add(spec)
+            i = self.model.add(spec, images=images)
             rec = load_record(self.dir) if self._history else None
             past = [] if rec is None else rescore_steps(self._history, rec.frame, self.images, self.live_config, i,
                                                         self.live.ids)  # fmt: skip
