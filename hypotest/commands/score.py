@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --generate: any of substitution, vacancy, interstitial (default substitution,vacancy)")
     p.add_argument("--generated-prior", type=float, default=0.01, metavar="P",
                    help="with --generate: prior mass of all generated hypotheses together (default 0.01)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="with --generate: do not refine the accepted candidate's defect atom position through the multislice")
     p.add_argument("--generated-library", type=Path, default=None, metavar="H5",
                    help="with --generate: write the generated hypotheses that explain the frames to this library file")
     p.add_argument("--site-shards", type=int, default=None, metavar="N",
@@ -143,6 +145,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"optics: {result.optics['text']}; {result.optics['correction']}")
     if generated is not None:
         print(f"generated: {generated['summary']}")
+        for c in generated["candidates"]:
+            r = c.get("refined")
+            if r:
+                print(f"refined {c['name']}: atom {r['atom']} moved ({r['dx_A']:+.3f} ± {r['sd_A'][0]:.3f}, "
+                      f"{r['dy_A']:+.3f} ± {r['sd_A'][1]:.3f}) Å from its ideal site; log joint +{r['log_joint_gain']:.1f}")
     return 0
 
 
@@ -192,6 +199,14 @@ def _generate(args, hyps, counts, bf, result, optics, progress):
         i = allh.ids.index(h.id)
         cands.append({"id": h.id, "name": h.name, "posterior": float(res2.posterior[i]),
                       "provenance": dict(h.provenance.notes).get("generated", ""), "explains": h.id in accepted})  # fmt: skip
+    if accepted and not args.no_refine:
+        from hypotest.generate import refine_defect
+
+        nominal = -float(bf.beam.aberrations.C10)
+        opt = res2.optics or {"defocus_A": nominal, "nominal_defocus_A": nominal, "a12_A": 0.0, "b12_A": 0.0, "extra_cells": 0}
+        for c in cands:
+            if c["explains"]:
+                c["refined"] = refine_defect(next(h for h in new if h.id == c["id"]), counts, bf, opt)
     summary = (f"{len(new)} candidates from host {host.name!r}; "
                + (f"{allh.names[b]} explains the frames (P = {res2.posterior[b]:.4f}, fit z = {res2.fit_check_all['z']:.1f})"
                   if accepted else "none explains the frames"))  # fmt: skip

@@ -101,8 +101,10 @@ def test_score_generate_finds_the_substitution(srtio3_case, capsys):
     won = next(c for c in g["candidates"] if c["id"] == g["accepted"][0])
     assert won["name"].startswith("Zr_Ti") and TI_COLUMN in won["name"] and "substitution" in won["provenance"]
     assert r["decision"] == won["id"] and not r["unexplained"]
+    ref = won["refined"]  # the substituent's position refined through the multislice: at its ideal site
+    assert abs(ref["dx_A"]) < 0.02 and abs(ref["dy_A"]) < 0.02 and 0 < ref["sd_A"][0] < 0.02
     out = capsys.readouterr().out
-    assert "optics: defocus" in out and "explains the frames" in out
+    assert "optics: defocus" in out and "explains the frames" in out and "refined Zr_Ti" in out
     from hypotest.hypothesis import load_hypotheses
 
     lib = load_hypotheses(d / "new.h5")
