@@ -69,7 +69,7 @@ def presimulate_exit_waves(hyps, library: str = LIBRARY, workers: int = 2, cache
 def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, rate_hz: float = 4.0,
              dashboard: bool = True, port: int = 8765, linger_s: float = 0.0, max_frames: int = 300,
              pixelated: bool = False, defocus_error: float = 0.0, truth_outside: str | None = None,
-             dose: float | None = None, generate: dict | None = None) -> dict:  # fmt: skip
+             dose: float | None = None, generate: dict | None = None, learn_optics: dict | None = None) -> dict:  # fmt: skip
     out = Path(out)
     if (out / "record.jsonl").exists():
         import shutil
@@ -95,7 +95,7 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
     session = make_demo_session(out, seed=seed, library=LIBRARY, frame_rate_hz=rate_hz, exit_waves=waves,
                                 max_frames=max_frames, log=lambda s: log("      " + s), pixelated=pixelated,
                                 defocus_error=defocus_error, truth_outside=truth_outside, dose=dose,
-                                generate=generate)  # fmt: skip
+                                generate=generate, learn_optics=learn_optics)  # fmt: skip
     st = LIBRARY_SETTINGS[LIBRARY]
     server = None
     if dashboard:
@@ -133,6 +133,9 @@ def run_demo(out: Path, seed: int = 0, log: Callable[[str], None] = print, *, ra
     truth = json.loads((out / "truth.jsonl").read_text().splitlines()[-1]) if (out / "truth.jsonl").exists() else None
     rejected = {h["name"]: h["reason"] for h in session.hypotheses() if h["rejected"]}
     summary, line = summarize(status, truth, rejected, outside=bool(truth_outside) and generate is None)
+    if status.get("optics"):
+        summary["optics"] = {k: status["optics"].get(k) for k in ("defocus_A", "defocus_sd_A", "nominal_defocus_A", "c12_A",
+                                                                  "c12_sd_A", "applied", "correction", "step")}  # fmt: skip
     added = [h for h in session.hypotheses() if h.get("family") == "generated"]
     if generate is not None:
         summary["generated"] = {"n": len(added), "elements": generate.get("elements"),

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generate-elements", default=None, metavar="X,...",
                    help="make new hypotheses from the host while the session runs (substitution by these elements, "
                         "e.g. Se,Cr or Se@S, and vacancies) when the frames are unexplained or a decision is near")
+    p.add_argument("--learn-optics", action="store_true",
+                   help="learn the HRTEM defocus and astigmatism from the frames while the session runs")
     p.set_defaults(func=run)
 
 
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             record = run_demo(out=args.out, seed=args.seed, log=print, rate_hz=args.rate, dashboard=not args.no_dashboard,
                               port=args.port, linger_s=args.linger, pixelated=args.pixelated,
                               defocus_error=args.defocus_error, truth_outside=args.truth_outside, dose=args.dose,
-                              generate=None if args.generate_elements is None else {"elements": args.generate_elements})  # fmt: skip
+                              generate=None if args.generate_elements is None else {"elements": args.generate_elements},
+                              learn_optics={} if args.learn_optics else None)  # fmt: skip
     except KeyboardInterrupt as exc:
         name = str(exc) or "SIGINT"
         print(f"demo {'interrupted' if name == 'SIGINT' else 'terminated'} ({name}); record: {args.out} "

@@ -119,7 +119,7 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
                       log: Callable[[str], None] | None = None, start_beam: int = 2,
                       scorer: str = "laplace", design: str = "allocation", pixelated: bool = False,
                       defocus_error: float = 0.0, truth_outside: str | None = None,
-                      generate: dict | None = None) -> LiveSession:  # fmt: skip
+                      generate: dict | None = None, learn_optics: dict | None = None) -> LiveSession:  # fmt: skip
     """The embedded default: built-in ``library``, a simulated microscope hiding ``hidden`` (by
     default one hypothesis chosen by ``seed``; a list = metastable states, switching by
     ``schedule`` or ``switch_rate_hz``), frames at ``frame_rate_hz`` (None: as fast as scored).
@@ -138,6 +138,8 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
     them unexplained and no decision is reached. ``generate``: new hypotheses made from the host
     while the session runs (:meth:`hypotest.live.runner.LiveSession._generate_hypotheses`),
     ``{"elements": "Se,Cr@Mo", "kinds": ["substitution", "vacancy"], "prior_mass": 0.01}``.
+    ``learn_optics``: learn the HRTEM defocus and astigmatism from the frames while the session
+    runs (:meth:`hypotest.live.runner.LiveSession._learn_optics`), ``{}`` for the defaults.
     """
     if library not in LIBRARY_SETTINGS:
         raise InputError(f"unknown built-in library {library!r}: expected one of {sorted(LIBRARY_SETTINGS)}")
@@ -166,9 +168,10 @@ def make_demo_session(out_dir, *, seed: int = 0, library: str = "mos2_defects", 
                   "defocus_error": float(defocus_error), "truth_outside": truth_outside}  # fmt: skip
     return LiveSession(
         out, hypotheses=hyps, model=model, source=source, candidate_beams=candidates, beam=candidates[start_beam][1],
-        config={"library": library, "model": model.settings, "source": source_cfg, "dose": dose, "generate": generate},
+        config={"library": library, "model": model.settings, "source": source_cfg, "dose": dose, "generate": generate,
+                "learn_optics": learn_optics},
         auto_apply=auto_apply, stop_on_decision=stop_on_decision, expected_run_length=expected_run_length,
-        log=log, seed=seed, scorer=scorer, design=design, generate=generate,
+        log=log, seed=seed, scorer=scorer, design=design, generate=generate, learn_optics=learn_optics,
     )  # fmt: skip
 
 

@@ -117,6 +117,10 @@ class ImageModel:
         self._prism: dict[tuple, object] = {}
         self._last_smatrix: tuple | None = None  # (key, S-matrix) of the last hypothesis built
         self.resimulations = 0
+        #: HRTEM optics learned from the frames, added to every beam's (defocus offset, a12, b12 [Å]:
+        #: :func:`forward.make_optics_image_fn`); zero until :meth:`set_calibration`
+        self.calibration = np.zeros(3)
+        self._optics_fns: dict[str, object] = {}
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -157,7 +161,12 @@ class ImageModel:
             mode = bc.detector.mode
             if mode == "hrtem":
                 waves = self._exit_waves(bc)
-                new = [np.asarray(self.sim.image_from_exit_wave(w, bc)) for w in waves[done:]]
+                if np.any(self.calibration != 0):
+                    fn = self.optics_image_fn(beam)
+                    cal = np.asarray(self.calibration, np.float32)
+                    new = [np.asarray(fn(w, cal)) for w in waves[done:]]
+                else:
+                    new = [np.asarray(self.sim.image_from_exit_wave(w, bc)) for w in waves[done:]]
             elif mode == "stem_annular":
                 new = [self._stem_image(s, bc, beam) for s in self.specimens[done:]]
             elif mode == "4dstem":
@@ -171,6 +180,41 @@ class ImageModel:
             imgs = np.stack(new) if imgs is None else np.concatenate([imgs, np.stack(new)])
             self._images[key] = imgs.astype(np.float32)
             return self._images[key]
+
+    def optics_image_fn(self, beam: dict):
+        """``(psi, theta) -> image`` of an HRTEM ``beam`` with the optics offset by ``theta``
+        (:func:`forward.make_optics_image_fn`), one per beam."""
+        from forward import make_optics_image_fn
+
+        key = beam_key(beam)
+        with self._lock:
+            if key not in self._optics_fns:
+                self._optics_fns[key] = make_optics_image_fn(self.grid, self._parsed(beam), self.camera_gpts)
+            return self._optics_fns[key]
+
+    def exit_waves(self, beam: dict) -> list:
+        """The exit waves of every hypothesis under an HRTEM ``beam`` (energy, tilt)."""
+        with self._lock:
+            return list(self._exit_waves(self._parsed(beam)))
+
+    def set_calibration(self, theta) -> None:
+        """Use the learned HRTEM optics ``theta = (defocus offset, a12, b12)`` [Å] for every beam
+        from now on: the HRTEM images are recomputed (one FFT pair per exit wave) when next asked."""
+        th = np.asarray(theta, np.float64).reshape(3)
+        if not np.all(np.isfinite(th)):
+            raise InputError(f"the optics calibration must be finite, got {th.tolist()}")
+        with self._lock:
+            self.calibration = th
+            for key in [k for k, v in self._images.items() if self._parsed_mode(k) == "hrtem"]:
+                del self._images[key]
+
+    def _parsed_mode(self, key: str) -> str:
+        import json
+
+        try:
+            return (json.loads(key).get("detector") or {}).get("mode", "hrtem")
+        except (ValueError, AttributeError):
+            return "hrtem"
 
     def frame_shape_of(self, beam: dict) -> tuple[int, ...]:
         """Shape of a frame taken under ``beam`` as the microscope sends it: the camera

@@ -35,6 +35,7 @@ class SessionQueries:
                 "decision": None if self.decision is None else dict(self.decision), "auto_apply": self.auto_apply,
                 "step": self._step, "error": self.error, "warnings": list(getattr(self, "warnings", [])),
                 "fit_check": self._fit_summary(),
+                "optics": None if getattr(self, "optics_estimate", None) is None else dict(self.optics_estimate),
             }  # fmt: skip
 
     def _fit_summary(self) -> dict | None:

@@ -341,6 +341,7 @@ _REQUIRED_FIELDS = {
     "hypothesis_added": {"id": _str, "name": _str},
     "hypothesis_dropped": {"id": _str},
     "decision": {"id": _str, "name": _str, "posterior": _is_num, "step": _count},
+    "optics": {"step": _count, "calibration": _list_of(_is_num)},
 }  # fmt: skip
 _OPTIONAL_FIELDS = {
     "frame": {"beam": _opt(_dict), "beam_label": _opt(_str), "t_source": _opt(_is_num), "t_received": _opt(_is_num),

@@ -27,6 +27,7 @@ from hypotest.live.record import SessionLock, load_record
 from hypotest.live.runner import LiveSession
 from hypotest.live.simscope import SimulatedMicroscopeSource
 from hypotest.live.step import (
+    restart_posterior,
     PendingFrame,
     StepImages,
     add_hypothesis,
@@ -276,8 +277,11 @@ def resume_session(directory, *, source=None, source_settings: dict | None = Non
             src = open_source(rec, src_settings, hyps[:n_lib])
             src_settings = {**src_settings, **(getattr(src, "settings", None) or {})}
         cfg = rec.config
+        optics = [e for e in rec.events if e["kind"] == "optics"]
+        if optics:  # the optics the session had learned when it stopped; it learns on from them
+            model.set_calibration(optics[-1]["calibration"])
         session = LiveSession(
-            rec.dir, hypotheses=hyps, model=model, source=src,
+            rec.dir, hypotheses=hyps, model=model, source=src, learn_optics=cfg.get("learn_optics"),
             candidate_beams=[(c["label"], c["beam"]) for c in cfg["candidate_beams"]], beam=cfg["beam"],
             rule_threshold=settings["rule_threshold"], target=settings["target"], auto_apply=settings["auto_apply"],
             stop_on_decision=settings["stop_on_decision"], max_steps=settings["max_steps"],
@@ -328,7 +332,7 @@ def replay_record(directory, log: Callable[[str], None] | None = None) -> Replay
     images = StepImages(model)
     state = init_live_state(config, [h.id for h in hyps[:n_lib]], [h.name for h in hyps[:n_lib]],
                             [float(h.prior) for h in hyps[:n_lib]], expected_run_length=cfg["expected_run_length"])  # fmt: skip
-    changes = sorted((e for e in rec.events if e["kind"] in ("hypothesis_added", "hypothesis_dropped")),
+    changes = sorted((e for e in rec.events if e["kind"] in ("hypothesis_added", "hypothesis_dropped", "optics")),
                      key=lambda e: e["step"])  # fmt: skip
     max_dp = max_dl = 0.0
     view = None
@@ -338,6 +342,10 @@ def replay_record(directory, log: Callable[[str], None] | None = None) -> Replay
             if e["kind"] == "hypothesis_added":
                 past = rescore_steps(rec.steps[: st["step"]], rec.frame, images, config, state.n_hypotheses, state.ids)
                 state = add_hypothesis(state, e["id"], e["name"], e["prior"], past)
+            elif e["kind"] == "optics":  # the optics learned then: new images, the posterior restarted
+                model.set_calibration(e["calibration"])
+                images.clear()
+                state = restart_posterior(state, cfg["expected_run_length"])
             else:
                 state = drop_hypothesis(state, state.ids.index(e["id"]))
         batch = []

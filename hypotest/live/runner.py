@@ -63,6 +63,7 @@ from hypotest.live.step import (
     live_step,
     make_live_config,
     rescore_steps,
+    restart_posterior,
     restore_state,
     segment_fit,
     step_fit_check,
@@ -118,7 +119,8 @@ class LiveSession(SessionQueries):
                  auto_apply: bool = True, stop_on_decision: bool = True, max_steps: int | None = None,
                  expected_run_length: float = 200.0, fsync: bool = False, resume: bool = False,
                  log: Callable[[str], None] | None = None, seed: int = 0, scorer: str = "laplace",
-                 design: str = "allocation", lock: SessionLock | None = None, generate: dict | None = None):  # fmt: skip
+                 design: str = "allocation", lock: SessionLock | None = None, generate: dict | None = None,
+                 learn_optics: dict | None = None):  # fmt: skip
         if design not in DESIGNS:
             raise InputError(f"unknown design {design!r}: expected one of {DESIGNS}")
         if not hypotheses:
@@ -155,6 +157,22 @@ class LiveSession(SessionQueries):
             if bad:
                 raise InputError(f"unknown generator kind(s) {bad}: expected some of {GENERATOR_KINDS}")
             generated_priors(np.ones(1), 1, float(self.generate.get("prior_mass", 0.01)))
+        # HRTEM optics learned from the frames (_learn_optics): {"defocus_range": Å, "c12_sd": Å, "every": steps}
+        self.learn_optics = None if learn_optics is None else {"defocus_range": 50.0, "c12_sd": 10.0, "every": 4,
+                                                                "settle_sd": 5.0, **dict(learn_optics)}  # fmt: skip
+        if self.learn_optics is not None:
+            from inference import make_optics_prior
+
+            make_optics_prior(0.0, defocus_range=self.learn_optics["defocus_range"], c12_sd=self.learn_optics["c12_sd"])
+            if int(self.learn_optics["every"]) < 1:
+                raise InputError(f"learn_optics every must be >= 1 step, got {self.learn_optics['every']!r}")
+        self._optics_acc: dict[str, list] = {}
+        self._optics_thread: threading.Thread | None = None
+        self._optics_ready = None
+        self._optics_fit_step = 0
+        self._optics_settled = False
+        self.optics_estimate: dict | None = None
+        self.expected_run_length = float(expected_run_length)
         self._generated = False
         self._gen_thread: threading.Thread | None = None
         self._gen_ready = None
@@ -289,6 +307,18 @@ class LiveSession(SessionQueries):
             step_fit_check(counts, np.asarray(prepared.images[0]), ev, 0, exposure, self.noise, self.live_config.fit_rate,
                             np.full((len(active), 2), 0.25, np.float32))  # fmt: skip
             segment_fit((0.0, 0.0, 0.0, 0, 0), {"deviance": 1.0, "expected": 1.0, "sd": 1.0}, 0, self.live_config.fit_rate)
+        if self.learn_optics is not None and parse_beam(self._beam).beam.detector.mode == "hrtem":
+            # the optics fit's compilation (one per beam and hypothesis count), on the model's own image
+            fn = self.model.optics_image_fn(self._beam)
+            img = np.asarray(self.images.prepared(self._beam, active, self.live_config.scorer).images[0])
+            exposure = float(self._beam["dose"]) * self.model.pixel_area_of(self._beam)
+            w = np.asarray(self.model.exit_waves(self._beam)[: min(3, len(active))])[:, None]
+            from inference import fit_optics, make_nuisance_prior, make_optics_prior, signal_relative_prior
+
+            fit_optics((img * exposure)[None].astype(np.float32), w, fn, exposure, self.noise,
+                       signal_relative_prior(make_nuisance_prior(), img[None]),
+                       make_optics_prior(0.0, defocus_range=self.learn_optics["defocus_range"],
+                                         c12_sd=self.learn_optics["c12_sd"]))  # fmt: skip
         self._propose(0, self.live.view(), active)
         return time.perf_counter() - t
 
@@ -517,6 +547,7 @@ class LiveSession(SessionQueries):
     def _process(self, batch: list[PendingFrame]) -> list[PendingFrame]:
         """One live step on ``batch``, recorded; returns the frames left for the next step."""
         self._take_generated()  # candidates made beside the loop join before the step
+        self._take_optics()  # and optics learned beside it
         with self._lock:
             state = self.live
         new, info = self._live_step(state, batch, self.images)
@@ -531,6 +562,12 @@ class LiveSession(SessionQueries):
             if (hold is not None or self._generation_pending()) and info.decision is not None:
                 new = dataclasses.replace(new, decision=None)
                 info = dataclasses.replace(info, decision=None)
+        if (self.learn_optics is not None and info.decision is not None and not self._optics_settled
+                and parse_beam(info.beam).beam.detector.mode == "hrtem"):  # fmt: skip
+            # no decision before the optics are known to settle_sd of defocus (under the wrong
+            # optics a wrong structure can look certain)
+            new = dataclasses.replace(new, decision=None)
+            info = dataclasses.replace(info, decision=None)
         for f in info.fates:
             self.writer.append("fate", **f)
             with self._lock:
@@ -582,6 +619,8 @@ class LiveSession(SessionQueries):
         if info.decision is not None:
             self.writer.append("decision", **info.decision)
             self._log(f"decision at step {step}: {self.hyps[best].name} (P = {post[best]:.4f})")
+        if self.learn_optics is not None:
+            self._learn_optics(info, step)
         if hold is not None:
             self._start_generation(hold, step)
         newly = [e.hypothesis_id for e in info.events if e.event == "rejected"]
@@ -757,6 +796,100 @@ class LiveSession(SessionQueries):
             self.auto_apply = bool(on)
         self.writer.append("auto_apply", t=time.time(), on=bool(on), by="operator")
         return self.status()
+
+    def _learn_optics(self, info, step: int) -> None:
+        """The HRTEM optics learned from the frames (:func:`inference.fit_optics`), beside the loop:
+        every ``every`` steps, the frames of the beam with the most dose so far, summed, against
+        the three most probable hypotheses; the defocus offset and astigmatism of the best fitting
+        one (profiled: the session then scores every hypothesis under them). :meth:`_take_optics`
+        applies them when they differ from the calibration in use by more than 3 sd (and 1 Å of
+        defocus or 2 Å of C12): they become the calibration (:meth:`ImageModel.set_calibration`),
+        the posterior restarts at the prior (the steps before were scored against the wrong
+        images), an ``optics`` line is recorded (replay and resume apply it at the same step), and
+        the correction is offered ("set defocus to ...")."""
+        beam = info.beam
+        if parse_beam(beam).beam.detector.mode != "hrtem":
+            return
+        acc = self._optics_acc.setdefault(beam_key(beam), [0.0, 0.0, 0, beam])
+        acc[0] = acc[0] + np.asarray(info.counts, np.float64)
+        acc[1] += float(info.exposure)
+        acc[2] += 1
+        if step - self._optics_fit_step < int(self.learn_optics["every"]):
+            return
+        with self._lock:
+            if self._optics_thread is not None:
+                return
+        self._optics_fit_step = step
+        counts, exposure, _, b = max(self._optics_acc.values(), key=lambda a: a[1])
+        view = self.live.view()
+        active = [int(i) for i in np.argsort(view.posterior)[::-1] if i not in self.live.dropped][:3]
+        args = (np.asarray(counts, np.float32), float(exposure), dict(b), active, step)
+        if self._sync:
+            with self._lock:
+                self._optics_thread = threading.current_thread()
+            self._optics_worker(*args)
+            self._take_optics()
+            return
+        t = threading.Thread(target=self._optics_worker, args=args, name="hypotest-optics", daemon=True)
+        with self._lock:
+            self._optics_thread = t
+        t.start()
+
+    def _optics_worker(self, counts, exposure: float, b: dict, active: list, step: int) -> None:
+        import jax.numpy as jnp
+
+        from inference import fit_optics, make_nuisance_prior, make_optics_prior, signal_relative_prior
+
+        t = time.perf_counter()
+        result = None
+        try:
+            lo = self.learn_optics
+            waves = self.model.exit_waves(b)
+            w = np.asarray([waves[i] for i in active])[:, None]
+            fn = self.model.optics_image_fn(b)
+            commanded = -float(parse_beam(b).beam.aberrations.C10)
+            prior = make_optics_prior(commanded, defocus_range=lo["defocus_range"], c12_sd=lo["c12_sd"])
+            nominal = np.stack([np.asarray(fn(w[j, 0], jnp.zeros(3))) for j in range(len(active))])
+            fit = fit_optics(counts[None], w, fn, exposure, self.noise,
+                             signal_relative_prior(make_nuisance_prior(), jnp.asarray(nominal)), prior)  # fmt: skip
+            j = int(np.argmax(fit.log_evidence))
+            est = {**fit.estimate(j), "hypothesis": self.hyps[active[j]].id, "step": step,
+                   "seconds": round(time.perf_counter() - t, 3),
+                   "correction": f"set defocus to {2 * commanded - fit.estimate(j)['defocus_A']:.1f} Å for a true {commanded:.1f} Å"}  # fmt: skip
+            result = (est, fit.theta[j, 0].copy(), np.sqrt(np.maximum(np.diag(fit.cov[j, 0]), 0.0)), commanded)
+        except Exception as exc:  # never kills the session: the optics stay as they are
+            self._warn(f"the optics could not be learned at step {step} ({type(exc).__name__}: {exc})")
+        with self._lock:
+            self._optics_ready = result if result is not None else False
+
+    def _take_optics(self) -> None:
+        """In the loop thread: apply the optics the worker learned (:meth:`_learn_optics`)."""
+        with self._lock:
+            ready, self._optics_ready = self._optics_ready, None
+            if ready is not None:
+                self._optics_thread = None
+        if not ready:
+            return
+        est, theta, sd, commanded = ready
+        d = np.abs(theta - self.model.calibration)
+        moved = bool((d[0] > max(3 * sd[0], 1.0)) or (np.hypot(d[1], d[2]) > max(3 * float(np.hypot(sd[1], sd[2])), 2.0)))
+        est["applied"] = moved
+        with self._lock:
+            self.optics_estimate = est
+            self._optics_settled = self._optics_settled or float(sd[0]) <= float(self.learn_optics["settle_sd"])
+        if not moved:
+            return
+        self.model.set_calibration(theta)
+        self.images.clear()
+        with self._lock:
+            self.live = restart_posterior(self.live, self.expected_run_length)
+            self._optics_acc.clear()  # the frames so far count once; the next fits use the frames from here
+        self.writer.append("optics", t=time.time(), step=self._step, calibration=[float(v) for v in theta],
+                           sd=[float(v) for v in sd], estimate=est, expected_run_length=self.expected_run_length)  # fmt: skip
+        self._log(f"optics learned at step {est['step']} ({est['seconds']:.1f} s beside the loop): defocus "
+                  f"{est['defocus_A']:.1f} ± {est['defocus_sd_A']:.1f} Å where {commanded:.1f} was set, C12 {est['c12_A']:.1f} ± "
+                  f"{est['c12_sd_A']:.1f} Å; scored under them from step {self._step} (posterior restarted); {est['correction']}")  # fmt: skip
+        self._publish({"type": "status", "status": self.status()})
 
     def _generation_pending(self) -> bool:
         with self._lock:

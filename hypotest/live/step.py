@@ -84,6 +84,7 @@ __all__ = [
     "drop_hypothesis",
     "rescore_steps",
     "restore_state",
+    "restart_posterior",
     "segment_fit",
     "step_fit_check",
 ]
@@ -487,6 +488,19 @@ def add_hypothesis(state: LiveState, hypothesis_id: str, name: str, prior: float
     )  # fmt: skip
 
 
+def restart_posterior(state: LiveState, expected_run_length: float = 200.0) -> LiveState:
+    """``state`` with the posterior back at the prior (every hypothesis, added ones included;
+    dropped ones stay dropped; no rejections, no decision, the fit check's sums empty), the step
+    and dose counters kept: after the session's optics changed (a calibration learned from the
+    frames, :meth:`hypotest.live.runner.LiveSession._learn_optics`), the steps before were scored
+    against the wrong images and no longer count."""
+    tracker = init_tracker(np.asarray(state.priors), expected_run_length=expected_run_length)
+    for i in sorted(state.dropped):
+        tracker = tracker_drop(tracker, i)
+    return dataclasses.replace(state, tracker=tracker, rejected=frozenset(), reasons=("",) * state.n_hypotheses,
+                               decision=None, fit_sums=(0.0, 0.0, 0.0, 0, 0))  # fmt: skip
+
+
 def drop_hypothesis(state: LiveState, index: int) -> LiveState:
     """``state`` with hypothesis ``index`` dropped (its evidence no longer counts)."""
     i = int(index)
@@ -540,7 +554,7 @@ def restore_state(state: LiveState, steps: Sequence[dict], events: Sequence[dict
     hypotheses added and dropped (``events``: the record's other lines) applied before the step
     they preceded. An added hypothesis's past evidence comes from its record line
     (``past_log_evidence``) or, for records without it, from ``rescore(index, event)``."""
-    changes = [e for e in events if e["kind"] in ("hypothesis_added", "hypothesis_dropped")]
+    changes = [e for e in events if e["kind"] in ("hypothesis_added", "hypothesis_dropped", "optics")]
     changes.sort(key=lambda e: e["step"])  # stable: record order within a step
     k = 0
 
@@ -555,6 +569,8 @@ def restore_state(state: LiveState, steps: Sequence[dict], events: Sequence[dict
                     past = rescore(st.n_hypotheses, e) if rescore is not None else [-np.inf] * st.step
                 past = [-np.inf if v is None else v for v in past]
                 st = add_hypothesis(st, e["id"], e["name"], e["prior"], past)
+            elif e["kind"] == "optics":
+                st = restart_posterior(st, float(e.get("expected_run_length", 200.0)))
             elif e["id"] in st.ids:
                 st = drop_hypothesis(st, st.ids.index(e["id"]))
         return st

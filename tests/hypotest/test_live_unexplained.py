@@ -56,3 +56,22 @@ def test_generated_hypotheses_decide_for_the_truth_and_replay(tmp_path, mos2_wav
     assert "from host 'MoS2 monolayer'" in notes["generated"] and h["family"] == "generated"
     rep = replay_record(tmp_path / "gen")
     assert rep.ok and rep.decision_reproduced
+
+
+def test_optics_learned_live_from_a_defocus_error_and_replayed(tmp_path, mos2_waves):
+    """The microscope images 15 Å off the defocus it is told: the session learns the offset from
+    the frames (an ``optics`` record line), scores under it from then on, decides for the truth,
+    and a replay reproduces every step."""
+    s = make_demo_session(tmp_path / "opt", seed=3, dose=400.0, exit_waves=mos2_waves, max_frames=40, defocus_error=15.0,
+                          frame_rate_hz=None, learn_optics={"every": 2})  # fmt: skip
+    st = s.run_sync()
+    truth = s.source.reveal()[-1]
+    rec = load_record(tmp_path / "opt")
+    opt = [e for e in rec.events if e["kind"] == "optics"]
+    assert opt, "no optics learned"
+    cal, sd = opt[0]["calibration"][0], opt[0]["sd"][0]
+    assert abs(cal - 15.0) < max(3 * sd, 1.0), (cal, sd)
+    assert st["optics"] is not None and "set defocus to" in st["optics"]["correction"]
+    assert st["decision"] is not None and st["decision"]["id"] == truth["id"]
+    rep = replay_record(tmp_path / "opt")
+    assert rep.ok and rep.decision_reproduced and rep.max_abs_posterior_diff <= 1e-6
