@@ -256,8 +256,6 @@ def _run_field_of_view(args, hyps, counts, bf, progress) -> int:
         out = score_field_of_view(hyps, counts, bf, host_id=args.host, defect_prior=prior, progress=progress,
                                   detector=args.detector, optics=args.optics)
     out["inputs"] = {"library": str(args.library), "frames": str(args.frames), "beam": str(args.beam)}
-    if generated is not None:
-        out["generated"] = generated
     check_result_finite(out)
     png = args.site_map or args.out.with_name(args.out.stem + "_sites.png")
     out["site_map"] = str(png)
