@@ -141,8 +141,9 @@ def refine_defect(hyp, counts, bf, optics: dict, *, steps: int = 5, prior_sd: fl
     import jax
     import jax.numpy as jnp
 
-    from forward import add_exit_layers, make_grid, make_optics_image_fn, replace
+    from forward import add_exit_layers, make_optics_image_fn, replace
     from forward.hrtem import make_hrtem_simulator
+    from hypotest.scoring import simulation_grid
     from inference.evidence import _linear_one, make_nuisance_prior, signal_relative_prior
     from inference.noise import _saturated_part, noise_from_detector
 
@@ -154,7 +155,7 @@ def refine_defect(hyp, counts, bf, optics: dict, *, steps: int = 5, prior_sd: fl
     c = np.asarray(counts, np.float32)
     shape = c.shape[1:]
     cell = np.asarray(spec.cell)
-    grid = make_grid(extent=tuple(np.asarray(hyp.specimen.cell)[:2]), sampling=min(bf.sim_sampling, 0.5 * min(bf.sampling)))
+    grid = simulation_grid(np.asarray(hyp.specimen.cell), bf)
     species = tuple(sorted({int(z) for z in np.asarray(spec.numbers)}))
     sim = make_hrtem_simulator(grid, float(cell[2]), bf.slice_thickness, parametrization=bf.parametrization,
                                camera_gpts=shape, species=species, checkpoint=True)  # fmt: skip

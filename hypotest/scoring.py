@@ -170,6 +170,18 @@ def check_result_finite(out: dict, names: dict | None = None) -> None:
         raise InputError(f"the result is not finite: {rest[0]} = {rest[1]}; nothing was written")
 
 
+def simulation_grid(cell, bf: BeamFile):
+    """The grid the hypotheses are simulated on: over the cell at BEAM.json's simulation sampling,
+    at most half the frame's pixel (so the camera bins whole simulation pixels or resamples a
+    band-limited image); a grid too large is an error naming the setting that asked for it."""
+    sim_sampling = min(bf.sim_sampling, 0.5 * min(bf.sampling))
+    try:
+        return make_grid(extent=np.asarray(cell)[:2], sampling=sim_sampling)
+    except InputError as exc:
+        what = "BEAM.json simulation.sampling" if sim_sampling == bf.sim_sampling else "half the frame sampling"
+        raise InputError(f"the simulation grid ({what}, {sim_sampling:g} Å): {exc}") from None
+
+
 def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int = 0, progress=None,
               scorer: str = "laplace", where: str = "frames", optics=None, fit_rate: float | None = None) -> ScoreResult:
     """Simulate every hypothesis under ``bf``, score ``counts`` and (HRTEM) propose the next defocus.
@@ -187,12 +199,7 @@ def run_score(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, *, seed: int
     cell = _shared_cell(hyps)
     shape = counts.shape[1:]
     _check_frame_geometry(cell, shape, bf.sampling)
-    sim_sampling = min(bf.sim_sampling, 0.5 * min(bf.sampling))
-    try:
-        grid = make_grid(extent=cell[:2], sampling=sim_sampling)
-    except InputError as exc:  # a grid too large: say which setting asked for it
-        what = "BEAM.json simulation.sampling" if sim_sampling == bf.sim_sampling else "half the frame sampling"
-        raise InputError(f"the simulation grid ({what}, {sim_sampling:g} Å): {exc}") from None
+    grid = simulation_grid(cell, bf)
     mode = bf.beam.detector.mode
     it = progress(hyps.specimens) if progress else hyps.specimens
     if mode == "hrtem":
@@ -255,12 +262,7 @@ def run_score_optics(hyps: ScoringInput, counts: np.ndarray, bf: BeamFile, optic
     cell = _shared_cell(hyps)
     shape = counts.shape[1:]
     _check_frame_geometry(cell, shape, bf.sampling)
-    sim_sampling = min(bf.sim_sampling, 0.5 * min(bf.sampling))
-    try:
-        grid = make_grid(extent=cell[:2], sampling=sim_sampling)
-    except InputError as exc:
-        what = "BEAM.json simulation.sampling" if sim_sampling == bf.sim_sampling else "half the frame sampling"
-        raise InputError(f"the simulation grid ({what}, {sim_sampling:g} Å): {exc}") from None
+    grid = simulation_grid(cell, bf)
     sims: dict[float, object] = {}
     waves = []
     it = progress(range(len(hyps.specimens))) if progress else range(len(hyps.specimens))

@@ -33,7 +33,7 @@ from inference.posterior import (
 )
 from inference.scorer import SCORERS, NonFiniteEvidence, Score, ScorerConfig, make_scorer, method_text
 
-__all__ = ["ScoreResult", "score_frames", "attach_fit_check"]
+__all__ = ["ScoreResult", "score_frames", "attach_fit_check", "fitted_expectation"]
 
 @dataclasses.dataclass(frozen=True)
 class ScoreResult:
@@ -301,34 +301,40 @@ def _check_rate(rate: float) -> float:
     return r
 
 
+def fitted_expectation(image, score: Score, h: int, exposure: float) -> np.ndarray:
+    """Hypothesis ``h``'s expected counts at its MAP nuisance in ``score`` [electrons per pixel]:
+    ``exposure (scale I(x - shift) + background)``, floored at 1e-6 of its mean (a fitted
+    negative background can make a few pixels' expectation negative; the floor only makes such a
+    pixel count as a gross misfit in the fit check). ``image`` as scored (2D images are shifted
+    by the score's shift; channel images are not shifted)."""
+    from inference.evidence import fourier_shift
+
+    img = np.asarray(image, np.float32)
+    sh = np.asarray(score.shift[h], np.float32)
+    if img.ndim == 2 and np.any(sh != 0):
+        img = np.asarray(fourier_shift(img, sh))
+    mu = exposure * (float(score.scale[h]) * img.astype(np.float64) + float(score.background[h]))
+    return np.maximum(mu, 1e-6 * max(float(np.mean(mu)), 1e-30))
+
+
 def attach_fit_check(result: ScoreResult, counts, images, noise, exposure: float, *, n_params: int,
                      rate: float = DEFAULT_RATE, extra_params: int = 0) -> ScoreResult:  # fmt: skip
     """``result`` with the absolute fit check of its best hypothesis (:mod:`inference.fitcheck`).
 
     Each frame ``t`` is compared with that hypothesis's fitted expectation
     ``mu_t = exposure (scale_t I(x - shift_t) + background_t)`` (the per-frame MAP nuisance of
-    ``result.scores``; ``images [H, nx, ny]`` as scored), ``n_params`` fitted per frame; the frames
-    together with ``T n_params + extra_params`` (e.g. the optics shared by all frames). ``mu`` is
-    floored at 1e-6 of its mean (a fitted negative background can make a few pixels' expectation
-    negative; the floor only makes such a pixel count as a gross misfit). The check is of the
+    ``result.scores``; ``images [H, nx, ny]`` as scored; :func:`fitted_expectation`), ``n_params``
+    fitted per frame; the frames together with ``T n_params + extra_params`` (e.g. the optics
+    shared by all frames). The check is of the
     *best* hypothesis only: when it fails, no hypothesis explains the frames (the others fit
     worse by their Bayes factors).
     """
-    from inference.evidence import fourier_shift
-
     rate = _check_rate(rate)
     if not result.scores:
         return result
     b = int(np.argmax(result.posterior))
-    img = np.asarray(images[b], np.float64)
     c = np.stack([np.asarray(x, np.float64) for x in counts])
-    mus = []
-    for e in result.scores:
-        sh = np.asarray(e.shift[b], np.float64)
-        im = img if not np.any(sh != 0) else np.asarray(fourier_shift(np.asarray(img, np.float32), sh), np.float64)
-        mu = exposure * (float(e.scale[b]) * im + float(e.background[b]))
-        mus.append(np.maximum(mu, 1e-6 * max(float(np.mean(mu)), 1e-30)))
-    mu = np.stack(mus)
+    mu = np.stack([fitted_expectation(images[b], e, b, exposure) for e in result.scores])
     per = tuple(fit_check(noise, c[t], mu[t], n_params=n_params).to_json() for t in range(len(c)))
     tot = fit_check(noise, c, mu, n_params=n_params * len(c) + int(extra_params)).to_json()
     return dataclasses.replace(result, fit_checks=per, fit_check_all=tot, fit_rate=rate)

@@ -209,8 +209,6 @@ class ImageModel:
                 del self._images[key]
 
     def _parsed_mode(self, key: str) -> str:
-        import json
-
         try:
             return (json.loads(key).get("detector") or {}).get("mode", "hrtem")
         except (ValueError, AttributeError):

@@ -304,8 +304,8 @@ class LiveSession(SessionQueries):
             counts = np.asarray(prepared.images[0] * exposure, np.float32)
             ev = sc.score(counts, prepared, exposure, (0.0, 0.0))
             # the step's fit check too (its tables, scipy's normal law, the Fourier shift's compilation)
-            step_fit_check(counts, np.asarray(prepared.images[0]), ev, 0, exposure, self.noise, self.live_config.fit_rate,
-                            np.full((len(active), 2), 0.25, np.float32))  # fmt: skip
+            step_fit_check(counts, np.asarray(prepared.images[0]), dataclasses.replace(ev, shift=np.full((len(active), 2), 0.25)),
+                           0, exposure, self.noise, self.live_config.fit_rate)  # fmt: skip
             segment_fit((0.0, 0.0, 0.0, 0, 0), {"deviance": 1.0, "expected": 1.0, "sd": 1.0}, 0, self.live_config.fit_rate)
         if self.learn_optics is not None and parse_beam(self._beam).beam.detector.mode == "hrtem":
             # the optics fit's compilation (one per beam and hypothesis count), on the model's own image

@@ -399,7 +399,7 @@ def live_step(state: LiveState, batch: Sequence[PendingFrame], images: StepImage
     post = view.posterior
     dose_used = state.dose_used + dose
     check = step_fit_check(counts, model.images(beam)[best], ev, int(np.flatnonzero(active == best)[0]) if best in active else 0,
-                       exposure, noise, cfg.fit_rate, ev.shift)  # fmt: skip
+                       exposure, noise, cfg.fit_rate)  # fmt: skip
     fit_sums, seg_check = segment_fit(state.fit_sums, check, int(view.segment_start), cfg.fit_rate)
     check["segment"] = seg_check
     explained = not (check["unexplained"] or seg_check["unexplained"])
@@ -455,19 +455,14 @@ def segment_fit(sums, check: dict, segment_start: int, rate: float) -> tuple[tup
                                          "unexplained": bool(p < rate)}
 
 
-def step_fit_check(counts, image, ev, bi: int, exposure: float, noise, rate: float, shifts) -> dict:
+def step_fit_check(counts, image, ev, bi: int, exposure: float, noise, rate: float) -> dict:
     """The absolute fit check of the step's best hypothesis (:func:`inference.fit_check`): the
     counts against ``exposure (scale I(x - shift) + background)`` at its per-step MAP nuisance,
     scale and background fitted (2 parameters; the shift is the registered drift)."""
     from inference import fit_check
-    from inference.evidence import fourier_shift
+    from inference.score import fitted_expectation
 
-    img = np.asarray(image, np.float32)
-    sh = np.asarray(shifts[bi], np.float32)
-    if img.ndim == 2 and np.any(sh != 0):
-        img = np.asarray(fourier_shift(img, sh))
-    mu = exposure * (float(ev.scale[bi]) * img.astype(np.float64) + float(ev.background[bi]))
-    mu = np.maximum(mu, 1e-6 * max(float(np.mean(mu)), 1e-30))
+    mu = fitted_expectation(image, ev, bi, exposure)
     fc = fit_check(noise, np.asarray(counts, np.float64), mu, n_params=2).to_json()
     return {**fc, "rate": rate, "unexplained": bool(fc["p_value"] < rate)}
 

@@ -75,3 +75,22 @@ def test_optics_learned_live_from_a_defocus_error_and_replayed(tmp_path, mos2_wa
     assert st["decision"] is not None and st["decision"]["id"] == truth["id"]
     rep = replay_record(tmp_path / "opt")
     assert rep.ok and rep.decision_reproduced and rep.max_abs_posterior_diff <= 1e-6
+
+
+def test_bad_live_options_are_precise_errors(tmp_path, mos2_waves):
+    import pytest
+
+    from forward import InputError
+
+    with pytest.raises(InputError, match=r"unknown element 'Xx'"):
+        make_demo_session(tmp_path / "a", exit_waves=mos2_waves, truth_outside="Xx@S")
+    with pytest.raises(InputError, match="only structures already in the library"):
+        make_demo_session(tmp_path / "b", exit_waves=mos2_waves, truth_outside="Mo@S")
+    with pytest.raises(InputError, match=r"unknown element 'Qq'"):
+        make_demo_session(tmp_path / "c", exit_waves=mos2_waves, generate={"elements": "Se,Qq"})
+    with pytest.raises(InputError, match="unknown generator kind"):
+        make_demo_session(tmp_path / "d", exit_waves=mos2_waves, generate={"elements": "Se", "kinds": ["mutation"]})
+    with pytest.raises(InputError, match="every must be >= 1 step"):
+        make_demo_session(tmp_path / "e", exit_waves=mos2_waves, learn_optics={"every": 0})
+    with pytest.raises(InputError, match="range of zero width"):
+        make_demo_session(tmp_path / "f", exit_waves=mos2_waves, learn_optics={"defocus_range": 0.0})
