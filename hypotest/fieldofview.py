@@ -36,7 +36,7 @@ import numpy as np
 from forward import InputError
 from inference.windows import class_evidence, grad2
 
-__all__ = ["LibraryGeometry", "analyse_library", "window_geometry", "bad_pixel_mask", "score_field_of_view", "FieldOfViewScorer",
+__all__ = ["LibraryGeometry", "analyse_library", "ctf_delocalisation", "host_symmetries", "transformed_series", "window_geometry", "bad_pixel_mask", "score_field_of_view", "FieldOfViewScorer",
            "periodic_images", "OFF_SPECIMEN_RATIO", "DEFECT_PRIOR", "DECIDE_P"]  # fmt: skip
 
 #: A window holding less than this fraction of the host's expected counts is off the specimen.
@@ -62,6 +62,14 @@ class LibraryGeometry:
         site_class: ``[H]`` class index per hypothesis (the host: -1).
         classes: per class ``(label, position [2] Å)``.
         changes: per hypothesis a short description of how it differs from the host.
+        class_ops: per class ``(parent, G [2, 2], u [2] Å)``: the class's sites are the images of
+            class ``parent``'s under the host symmetry ``r -> G r + u`` (a rotation or mirror about
+            the beam axis that carries the host's atoms onto themselves, depth unchanged), and its
+            members are ``parent``'s, their images transformed the same way. A library class is its
+            own parent with ``G = 1, u = 0``; its images under the host's other symmetries that fall
+            on sites the class does not hold (the second O column of SrTiO3 [001] under the
+            four-fold axis) are added as classes, so that a defect is looked for on every site
+            equivalent to its own, whichever of the equivalent maps the registration found.
     """
 
     host: int
@@ -70,6 +78,16 @@ class LibraryGeometry:
     site_class: np.ndarray
     classes: tuple
     changes: tuple
+    class_ops: tuple = ()
+
+    def parent(self, c: int) -> int:
+        """The library class whose members class ``c`` tests."""
+        return int(self.class_ops[c][0]) if self.class_ops else c
+
+    def members(self, c: int) -> list[int]:
+        """Hypothesis indices of class ``c``'s defects (the host not included)."""
+        p = self.parent(c)
+        return [h for h in range(len(self.site_class)) if self.site_class[h] == p]
 
 
 def _match(pos_a, num_a, pos_b, num_b, cell, tol=0.1):
@@ -117,6 +135,35 @@ def _primitive_lattice(spec, cell, tol=0.1):
     if a1[0] * a2[1] - a1[1] * a2[0] < 0:
         a2 = -a2
     return np.stack([a1, a2], axis=1)
+
+
+def host_symmetries(spec, lattice, tol=0.1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(G [2, 2], u [2] Å)]``: the in-plane rotations and mirrors of the host's lattice
+    (:func:`inference.lattice.lattice_point_group`) that, with some translation ``u``, carry every
+    host atom onto one of the same element at the same depth (modulo the primitive lattice): the
+    projected space group's point operations. The identity comes first."""
+    from inference.lattice import lattice_point_group
+
+    pos, num = np.asarray(spec.positions, float), np.asarray(spec.numbers)
+    inv = np.linalg.inv(lattice)
+
+    def wrapped(d):
+        f = d @ inv.T
+        return (f - np.round(f)) @ lattice.T
+
+    ops = []
+    for g in sorted(lattice_point_group(lattice), key=lambda g: (np.abs(g - np.eye(2)).max() > 1e-6, -np.linalg.det(g))):
+        moved = pos[:, :2] @ g.T
+        same = np.flatnonzero((num == num[0]) & (np.abs(pos[:, 2] - pos[0, 2]) < tol))
+        for j in same:
+            u = pos[j, :2] - moved[0]
+            d = wrapped((moved + u)[:, None, :] - pos[None, :, :2])
+            hit = (np.linalg.norm(d, axis=-1) < tol) & (num[:, None] == num[None, :]) \
+                & (np.abs(pos[:, None, 2] - pos[None, :, 2]) < tol)  # fmt: skip
+            if hit.any(axis=1).all():
+                ops.append((g, wrapped(u)))
+                break
+    return ops
 
 
 def _column_label(spec, xy, cell, tol=0.3):
@@ -198,8 +245,46 @@ def analyse_library(hyps, host_id: str | None = None) -> LibraryGeometry:
         else:
             site_class[h] = len(classes)
             classes.append((_column_label(specs[host], sites[h], cell), sites[h].copy()))
+    # the classes' images under the host's symmetries, where they fall on sites no class holds
+    ops = [(k, np.eye(2), np.zeros(2)) for k in range(len(classes))]
+    for g, u in host_symmetries(specs[host], lattice)[1:]:
+        for k in range(len(ops)):
+            if ops[k][0] != k:
+                continue
+            r = g @ classes[k][1] + u
+            if any(np.linalg.norm(lattice @ ((f := inv @ (r - ref)) - np.round(f))) < 0.3 for _, ref in classes):
+                continue
+            ang = math.degrees(math.atan2(g[1, 0], g[0, 0]))
+            how = f"rotated {ang:.0f}°" if np.linalg.det(g) > 0 else f"mirrored at {ang / 2:.0f}°"
+            classes.append((f"{classes[k][0]} ({how})", r - lattice @ np.floor(inv @ r + 1e-9)))
+            ops.append((k, g, u))
     return LibraryGeometry(host=host, lattice=lattice, site=sites, site_class=site_class, classes=tuple(classes),
-                           changes=tuple(changes))  # fmt: skip
+                           changes=tuple(changes), class_ops=tuple(ops))  # fmt: skip
+
+
+def ctf_delocalisation(beam, n_radial: int = 256, n_azimuth: int = 72) -> float:
+    """The largest image displacement [Å] of the objective lens: ``R = max_k |grad_k chi| / (2 pi)``
+    over spatial frequencies ``|k| <= alpha / lambda`` (Lichte, Ultramicroscopy 38 (1991) 13; for
+    defocus and Cs alone ``|C10 lambda k + C30 lambda^3 k^3|``). ``chi`` is
+    :func:`forward.transfer.aberration_phase`, every aberration the beam holds, differentiated by
+    autodiff: a Scherzer (over)focus that cancels Cs gives a small ``R``, the opposite focus a
+    large one."""
+    import jax
+    import jax.numpy as jnp
+
+    from forward.constants import wavelength
+    from forward.transfer import aberration_phase
+
+    lam = float(wavelength(float(beam.energy)))
+    kmax = float(beam.semiangle_cutoff) * 1e-3 / lam
+    kr, ph = np.meshgrid(np.linspace(1e-6, kmax, n_radial), np.linspace(0, 2 * np.pi, n_azimuth, endpoint=False))
+    k = jnp.asarray(np.stack([kr * np.cos(ph), kr * np.sin(ph)], -1).reshape(-1, 2))
+
+    def chi(kv):
+        return aberration_phase(lam * jnp.linalg.norm(kv), jnp.arctan2(kv[1], kv[0]), lam, beam.aberrations)
+
+    grad = jax.vmap(jax.grad(chi))(k)
+    return float(jnp.max(jnp.linalg.norm(grad, axis=-1))) / (2 * np.pi)
 
 
 def window_geometry(beam, lattice, cell) -> dict:
@@ -209,7 +294,7 @@ def window_geometry(beam, lattice, cell) -> dict:
     neighbouring column (the shortest host translation / sqrt 3 for a honeycomb, bounded below by
     ``2 r_p``) and the halo is ``2 r_p`` (the probe tails). HRTEM: the CTF delocalisation
     ``R = max_k |lambda df k + Cs lambda^3 k^3|`` up to the aperture (Lichte, Ultramicroscopy 38
-    (1991) 13) is added to both."""
+    (1991) 13) is added to both (:func:`ctf_delocalisation`)."""
     from forward.constants import wavelength
 
     lam = float(wavelength(float(beam.energy)))
@@ -220,10 +305,7 @@ def window_geometry(beam, lattice, cell) -> dict:
     halo = 2 * r_p
     what = f"probe Airy radius {r_p:.2f} Å"
     if beam.detector.mode == "hrtem":
-        k = np.linspace(0, alpha / lam, 200)
-        df = -float(beam.aberrations.C10)
-        cs = float(beam.aberrations.C30)
-        deloc = float(np.max(np.abs(lam * df * k + cs * lam**3 * k**3)))
+        deloc = ctf_delocalisation(beam)
         radius += deloc
         halo += deloc
         what = f"resolution {r_p:.2f} Å, CTF delocalisation {deloc:.2f} Å"
@@ -237,12 +319,29 @@ def window_geometry(beam, lattice, cell) -> dict:
     return {"radius_A": radius, "halo_A": halo, "basis": what, "nearest_column_A": d_nn}
 
 
-def bad_pixel_mask(frame, read_noise: float = 0.0) -> tuple[np.ndarray, dict]:
+def transformed_series(series, g, u):
+    """The image ``I'(r) = I(G^-1 (r - u))`` of a :class:`inference.lattice.HostSeries` carried by
+    the orthogonal map ``r -> G r + u``: ``g' = G g``, ``c' = c exp(-2 pi i g' . u)`` (exact)."""
+    if np.allclose(g, np.eye(2)) and not np.any(u):
+        return series
+    gp = series.g @ np.asarray(g).T
+    return dataclasses.replace(series, g=gp, c=series.c * np.exp(-2j * np.pi * (gp @ np.asarray(u))))
+
+
+def bad_pixel_mask(frame, read_noise: float = 0.0, band_px=None) -> tuple[np.ndarray, dict]:
     """``(mask, counts)``: True where a pixel is scored; NaN/inf, negative, dead (0 where the 3x3
     median is > 25 counts, a Poisson probability < 1e-11), hot (over median + 12 sqrt(median + 1)
     + 10) and saturated (the frame's maximum held by >= 4 pixels) pixels are masked and counted.
     ``read_noise`` [counts]: a Poisson-Gaussian frame's values may fall below 0 by the read noise;
-    only those below ``-6 read_noise`` count as negative, and the hot limit widens by it."""
+    only those below ``-6 read_noise`` count as negative, and the hot limit widens by it.
+
+    ``band_px`` ``(bx, by)`` [cycles/pixel]: the optics' band limit (``2 alpha / lambda`` times the
+    pixel size). A sharp column at high dose rises above its 3x3 median by many sigma (an HRTEM
+    peak at 3e4 counts by 7 %, 12 sigma), and is signal, not a hot pixel: where the band limit
+    is below Nyquist (0.5), a pixel flagged hot must also stand out, by the same margin, from the
+    frame low-passed to the band (a cosine transform: the mirrored frame has no edge steps). A
+    single hot pixel is white and passes nearly whole into the residual; a band-limited peak does
+    not."""
     from scipy.ndimage import median_filter
 
     y = np.asarray(frame, np.float64)
@@ -252,6 +351,15 @@ def bad_pixel_mask(frame, read_noise: float = 0.0) -> tuple[np.ndarray, dict]:
     negative = yy < -6 * read_noise
     dead = (yy == 0) & (med > 25)
     hot = yy > med + 12 * np.sqrt(np.maximum(med, 0) + 1 + read_noise**2) + 10
+    if band_px is not None and hot.any() and max(band_px) < 0.5:
+        from scipy.fft import dctn, idctn
+
+        f = dctn(yy, type=2, norm="ortho")
+        kx = np.arange(yy.shape[0]) / (2.0 * yy.shape[0])  # cycles/pixel of each cosine
+        ky = np.arange(yy.shape[1]) / (2.0 * yy.shape[1])
+        f[(kx[:, None] / band_px[0]) ** 2 + (ky[None, :] / band_px[1]) ** 2 > 1.0] = 0.0
+        low = idctn(f, type=2, norm="ortho")
+        hot &= yy > low + 12 * np.sqrt(np.maximum(low, 0) + 1 + read_noise**2) + 10
     top = yy.max()
     saturated = (yy == top) if (np.count_nonzero(yy == top) >= 4 and top > 10 * max(np.median(yy), 1)) else np.zeros_like(dead)
     bad = nonfinite | negative | dead | hot | saturated
@@ -354,6 +462,10 @@ class FieldOfViewScorer:
         self.shape = first.shape
         self._check_size(first, 0)
         self.calibration, self.read_e = None, 0.0
+        from forward.constants import wavelength
+
+        band = 2 * float(bf.beam.semiangle_cutoff) * 1e-3 / float(wavelength(float(bf.beam.energy)))  # 1/Å
+        self.band_px = (band * bf.sampling[0], band * bf.sampling[1])  # the optics' band limit, cycles/pixel
         if detector == "frame":
             self.noise, self.calibration = _calibrate_on(first, self.host_s, bf, geo.lattice)
             self.read_e = self.calibration.read_noise / self.calibration.gain
@@ -419,13 +531,17 @@ class FieldOfViewScorer:
                                          background_mean=fit0.background, background_sd=0.1 * level)  # fmt: skip
         self.classes = {}
         for c in range(len(geo.classes)):
-            members = [geo.host] + [h for h in range(len(hyps.ids)) if geo.site_class[h] == c]
+            members = [geo.host] + geo.members(c)
             idx = [k for k, s in enumerate(sites) if s[0] == c]
             if not idx:
                 continue
             r_sites = np.stack([sites[k][1] for k in idx])
-            shifts = np.stack([np.zeros_like(r_sites) if h == geo.host else r_sites - geo.site[h][None, :] for h in members])
-            self.classes[c] = {"members": members, "idx": idx, "r": r_sites, "shifts": shifts,
+            _, g, u = geo.class_ops[c]
+            # a member's defect site, carried by the class's symmetry (the host is invariant under it)
+            shifts = np.stack([np.zeros_like(r_sites) if h == geo.host else r_sites - (g @ geo.site[h] + u)[None, :]
+                               for h in members])  # fmt: skip
+            cseries = [series[h] if h == geo.host else transformed_series(series[h], g, u) for h in members]
+            self.classes[c] = {"members": members, "idx": idx, "r": r_sites, "shifts": shifts, "series": cseries,
                                "total": np.zeros((len(idx), len(members))), "first": None, "latest": None}  # fmt: skip
         self.timing["score"] = 0.0
         self.split = split
@@ -448,7 +564,7 @@ class FieldOfViewScorer:
         from inference.lattice import register_lattice
 
         frame = np.asarray(frame, np.float64)
-        mask, bad = bad_pixel_mask(frame, self.read_e)
+        mask, bad = bad_pixel_mask(frame, self.read_e, self.band_px)
         fit = register_lattice(np.where(mask, frame, 0), self.host_s, self.bf.sampling, exposure=self.exposure,
                                noise=self.noise, mask=mask, prior_m=None if prev is None else prev.fit.m)  # fmt: skip
         if prev is not None:  # the offset is defined up to a lattice translation: follow the previous frame
@@ -480,7 +596,7 @@ class FieldOfViewScorer:
         self.frames.append(fr)
         fit = fr.fit
         for c, cl in self.classes.items():
-            args = (cl["shifts"], [self.series[h] for h in cl["members"]])
+            args = (cl["shifts"], cl["series"])
             if self.split is not None:  # blocks of sites scored in Ray actors (workflows.site_shards)
                 ev = self.split.evidence(c, fr.counts, fr.mask, fit.m, fit.t, cl["r"], (fit.scale, fit.background))
             else:
@@ -601,7 +717,7 @@ class FieldOfViewScorer:
                         "primitive_vectors_A": geo.lattice.T.tolist()},
             "host": {"id": hyps.ids[geo.host], "name": hyps.names[geo.host]},
             "site_classes": [{"label": lab, "position_A": pos.tolist(),
-                              "hypotheses": [hyps.ids[h] for h in range(len(hyps.ids)) if geo.site_class[h] == c]}
+                              "hypotheses": [hyps.ids[h] for h in geo.members(c)]}
                              for c, (lab, pos) in enumerate(geo.classes)],  # fmt: skip
             "window": win,
             "rule": {"defect_prior": self.defect_prior, "decide_p": self.decide_p, "fit_alpha": self.fit_alpha,
@@ -723,7 +839,7 @@ def _flag_neighbours(results, win):
 
 def periodic_images(specimens, bf, cell, progress=None):
     """Every hypothesis's image, periodic on the supercell, on a grid above Nyquist (STEM: scan
-    steps <= 0.2 Å; HRTEM: the camera at <= half the frame pixel)."""
+    steps <= 0.2 Å; HRTEM: the camera at <= half the frame pixel, a hard-edged objective aperture)."""
     from forward import make_grid
 
     step = min(0.2, 0.5 * min(bf.sampling)) if bf.beam.detector.mode == "hrtem" else 0.2
@@ -741,7 +857,10 @@ def periodic_images(specimens, bf, cell, progress=None):
     if mode == "hrtem":
         from forward.hrtem import make_hrtem_simulator
 
+        # a hard objective aperture: abTEM's soft edge is one reciprocal pixel of the simulation cell
+        # wide, so a supercell's image and a large crystal's differ at the edge (by 0.02 of the beam
+        # for SrTiO3 [001] at 25 mrad); a real aperture's edge does not depend on the supercell
         sim = make_hrtem_simulator(grid, float(cell[2]), bf.slice_thickness, parametrization=bf.parametrization,
-                                   camera_gpts=gpts)  # fmt: skip
+                                   camera_gpts=gpts, soft_aperture=False)  # fmt: skip
         return np.stack([np.asarray(sim.image_from_exit_wave(sim.exit_wave(s, bf.beam), bf.beam), np.float64) for s in it])
     raise InputError(f"frames of any field of view are scored for detector modes 'hrtem' and 'stem_annular', got {mode!r}")

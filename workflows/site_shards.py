@@ -70,7 +70,7 @@ class SiteShards:
         if self.actors:
             raise InputError("these SiteShards already serve a field of view; make one per FieldOfViewScorer")
         static = {
-            "series": {c: [scorer.series[h] for h in cl["members"]] for c, cl in scorer.classes.items()},
+            "series": {c: cl["series"] for c, cl in scorer.classes.items()},
             "di": scorer.di, "disk": scorer.disk, "radius": float(scorer.win["radius_A"]), "exposure": scorer.exposure,
             "noise": scorer.noise, "prior": scorer.prior, "calibration": scorer.calibration,
             "corr_factor": scorer.corr_factor,

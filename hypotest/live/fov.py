@@ -390,8 +390,9 @@ class FieldOfViewSession:
             if h == host:
                 out[h] /= max(n, 1)
             else:
-                c = self.geo.site_class[self.inputs.ids.index(h)]
-                out[h] /= max(n_class.get(self.geo.classes[c][0], 0), 1)
+                c = self.geo.site_class[self.inputs.ids.index(h)]  # its library class and that class's images
+                n_c = sum(n_class.get(lab, 0) for k, (lab, _) in enumerate(self.geo.classes) if self.geo.parent(k) == c)
+                out[h] /= max(n_c, 1)
         return out
 
     def _write_sites(self, result: dict) -> None:

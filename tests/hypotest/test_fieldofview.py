@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -81,6 +83,31 @@ def test_window_from_the_optics(mos2):
         window_geometry(_beam("hrtem", defocus=2000.0).beam, geo.lattice, cell)
 
 
+def test_ctf_delocalisation_sign_and_closed_form():
+    """R = max |C10 lambda k + C30 lambda^3 k^3| up to the aperture (Lichte 1991): at Scherzer
+    (over)focus for a negative Cs the two terms cancel; at the opposite focus they add. 300 kV:
+    lambda = 0.019687 Å, k_max = 25 mrad / lambda = 1.2699 1/Å."""
+    from hypotest.fieldofview import ctf_delocalisation
+
+    lam, kmax, cs = 0.0196875, 0.025 / 0.0196875, -1.5e5
+
+    def closed(defocus):
+        k = np.linspace(0, kmax, 20001)
+        return np.max(np.abs(-defocus * lam * k + cs * lam**3 * k**3))
+
+    for df in (-66.6, 66.6, 0.0, 150.0):
+        b = parse_beam({"energy": 300000, "dose": 1e4, "sampling": 0.1, "semiangle_cutoff": 25,
+                        "aberrations": {"C30": cs, "defocus": df}, "detector": {"mode": "hrtem"}}).beam  # fmt: skip
+        assert ctf_delocalisation(b) == pytest.approx(closed(df), rel=2e-3), df
+    scherzer = parse_beam({"energy": 300000, "dose": 1e4, "sampling": 0.1, "semiangle_cutoff": 25,
+                           "aberrations": {"C30": cs, "defocus": -66.6}, "detector": {"mode": "hrtem"}}).beam  # fmt: skip
+    assert ctf_delocalisation(scherzer) < 0.7  # 0.679 Å: 1.665 Å of defocus against 2.345 Å of Cs at k_max
+    # two-fold astigmatism displaces along its axis: 10 Å of C12 adds lambda C12 k_max = 0.25 Å at zero defocus
+    astig = parse_beam({"energy": 300000, "dose": 1e4, "sampling": 0.1, "semiangle_cutoff": 25,
+                        "aberrations": {"C12": 10.0}, "detector": {"mode": "hrtem"}}).beam  # fmt: skip
+    assert ctf_delocalisation(astig) == pytest.approx(lam * 10.0 * kmax, rel=2e-3)
+
+
 def test_frame_geometry_routes(mos2):
     assert not spans_field_of_view(mos2, (59, 68), (9.48 / 59, 10.9465611 / 68))  # one cell: closed world
     assert spans_field_of_view(mos2, (128, 128), (0.16, 0.16))
@@ -100,6 +127,56 @@ def test_bad_pixels_masked_and_counted():
     assert counts == {"nonfinite": 1, "negative": 1, "dead": 1, "hot": 1, "saturated": 4, "total": 8}
     assert mask.sum() == 64 * 64 - 8
     assert not mask[3, 4] and not mask[10, 10] and not mask[20, 20] and not mask[30, 31] and not mask[40, 40]
+
+
+def test_sites_equivalent_under_the_host_symmetry_are_tested():
+    """SrTiO3 [001] is four-fold about its Sr column: the library's V_O in the (1.95, 0) O column
+    is also looked for in the (0, 1.95) one, with its image rotated; MoS2's three-fold axis maps
+    each column onto its own class, so no class is added there."""
+    from hypotest.fieldofview import host_symmetries, transformed_series
+    from inference.lattice import evaluate_series, host_series
+
+    sto = ScoringInput.from_hypotheses(load_hypotheses("srtio3_vacancy"))
+    geo = analyse_library(sto)
+    assert [lab for lab, _ in geo.classes] == ["O column", "O-Ti column", "O column (rotated 90°)"]
+    assert geo.parent(2) == 0 and geo.members(2) == geo.members(0) and len(geo.members(0)) == 3
+    np.testing.assert_allclose(geo.classes[2][1] % 3.905, [0.0, 1.9525], atol=1e-6)
+    ops = host_symmetries(sto.specimens[geo.host], geo.lattice)
+    assert len(ops) == 8 and np.allclose(ops[0][0], np.eye(2))  # 4mm, the identity first
+    mos2 = ScoringInput.from_hypotheses(load_hypotheses("mos2_defects"))
+    g2 = analyse_library(mos2)
+    assert len(host_symmetries(mos2.specimens[g2.host], g2.lattice)) == 6  # 3m
+    assert [lab for lab, _ in g2.classes] == ["Mo column", "S column"]
+    # a transformed series evaluated at the transformed points is the original image
+    rng = np.random.default_rng(0)
+    cell = np.asarray(sto.specimens[0].cell, float)
+    gx = np.arange(40) * (7.81 / 40)  # an image with no four-fold symmetry, periodic on the supercell
+    grid = np.cos(2 * np.pi * gx[:, None] / 3.905) + 0.2 * np.sin(2 * np.pi * (gx[None, :] + 0.5 * gx[:, None]) / 7.81)
+    s0 = host_series(grid, cell[:2], geo.lattice, primitive=False)
+    one, zero = np.eye(2), np.zeros(1)
+    for g, u in ops:
+        st = transformed_series(s0, g, u)
+        for p in rng.uniform(0, 7.81, (5, 2)):
+            a = evaluate_series(st.g, st.c, one, g @ p + u, zero, zero)[0, 0]
+            assert a == pytest.approx(evaluate_series(s0.g, s0.c, one, p, zero, zero)[0, 0], abs=1e-9)
+
+
+def test_sharp_columns_at_high_dose_are_not_hot_pixels():
+    """The abTEM HRTEM field of view (tests/data/fov_srtio3_hrtem.npz) at 1e6 e-/Å² (~1e4 counts per
+    pixel): its columns rise above their 3x3 median by > 12 sigma, but they are band-limited
+    (2 alpha / lambda = 2.54 1/Å, 0.254 cycles per 0.1 Å pixel); one hot pixel among them is not."""
+    d = np.load(Path(__file__).parents[1] / "data" / "fov_srtio3_hrtem.npz")
+    lam = 1e6 * abs(np.linalg.det(d["M"])) * d["expected"].astype(np.float64)
+    y = np.random.default_rng(3).poisson(lam).astype(np.float64)
+    band = (2 * 0.025 / 0.0196875 * 0.1,) * 2
+    _, plain = bad_pixel_mask(y)
+    assert plain["hot"] > 100  # the median rule alone takes columns for hot pixels
+    y[200, 123] += 800.0  # ~8 sigma above a pixel's noise at ~1e4 counts: under the 12-sigma limit, not hot
+    y[150, 250] += 3e4  # hot
+    mask, counts = bad_pixel_mask(y, band_px=band)
+    assert counts["hot"] == 1 and not mask[150, 250] and mask[200, 123]
+    # frames sampled coarser than the optics' band: the median rule alone
+    assert bad_pixel_mask(y, band_px=(0.6, 0.6))[1]["hot"] == plain["hot"] + 1
 
 
 @pytest.mark.parametrize("mu", [0.3, 3.0, 40.0])

@@ -101,7 +101,10 @@ def _run(case, tmp_path, **change):
         ({"beam_change": {"aberrations": {"Cs": 1e5, "C30": 1e5}}}, "given twice"),
         ({"beam_change": {"sampling": 0.25}}, r"span 8 x 9 Å, but the hypotheses' cell is 9.48 x 10.95 Å"),
         # larger than the cell: a field of view, whose lattice is not there at that pixel size
-        ({"beam_change": {"sampling": 0.5}}, r"no host lattice found: expected spacings 3\.16, 3\.16 Å"),
+        # overfocus against the negative Cs (Scherzer-like): the CTF delocalisation stays small; at the
+        # case's +97 Å underfocus it is 4.8 Å and the window plus halo is refused first
+        ({"beam_change": {"sampling": 0.5, "aberrations": {"C30": -1.5e5, "defocus": -97.0}}},
+         r"no host lattice found: expected spacings 3\.16, 3\.16 Å"),
         ({"beam_change": {"detector": {"mode": "haadf"}}}, "unknown detector mode 'haadf'"),
         ({"beam_change": {"detector": {"mode": "4dstem", "outer": 40}, "semiangle_cutoff": 25}},
          r"handles detector modes 'hrtem' and 'stem_annular', got '4dstem': 4D-STEM frames are scored by `hypotest live"),
