@@ -5,7 +5,8 @@ registration) as the reference in the same run. Two cases:
 
 - ``--case stem``: ADF-STEM, the built-in MoS2 library (8 hypotheses), 80 kV, 0.16 Å pixels;
 - ``--case hrtem``: HRTEM of SrTiO3 [001] (the built-in ``srtio3_vacancy``: host and six O
-  vacancies, 4 unit cells thick), 300 kV, 60 Å defocus, Cs -10 µm, 0.1 Å pixels.
+  vacancies, 3 unit cells thick), 300 kV, Cs -10 µm at its Scherzer overfocus (defocus -54.3 Å),
+  20 mrad, 0.1 Å pixels.
 
 Frames: hypotest's host image tiled through a rotated map 1-1.5 % off the nominal pixel size
 (Poisson; the timing does not depend on what the frame holds). "output" is RESULT.json's
@@ -58,7 +59,7 @@ def main() -> None:
         lib, th, scale = "mos2_defects", 17.3, (0.1624, 0.1619)
     else:
         bf = parse_beam({"energy": 300000, "dose": 2e4, "sampling": 0.1, "semiangle_cutoff": 20,
-                         "aberrations": {"C30": -1.0e5, "defocus": 60}, "detector": {"mode": "hrtem"}})  # fmt: skip
+                         "aberrations": {"C30": -1.0e5, "defocus": -54.3}, "detector": {"mode": "hrtem"}})  # fmt: skip
         lib, th, scale = "srtio3_vacancy", 23.1, (0.1012, 0.1009)
     hyps = ScoringInput.from_hypotheses(load_hypotheses(lib))
     cell = np.asarray(hyps.specimens[0].cell)

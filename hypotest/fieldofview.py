@@ -541,9 +541,13 @@ class FieldOfViewScorer:
             shifts = np.stack([np.zeros_like(r_sites) if h == geo.host else r_sites - (g @ geo.site[h] + u)[None, :]
                                for h in members])  # fmt: skip
             cseries = [series[h] if h == geo.host else transformed_series(series[h], g, u) for h in members]
-            self.classes[c] = {"members": members, "idx": idx, "r": r_sites, "shifts": shifts, "series": cseries,
+            self.classes[c] = {"members": members, "idx": idx, "pos": {k: j for j, k in enumerate(idx)}, "r": r_sites,
+                               "shifts": shifts, "series": cseries,
                                "total": np.zeros((len(idx), len(members))), "first": None, "latest": None}  # fmt: skip
         self.timing["score"] = 0.0
+        self.span = float(min(cell[0], cell[1]))  # the supercell's shortest period [Å]
+        self._joint_cache: dict = {}
+        self._last_joint: dict = {}
         self.split = split
         if split is not None:
             split.setup(self)
@@ -610,15 +614,16 @@ class FieldOfViewScorer:
             cl["latest"] = store
         self.timing["score"] += time.perf_counter() - t0
 
-    def posteriors(self, c: int):
-        """Class ``c``'s ``(members, log prior [M], log posterior [K, M] unnormalised, posterior [K, M])``."""
+    def posteriors(self, c: int, total=None):
+        """Class ``c``'s ``(members, log prior [M], log posterior [K, M] unnormalised, posterior [K, M])``
+        (of the log evidence ``total [K, M]``, the class's own by default)."""
         cl = self.classes[c]
         members = cl["members"]
         pri = np.array([float(self.hyps.priors[h]) for h in members])
         lp = np.empty(len(members))
         lp[0] = math.log(1 - self.defect_prior)
         lp[1:] = np.log(self.defect_prior * pri[1:] / pri[1:].sum())
-        post_log = cl["total"] + lp[None, :]
+        post_log = (cl["total"] if total is None else total) + lp[None, :]
         post = np.exp(post_log - post_log.max(1, keepdims=True))
         post /= post.sum(1, keepdims=True)
         return members, lp, post_log, post
@@ -631,31 +636,135 @@ class FieldOfViewScorer:
                 j = cl["idx"].index(k)
                 y, w, models, ev, centre, fi = cl[self.fit_frame]
                 n = len(self.di)
-                scale, bg = np.asarray(ev.scale).T, np.asarray(ev.background).T
-                mu = self.exposure * (scale[j][:, None] * models[:, j] + bg[j][:, None])
+                scale, bg = np.asarray(ev.scale).T[j], np.asarray(ev.background).T[j]
+                models = models[:, j]
+                y, w = y[j], w[j]
+                if k in self._last_joint:  # scored with its neighbours' defects (the last result())
+                    y, w, models, scale, bg, fi = self._last_joint[k]["store"]
+                mu = self.exposure * (scale[:, None] * models + bg[:, None])
                 return {"members": [self.hyps.ids[h] for h in cl["members"]], "frame": int(fi),
-                        "centre_px": centre[j].tolist(), "counts": y[j].reshape(n, n), "mask": w[j].reshape(n, n),
+                        "centre_px": centre[j].tolist(), "counts": y.reshape(n, n), "mask": w.reshape(n, n),
                         "expected": mu.reshape(len(cl["members"]), n, n)}  # fmt: skip
         raise InputError(f"no site {k}: the field of view has sites 0..{len(self.sites) - 1}")
 
+    def _neighbour_plan(self, results) -> dict:
+        """``{k: ((k', h), ...)}``: for each site, the detected defects ``k'`` of other sites within
+        the window radius plus the halo, whose contrast reaches its window: sites whose fit holds
+        where the host is ruled out (``P(host) <= 1 - decide_p``), taken as their most probable
+        hypothesis ``h`` even where that is not decided (two depths of one vacancy look alike)."""
+        pos = np.array([[s["x_A"], s["y_A"]] for s in results])
+        reach = self.win["radius_A"] + self.win["halo_A"]
+        host = self.hyps.ids[self.geo.host]
+        plan: dict = {}
+        for i, s in enumerate(results):
+            if s["is_host"] or s["status"] != "ok" or s["posterior"][host] > 1 - self.decide_p:
+                continue
+            h = self.hyps.ids.index(s["best"])
+            d = np.linalg.norm(pos - pos[i], axis=1)
+            for k in np.flatnonzero((d <= reach) & (d > 1e-6)):
+                plan.setdefault(int(k), []).append((i, h))
+        return {k: tuple(sorted(v)) for k, v in plan.items()}
+
+    def _where(self, k):
+        for c, cl in self.classes.items():
+            if k in cl["pos"]:
+                return c, cl["pos"][k]
+        raise KeyError(k)
+
+    def _joint(self, plan: dict) -> dict:
+        """``{k: {"total", "store", "with"}}``: each site ``k`` of ``plan`` scored jointly with its
+        decided neighbours ``((k', h), ...)``: every member's image plus the neighbours' defect
+        contrast (:func:`inference.windows.neighbour_contrast`), over all frames so far, batched
+        per class and frame. Cached: a later call with the same neighbours adds the new frames only."""
+        span, halo = self.span, self.win["halo_A"]
+        taper = (min(0.5 * span, span - halo) - 0.5, span - halo)  # the neighbour's periodic copies stay out
+        out, todo = {}, {}
+        for k, nb in plan.items():
+            c, j = self._where(k)
+            cached = self._joint_cache.get((k, nb), (0, np.zeros(len(self.classes[c]["members"])), None))
+            if cached[0] == len(self.frames):
+                out[k] = {"total": cached[1], "store": cached[2], "with": nb}
+            else:
+                todo.setdefault((c, cached[0]), []).append((k, j, nb, cached))
+        for (c, done), group in todo.items():
+            cl = self.classes[c]
+            js = [j for _, j, _, _ in group]
+            terms = []
+            for _, _, nb, _ in group:
+                row = []
+                for k2, h in nb:
+                    c2, j2 = self._where(k2)
+                    cl2 = self.classes[c2]
+                    m_i = cl2["members"].index(h)
+                    row.append((cl2["series"][m_i], cl2["shifts"][m_i, j2], self.sites[k2][1], taper))
+                terms.append(row)
+            totals = np.stack([cached[1] for *_, cached in group])
+            stores = [cached[2] for *_, cached in group]
+            # padded to a power of two (the last site repeated): the Laplace step compiles per batch shape
+            pad = (1 << (len(js) - 1).bit_length()) - len(js)
+            js, terms = js + [js[-1]] * pad, terms + [terms[-1]] * pad
+            for fi in range(done, len(self.frames)):
+                fr = self.frames[fi]
+                ev = class_evidence(fr.counts, fr.mask, fr.fit.m, fr.fit.t, cl["r"][js], cl["shifts"][:, js], cl["series"],
+                                    self.di, self.disk, self.win["radius_A"], self.exposure, self.noise, self.prior,
+                                    self.calibration, self.corr_factor, (fr.fit.scale, fr.fit.background),
+                                    neighbours=terms)  # fmt: skip
+                totals = totals + np.asarray(ev.log_evidence).T[: len(group)]
+                if self.fit_frame == "latest" or fi == 0:  # the window the fit check and the site views use
+                    sc, bg = np.asarray(ev.scale), np.asarray(ev.background)
+                    stores = [(ev.y[i], ev.w[i], ev.models[:, i], sc[:, i], bg[:, i], fi) for i in range(len(group))]
+            for i, (k, _, nb, _) in enumerate(group):
+                self._joint_cache[(k, nb)] = (len(self.frames), totals[i], stores[i])
+                out[k] = {"total": totals[i], "store": stores[i], "with": nb}
+        return out
+
     def result(self) -> dict:
-        """The RESULT.json entries (``lattice``, ``sites``, ...) of the frames scored so far."""
+        """The RESULT.json entries (``lattice``, ``sites``, ...) of the frames scored so far.
+
+        Sites are scored independently first (each site's neighbours taken as host); then every site
+        whose window a detected defect's contrast reaches is scored again with that contrast added to
+        each of its hypotheses' images (:meth:`_joint`), and the decisions re-made, until they no
+        longer change (at most three passes). Such a site's ``scored_with`` names the neighbours."""
         import time
 
+        t0 = time.perf_counter()
+        joint: dict = {}
+        plan: dict = {}
+        for _ in range(3):
+            results = self._site_results(joint)
+            new = self._neighbour_plan(results)
+            if new == plan:
+                break
+            plan = new
+            joint = self._joint(plan)
+        else:
+            results = self._site_results(joint)
+        self._last_joint = joint
+        return self._result_dict(results, t0)
+
+    def _site_results(self, joint) -> list:
         from scipy.stats import norm
 
-        t0 = time.perf_counter()
-        hyps, geo, win, exposure = self.hyps, self.geo, self.win, self.exposure
-        fit0 = self.frames[0].fit
+        hyps, geo, exposure = self.hyps, self.geo, self.exposure
         calibration, di = self.calibration, self.di
         results = [None] * len(self.sites)
         for c, cl in self.classes.items():
             idx = cl["idx"]
-            members, lp, post_log, post = self.posteriors(c)
             y, w, models, ev, centre, fi = cl[self.fit_frame]
-            fit_f = self.frames[fi].fit
             scale = np.asarray(ev.scale).T
             bg = np.asarray(ev.background).T
+            fis = np.full(len(idx), fi)
+            total = cl["total"]
+            over = [(j, k) for j, k in enumerate(idx) if k in joint]
+            if over:
+                total, y, w, models, scale, bg = (np.array(a, copy=True) for a in (total, y, w, models, scale, bg))
+                for j, k in over:
+                    yj, wj, mj, sj, bj, fj = joint[k]["store"]
+                    total[j], y[j], w[j], models[:, j], scale[j], bg[j], fis[j] = joint[k]["total"], yj, wj, mj, sj, bj, fj
+            members, lp, post_log, post = self.posteriors(c, total)
+            fit_f = [self.frames[f].fit for f in fis]
+            fsc = np.array([f.scale for f in fit_f])[:, None]
+            fbg = np.array([f.background for f in fit_f])[:, None]
             # the fit check of every site's best hypothesis at once: [K, P]
             best = np.argmax(post, axis=1)
             kk = np.arange(len(idx))
@@ -675,7 +784,7 @@ class FieldOfViewScorer:
                 v_dev = 2.0 * w.sum(axis=1) * self.corr_factor
             zscore = (dev - e_dev) / np.sqrt(np.maximum(v_dev, 1e-12))
             pval = norm.sf(zscore)
-            host_expect = np.sum(w * exposure * (fit_f.scale * models[0] + fit_f.background), axis=1)
+            host_expect = np.sum(w * exposure * (fsc * models[0] + fbg), axis=1)
             ratio = np.sum(w * y, axis=1) / np.maximum(host_expect, 1e-12)
             n_pix = w.sum(axis=1)
             statistic = "deviance" if calibration is None else "pearson"
@@ -699,8 +808,17 @@ class FieldOfViewScorer:
                     "fit": {"statistic": statistic, "deviance": float(dev[j]), "expected": float(e_dev[j]),
                             "sd": math.sqrt(max(float(v_dev[j]), 0.0)), "z": float(zscore[j]), "p_value": float(pval[j]),
                             "alpha": self.fit_alpha, "n_pixels": int(n_pix[j]), "count_ratio_to_host": float(ratio[j])},
+                    "scored_with": [{"k": int(k2), "id": hyps.ids[h2]} for k2, h2 in joint[k]["with"]] if k in joint else [],
                 }  # fmt: skip
-        _flag_neighbours(results, win)
+        _flag_neighbours(results, self.win)
+        return results
+
+    def _result_dict(self, results, t0) -> dict:
+        import time
+
+        hyps, geo, win = self.hyps, self.geo, self.win
+        fit0 = self.frames[0].fit
+        calibration = self.calibration
         timing = dict(self.timing)
         timing["score"] += time.perf_counter() - t0
         frames = self.frames

@@ -15,8 +15,8 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["WindowEvidence", "class_evidence", "window_models", "laplace_windows", "dispersion_windows", "grad2",
-           "concat_evidence"]  # fmt: skip
+__all__ = ["WindowEvidence", "class_evidence", "window_models", "neighbour_contrast", "laplace_windows",
+           "dispersion_windows", "grad2", "concat_evidence"]  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ def concat_evidence(parts) -> WindowEvidence:
 
 
 def class_evidence(counts, mask, m, t, r_sites, shifts, series_list, di, disk, radius, exposure, noise, prior,
-                   calibration=None, corr_factor: float = 1.0, frame_level=(1.0, 0.0)) -> WindowEvidence:  # fmt: skip
+                   calibration=None, corr_factor: float = 1.0, frame_level=(1.0, 0.0), neighbours=None) -> WindowEvidence:  # fmt: skip
     """The windows of sites ``r_sites [K, 2]`` Å on frame ``counts``/``mask [nx, ny]`` registered
     at ``(m, t)``, scored against ``series_list`` (one :class:`inference.lattice.HostSeries` per
     member, each displaced by ``shifts [M, K, 2]`` Å): the window square ``di x di`` pixels around
@@ -57,7 +57,11 @@ def class_evidence(counts, mask, m, t, r_sites, shifts, series_list, di, disk, r
     pixels the radius can reach. A window the frame does not hold whole gets no pixels. With a
     detector ``calibration`` (:mod:`inference.detector_calibration`) each pixel is weighted by the
     Poisson over the calibrated variance (quasi-likelihood) at the host's expected counts with the
-    frame's registered ``frame_level = (scale, background)``, ``corr_factor`` the pixels' correlation."""
+    frame's registered ``frame_level = (scale, background)``, ``corr_factor`` the pixels' correlation.
+    ``neighbours``: per site a list of ``(series, shift [2], r_defect [2], taper (d1, d2))``, the
+    defects of neighbouring sites whose contrast is added to every member's image in this site's
+    window (:func:`neighbour_contrast`): the sites are scored jointly with their decided
+    neighbours."""
     shape = counts.shape
     wpx = int(-di[0])
     n = len(r_sites)
@@ -75,6 +79,10 @@ def class_evidence(counts, mask, m, t, r_sites, shifts, series_list, di, disk, r
     w = (mk & inwin & ok[:, None, None]).reshape(n, -1)
     y = np.where(w, y.reshape(n, -1), 0.0)
     models = window_models(series_list, shifts, m, t, centre, di, di).reshape(len(series_list), n, -1)
+    if neighbours is not None:
+        for k, terms in enumerate(neighbours):
+            for s_nb, shift, r_nb, taper in terms:
+                models[:, k] += neighbour_contrast(series_list[0], s_nb, shift, r_nb, taper, m, t, centre[k], di)
     wq = w.astype(np.float64)
     if calibration is not None:  # quasi-likelihood: each pixel weighted by Poisson / model variance
         wq = w / (dispersion_windows(calibration, models[0], exposure, *frame_level, len(di)) * corr_factor)
@@ -82,6 +90,20 @@ def class_evidence(counts, mask, m, t, r_sites, shifts, series_list, di, disk, r
     ev = laplace_windows(y[:, disk], wq[:, disk], models[:, :, disk], exposure, noise, prior)
     return WindowEvidence(y=y, w=w, models=models, log_evidence=np.asarray(ev.log_evidence),
                           scale=np.asarray(ev.scale), background=np.asarray(ev.background), centre=centre)  # fmt: skip
+
+
+def neighbour_contrast(host, series, shift, r_defect, taper, m, t, centre, di):
+    """``[A * A]``: a neighbouring site's defect contrast, ``I_h(r - shift) - I_host(r)``, in the
+    window square around ``centre`` (frame pixels), tapered to zero with the distance from the defect
+    ``r_defect`` [Å] (1 within ``taper[0]``, a raised cosine to 0 at ``taper[1]`` Å): the supercell
+    image holds the defect's periodic copies too, which must not reach this window."""
+    both = window_models([series, host], np.stack([np.asarray(shift)[None], np.zeros((1, 2))]), m, t,
+                         np.asarray(centre, float)[None], di, di)  # fmt: skip
+    rel = np.stack(np.meshgrid(di, di, indexing="ij"), -1).reshape(-1, 2)
+    d = np.linalg.norm((np.asarray(centre)[None] + rel) @ m.T + t - np.asarray(r_defect)[None], axis=1)
+    d1, d2 = taper
+    wgt = np.where(d <= d1, 1.0, np.where(d >= d2, 0.0, 0.5 * (1 + np.cos(np.pi * (d - d1) / max(d2 - d1, 1e-9)))))
+    return (both[0, 0] - both[1, 0]).reshape(-1) * wgt
 
 
 def window_models(series_list, shifts, m, t, centres, di, dj):

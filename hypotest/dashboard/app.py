@@ -274,6 +274,9 @@ class SiteSummary(_Open):
     status: str = Field(description="ok | unexplained (fails the fit check) | off_specimen (vacuum, a hole)")
     is_host: bool
     near_defect: list[int] = Field(description="decided defects whose windows overlap this site's")
+    scored_with: list[int] = Field(
+        default_factory=list, description="detected defects of neighbouring sites whose contrast was added to this site's models"
+    )
 
 
 class SiteDetail(SiteSummary):

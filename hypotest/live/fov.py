@@ -570,7 +570,8 @@ class FieldOfViewSession:
     def sites(self) -> list[dict]:
         """Every site: ``k``, ``class``, ``x_px``, ``y_px`` (frame 0's pixels), ``x_A``, ``y_A``,
         ``best``, ``best_name``, ``p_best``, ``log10_bayes_factor`` (best against host), ``decided``,
-        ``status`` (ok | unexplained | off_specimen), ``near_defect``."""
+        ``status`` (ok | unexplained | off_specimen), ``near_defect``, ``scored_with`` (the detected
+        defects of neighbouring sites scored with it)."""
         with self._lock:
             if self.result is None:
                 return []
@@ -581,7 +582,8 @@ class FieldOfViewSession:
                      "frame_y_px": float(p[1]), "x_A": s["x_A"],
                      "y_A": s["y_A"], "best": s["best"], "best_name": s["best_name"], "p_best": s["posterior"][s["best"]],
                      "log10_bayes_factor": s["log10_bayes_factor"], "decided": s["decided"], "status": s["status"],
-                     "is_host": s["is_host"], "near_defect": s["near_defect"]}
+                     "is_host": s["is_host"], "near_defect": s["near_defect"],
+                     "scored_with": [w["k"] for w in s.get("scored_with", [])]}
                     for s, p in zip(self.result["sites"], now)]  # fmt: skip
 
     def site(self, k: int) -> dict:

@@ -170,3 +170,16 @@ def test_abtem_hrtem_field_of_view_end_to_end(tmp_path, capsys, dose):
         assert sites[zr]["status"] == "unexplained", sites[zr]  # the fit check sees what the library lacks
         clean = [sites[k]["fit"]["z"] for k in in_lib if truth[k] == "host"]
         assert abs(float(np.median(clean))) < 0.5  # the fit check is centred on the clean lattice
+        # the neighbours of the vacancies (their windows hold a vacancy's contrast) are scored jointly
+        # with it: explained, and decided as the host they are; near the Zr_Ti they stay unexplained
+        zr_px = dpx[list(d["defect_names"]).index("Zr_Ti")]
+        near = [k for k in range(len(sites)) if truth[k] == "host" and k not in isolated
+                and np.linalg.norm(px[k] - zr_px) * step > reach]  # fmt: skip
+        assert len(near) >= 25
+        assert all(sites[k]["scored_with"] for k in near)
+        assert all({"k", "id"} <= set(w) for k in near for w in sites[k]["scored_with"])
+        unexplained = [k for k in near if sites[k]["status"] == "unexplained"]
+        assert len(unexplained) <= 0.15 * len(near), [sites[k]["fit"]["z"] for k in unexplained]
+        assert sum(sites[k]["decided"] and sites[k]["is_host"] for k in near) >= 0.8 * len(near)
+        print(f"vacancies' neighbours: {len(near)}, jointly scored; {len(unexplained)} unexplained, "
+              f"{sum(sites[k]['decided'] for k in near)} decided host")

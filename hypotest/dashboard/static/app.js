@@ -459,7 +459,8 @@ async function showSite(k, fresh) {
       el("tbody", {}, ...rows)),
     el("p", { class: "muted" }, `log₁₀ BF vs host ${fmt(d.log10_bayes_factor)}; fit check z = ${fmt(f.z)}, `
       + `p = ${fmtP(f.p_value)} (${f.statistic}, ${f.n_pixels} px)`
-      + (d.near_defect.length ? `; near defect site ${d.near_defect.join(", ")}` : "")));
+      + (d.near_defect.length ? `; near defect site ${d.near_defect.join(", ")}` : "")
+      + (d.scored_with && d.scored_with.length ? `; scored with the defects of site ${d.scored_with.join(", ")}` : "")));
   $("#site-images").hidden = false;
   const stamp = `${S.status ? S.status.step : 0}-${++S.imgStamp}`;
   for (const layer of ["frame", "best", "residual"]) loadImage($(`#site-img-${layer}`), `/api/sites/${k}/${layer}.png?t=${stamp}`);
