@@ -34,7 +34,7 @@ import math
 import numpy as np
 
 from forward import InputError
-from inference.windows import class_evidence, grad2
+from inference.windows import class_evidence, concat_evidence, grad2
 
 __all__ = ["LibraryGeometry", "analyse_library", "ctf_delocalisation", "host_symmetries", "transformed_series", "window_geometry", "bad_pixel_mask", "score_field_of_view", "FieldOfViewScorer",
            "periodic_images", "OFF_SPECIMEN_RATIO", "DEFECT_PRIOR", "DECIDE_P"]  # fmt: skip
@@ -402,6 +402,14 @@ class _Frame:
     mask: np.ndarray
     bad: dict
     fit: object
+    new_sites: int = 0  # sites this frame brought into view (grow_sites)
+
+
+def _evidence_rows(ev, rows):
+    """The sites ``rows`` (a slice) of a :class:`inference.windows.WindowEvidence`."""
+    return dataclasses.replace(ev, y=ev.y[rows], w=ev.w[rows], models=ev.models[:, rows],
+                               log_evidence=np.asarray(ev.log_evidence)[:, rows], scale=np.asarray(ev.scale)[:, rows],
+                               background=np.asarray(ev.background)[:, rows], centre=ev.centre[rows])  # fmt: skip
 
 
 class FieldOfViewScorer:
@@ -413,15 +421,18 @@ class FieldOfViewScorer:
     field of view enumerated and the other hypotheses simulated (once). :meth:`add` registers a
     later frame (its offset followed from the previous frame's: drift) and adds each site's log
     evidence of it; :meth:`result` gives the RESULT.json entries for the frames so far. The sites
-    are those of the first frame; a site a later frame does not hold (drift) gets no evidence from
+    are those of the first frame, and with ``grow_sites`` also those a later frame brings into view
+    (drift), appended in the order they appear (indices never change; a new site's ``x_px, y_px``
+    are in frame 0's pixels, outside it); a site a later frame does not hold gets no evidence from
     it. Arguments as :func:`score_field_of_view`; ``fit_frame``: the frame whose windows the fit
-    check and the site views use, ``"first"`` (batch) or ``"latest"`` (live); ``split``: where the
-    sites' windows are scored, in-process (None) or in blocks over Ray actors
-    (:class:`workflows.site_shards.SiteShards`, the same numbers)."""
+    check and the site views use, ``"first"`` (batch: each site's first frame) or ``"latest"``
+    (live); ``split``: where the sites' windows are scored, in-process (None) or in blocks over
+    Ray actors (:class:`workflows.site_shards.SiteShards`, the same numbers; sites added later are
+    scored in-process)."""
 
     def __init__(self, hyps, first, bf, *, host_id=None, defect_prior: float = DEFECT_PRIOR, decide_p: float = DECIDE_P,
                  fit_alpha: float = 0.01, progress=None, images=None, detector: str = "beam", optics: str = "beam",
-                 fit_frame: str = "first", split=None):  # fmt: skip
+                 fit_frame: str = "first", split=None, grow_sites: bool = False):  # fmt: skip
         import time
 
         from hypotest.scoring import _shared_cell
@@ -443,6 +454,7 @@ class FieldOfViewScorer:
             raise InputError(f"fit_frame must be 'first' or 'latest', got {fit_frame!r}")
         self.hyps, self.defect_prior, self.decide_p, self.fit_alpha = hyps, defect_prior, decide_p, fit_alpha
         self.fit_frame = fit_frame
+        self.grow_sites = bool(grow_sites)
         cell = _shared_cell(hyps)
         self.geo = geo = analyse_library(hyps, host_id)
         self.win = win = window_geometry(bf.beam, geo.lattice, cell)
@@ -505,22 +517,10 @@ class FieldOfViewScorer:
         # every site of each class inside frame 0, a window (plus a pixel) from its edges
         px = min(np.linalg.norm(fit0.m, axis=0))
         self.wpx = wpx = int(math.ceil(win["radius_A"] / px)) + 1
-        corners = np.array([[0, 0], [shape[0] - 1, 0], [0, shape[1] - 1], [shape[0] - 1, shape[1] - 1]], float)
-        corner_r = corners @ fit0.m.T + fit0.t
-        fl = np.linalg.solve(geo.lattice, corner_r.T).T
-        lo, hi = np.floor(fl.min(0)) - 1, np.ceil(fl.max(0)) + 1
-        n1, n2 = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
-        nvec = np.stack([n1.ravel(), n2.ravel()], 1)
-        sites = []
-        for c, (label, ref) in enumerate(geo.classes):
-            r = ref[None, :] + nvec @ geo.lattice.T
-            p = (r - fit0.t) @ minv.T
-            inside = np.all((p >= wpx) & (p <= np.asarray(shape) - 1 - wpx), axis=1)
-            for rr, pp, nn in zip(r[inside], p[inside], nvec[inside]):
-                sites.append((c, rr, pp, nn))
+        del minv
+        self.sites = sites = self._enumerate(fit0)
         if not sites:
             raise InputError(f"no site lies a window ({win['radius_A']:.2f} Å) inside the frame's edges: the frame is too small")
-        self.sites = sites
         timing["sites"] = time.perf_counter() - t0
         self.di = di = np.arange(-wpx, wpx + 1, dtype=float)
         # pixels of the square within the window radius (plus one pixel: the site is off the centre pixel)
@@ -531,19 +531,9 @@ class FieldOfViewScorer:
                                          background_mean=fit0.background, background_sd=0.1 * level)  # fmt: skip
         self.classes = {}
         for c in range(len(geo.classes)):
-            members = [geo.host] + geo.members(c)
             idx = [k for k, s in enumerate(sites) if s[0] == c]
-            if not idx:
-                continue
-            r_sites = np.stack([sites[k][1] for k in idx])
-            _, g, u = geo.class_ops[c]
-            # a member's defect site, carried by the class's symmetry (the host is invariant under it)
-            shifts = np.stack([np.zeros_like(r_sites) if h == geo.host else r_sites - (g @ geo.site[h] + u)[None, :]
-                               for h in members])  # fmt: skip
-            cseries = [series[h] if h == geo.host else transformed_series(series[h], g, u) for h in members]
-            self.classes[c] = {"members": members, "idx": idx, "pos": {k: j for j, k in enumerate(idx)}, "r": r_sites,
-                               "shifts": shifts, "series": cseries,
-                               "total": np.zeros((len(idx), len(members))), "first": None, "latest": None}  # fmt: skip
+            if idx:
+                self.classes[c] = self._make_class(c, idx)
         self.timing["score"] = 0.0
         self.span = float(min(cell[0], cell[1]))  # the supercell's shortest period [Å]
         self._joint_cache: dict = {}
@@ -552,6 +542,63 @@ class FieldOfViewScorer:
         if split is not None:
             split.setup(self)
         self._score(fr0)
+
+    def _enumerate(self, fit) -> list:
+        """``[(class, r [2] Å, p [2] frame-0 pixels, lattice index [2])]``: every site of each class
+        inside the frame registered at ``fit``, a window (plus a pixel) from its edges."""
+        geo, shape, wpx = self.geo, self.shape, self.wpx
+        corners = np.array([[0, 0], [shape[0] - 1, 0], [0, shape[1] - 1], [shape[0] - 1, shape[1] - 1]], float)
+        fl = np.linalg.solve(geo.lattice, (corners @ fit.m.T + fit.t).T).T
+        lo, hi = np.floor(fl.min(0)) - 1, np.ceil(fl.max(0)) + 1
+        n1, n2 = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
+        nvec = np.stack([n1.ravel(), n2.ravel()], 1)
+        fit0 = self.frames[0].fit if self.frames else fit
+        sites = []
+        for c, (_, ref) in enumerate(geo.classes):
+            r = ref[None, :] + nvec @ geo.lattice.T
+            p = (r - fit.t) @ np.linalg.inv(fit.m).T
+            inside = np.all((p >= wpx) & (p <= np.asarray(shape) - 1 - wpx), axis=1)
+            p0 = (r - fit0.t) @ np.linalg.inv(fit0.m).T
+            for rr, pp, nn in zip(r[inside], p0[inside], nvec[inside]):
+                sites.append((c, rr, pp, nn))
+        return sites
+
+    def _make_class(self, c: int, idx: list) -> dict:
+        geo, series = self.geo, self.series
+        members = [geo.host] + geo.members(c)
+        r_sites = np.stack([self.sites[k][1] for k in idx])
+        _, g, u = geo.class_ops[c]
+        cseries = [series[h] if h == geo.host else transformed_series(series[h], g, u) for h in members]
+        return {"members": members, "idx": list(idx), "pos": {k: j for j, k in enumerate(idx)}, "r": r_sites,
+                "shifts": self._shifts(c, members, r_sites), "series": cseries,
+                "total": np.zeros((len(idx), len(members))), "first": None, "latest": None}  # fmt: skip
+
+    def _shifts(self, c, members, r_sites):
+        """``[M, K, 2]``: each member's defect site, carried by the class's symmetry (the host is
+        invariant under it), moved onto each site."""
+        geo = self.geo
+        _, g, u = geo.class_ops[c]
+        return np.stack([np.zeros_like(r_sites) if h == geo.host else r_sites - (g @ geo.site[h] + u)[None, :]
+                         for h in members])  # fmt: skip
+
+    def _grow(self, fr) -> int:
+        """Add the sites that frame ``fr`` holds and no earlier frame did (drift brought them into
+        view): appended after the others, so every site keeps its index. Returns how many."""
+        known = {(c, int(nn[0]), int(nn[1])) for c, _, _, nn in self.sites}
+        new = [s for s in self._enumerate(fr.fit) if (s[0], int(s[3][0]), int(s[3][1])) not in known]
+        for c, r, p, nn in new:
+            k = len(self.sites)
+            self.sites.append((c, r, p, nn))
+            if c not in self.classes:
+                self.classes[c] = self._make_class(c, [k])
+                continue
+            cl = self.classes[c]
+            cl["pos"][k] = len(cl["idx"])
+            cl["idx"].append(k)
+            cl["r"] = np.vstack([cl["r"], r[None]])
+            cl["shifts"] = np.concatenate([cl["shifts"], self._shifts(c, cl["members"], r[None])], axis=1)
+            cl["total"] = np.vstack([cl["total"], np.zeros((1, len(cl["members"])))])
+        return len(new)
 
     def _check_size(self, frame, k):
         lat = self.geo.lattice
@@ -590,6 +637,8 @@ class FieldOfViewScorer:
             frame = self.calibration.electrons(frame)
         fr = self._register(frame, self.frames[-1])
         self.timing["register"] += time.perf_counter() - t0
+        if self.grow_sites:
+            fr.new_sites = self._grow(fr)
         self._score(fr)
         return fr
 
@@ -599,18 +648,32 @@ class FieldOfViewScorer:
         t0 = time.perf_counter()
         self.frames.append(fr)
         fit = fr.fit
+        fi = len(self.frames) - 1
         for c, cl in self.classes.items():
-            args = (cl["shifts"], cl["series"])
-            if self.split is not None:  # blocks of sites scored in Ray actors (workflows.site_shards)
-                ev = self.split.evidence(c, fr.counts, fr.mask, fit.m, fit.t, cl["r"], (fit.scale, fit.background))
-            else:
-                ev = class_evidence(fr.counts, fr.mask, fit.m, fit.t, cl["r"], *args, self.di, self.disk,
-                                    self.win["radius_A"], self.exposure, self.noise, self.prior, self.calibration,
-                                    self.corr_factor, (fit.scale, fit.background))  # fmt: skip
+            # the sites the Ray actors were set up with (workflows.site_shards); those drift brought
+            # into view later are scored here
+            n_split = sum(self.split.sizes.get(c, [])) if self.split is not None else 0
+            parts = []
+            if n_split:
+                parts.append(self.split.evidence(c, fr.counts, fr.mask, fit.m, fit.t, cl["r"][:n_split],
+                                                 (fit.scale, fit.background)))  # fmt: skip
+            if len(cl["idx"]) > n_split:
+                parts.append(class_evidence(fr.counts, fr.mask, fit.m, fit.t, cl["r"][n_split:], cl["shifts"][:, n_split:],
+                                            cl["series"], self.di, self.disk, self.win["radius_A"], self.exposure,
+                                            self.noise, self.prior, self.calibration, self.corr_factor,
+                                            (fit.scale, fit.background)))  # fmt: skip
+            ev = parts[0] if len(parts) == 1 else concat_evidence(parts)
             cl["total"] += ev.log_evidence.T
-            store = (ev.y, ev.w, ev.models, ev, ev.centre, len(self.frames) - 1)
-            if cl["first"] is None:
+            store = (ev.y, ev.w, ev.models, ev, ev.centre, np.full(len(cl["idx"]), fi))
+            first = cl["first"]
+            if first is None:
                 cl["first"] = store
+            elif len(first[0]) < len(cl["idx"]):  # sites new in this frame: their first frame is this one
+                n0 = len(first[0])
+                tail = _evidence_rows(ev, slice(n0, None))
+                cl["first"] = (np.concatenate([first[0], ev.y[n0:]]), np.concatenate([first[1], ev.w[n0:]]),
+                               np.concatenate([first[2], ev.models[:, n0:]], axis=1), concat_evidence([first[3], tail]),
+                               np.concatenate([first[4], ev.centre[n0:]]), np.concatenate([first[5], store[5][n0:]]))  # fmt: skip
             cl["latest"] = store
         self.timing["score"] += time.perf_counter() - t0
 
@@ -638,7 +701,7 @@ class FieldOfViewScorer:
                 n = len(self.di)
                 scale, bg = np.asarray(ev.scale).T[j], np.asarray(ev.background).T[j]
                 models = models[:, j]
-                y, w = y[j], w[j]
+                y, w, fi = y[j], w[j], fi[j]
                 if k in self._last_joint:  # scored with its neighbours' defects (the last result())
                     y, w, models, scale, bg, fi = self._last_joint[k]["store"]
                 mu = self.exposure * (scale[:, None] * models + bg[:, None])
@@ -753,7 +816,7 @@ class FieldOfViewScorer:
             y, w, models, ev, centre, fi = cl[self.fit_frame]
             scale = np.asarray(ev.scale).T
             bg = np.asarray(ev.background).T
-            fis = np.full(len(idx), fi)
+            fis = np.array(fi, copy=True)
             total = cl["total"]
             over = [(j, k) for j, k in enumerate(idx) if k in joint]
             if over:
@@ -853,7 +916,7 @@ class FieldOfViewScorer:
 
 def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float = DEFECT_PRIOR,
                         decide_p: float = DECIDE_P, fit_alpha: float = 0.01, progress=None, images=None,
-                        detector: str = "beam", optics: str = "beam", split=None) -> dict:
+                        detector: str = "beam", optics: str = "beam", split=None, grow_sites: bool = False) -> dict:
     """Register every frame of ``counts [T, nx, ny]``, enumerate the sites of the first frame and
     score each against its class's hypotheses, the evidence summed over the frames in which the
     site lies inside. Returns the ``lattice``/``sites``/... entries of RESULT.json, with
@@ -866,13 +929,15 @@ def score_field_of_view(hyps, counts, bf, *, host_id=None, defect_prior: float =
     and the effective source size learned from the host lattice of the first frame,
     :mod:`inference.lattice_optics`, and every hypothesis simulated under them). The frames go
     through one :class:`FieldOfViewScorer`; the fit check is on the first frame's windows.
-    ``split``: :class:`workflows.site_shards.SiteShards` to score the sites over Ray actors."""
+    ``split``: :class:`workflows.site_shards.SiteShards` to score the sites over Ray actors.
+    ``grow_sites``: the sites of every frame, not only the first's (those drift brings into view
+    are added, each scored from the first frame that holds it; a live session does this)."""
     counts = np.asarray(counts)
     if counts.ndim != 3 or len(counts) == 0:
         raise InputError(f"frames are a [T, nx, ny] stack, got shape {counts.shape}")
     sc = FieldOfViewScorer(hyps, counts[0], bf, host_id=host_id, defect_prior=defect_prior, decide_p=decide_p,
                            fit_alpha=fit_alpha, progress=progress, images=images, detector=detector, optics=optics,
-                           split=split)  # fmt: skip
+                           split=split, grow_sites=grow_sites)  # fmt: skip
     for frame in counts[1:]:
         sc.add(frame)
     return sc.result()

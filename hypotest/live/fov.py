@@ -9,7 +9,8 @@ the host lattice registered, the sites enumerated, every hypothesis simulated on
 frame is registered against the host lattice with its offset followed from the previous frame's
 (the offset change is the drift) and adds its log evidence to every site it holds (the same site
 in the specimen's frame, whatever the drift; sites that drift out of the field get no evidence
-from that frame). A site's posterior is therefore the one :func:`hypotest.fieldofview.score_field_of_view`
+from that frame, and sites it brings into view are added, after the others: ``new_sites`` of the
+step). A site's posterior is therefore the one :func:`hypotest.fieldofview.score_field_of_view`
 gives on the stack of the same frames (tested). The fit check and the site views use the latest
 frame's windows.
 
@@ -83,8 +84,9 @@ def undecided_design(result: dict, scorer, decide_p: float, beam: dict, frames: 
         key = tuple(names[h].split(" @")[0] for h in ranked)
         pairs[key] = pairs.get(key, 0) + 1
     finite = sorted(n for n in need if math.isfinite(n))
-    x = [s["x_px"] for s in sites]
-    y = [s["y_px"] for s in sites]
+    fit = scorer.frames[-1].fit  # the region in the latest frame's pixels (the stage has drifted)
+    now = (np.array([[s["x_A"], s["y_A"]] for s in sites]) - fit.t) @ np.linalg.inv(fit.m).T
+    x, y = now[:, 0].tolist(), now[:, 1].tolist()
     r = scorer.wpx
     region = [max(0, int(min(x)) - r), min(scorer.shape[0] - 1, int(math.ceil(max(x))) + r),
               max(0, int(min(y)) - r), min(scorer.shape[1] - 1, int(math.ceil(max(y))) + r)]  # fmt: skip
@@ -141,7 +143,7 @@ class FieldOfViewSession:
                  images=None, host_id: str | None = None, defect_prior: float | None = None, decide_p: float | None = None,
                  fit_alpha: float = 0.01, detector: str = "beam", optics: str = "beam", max_frames: int | None = None,
                  stop_on_decision: bool = False, log: Callable[[str], None] | None = None, progress=None,
-                 fsync: bool = False):  # fmt: skip
+                 fsync: bool = False, grow_sites: bool = True):  # fmt: skip
         from hypotest.fieldofview import DECIDE_P, DEFECT_PRIOR, analyse_library
         from hypotest.scoring import ScoringInput
 
@@ -154,7 +156,7 @@ class FieldOfViewSession:
         self.geo = analyse_library(self.inputs, host_id)  # a library that is not one host's defects: refused now
         self.options = {"host_id": host_id, "defect_prior": DEFECT_PRIOR if defect_prior is None else float(defect_prior),
                         "decide_p": DECIDE_P if decide_p is None else float(decide_p), "fit_alpha": float(fit_alpha),
-                        "detector": detector, "optics": optics}  # fmt: skip
+                        "detector": detector, "optics": optics, "grow_sites": bool(grow_sites)}  # fmt: skip
         if not 0 < self.options["defect_prior"] < 1:
             raise InputError(f"the defect prior must be in (0, 1), got {defect_prior!r}")
         self._images = images
@@ -364,7 +366,8 @@ class FieldOfViewSession:
             cal = fr.fit.to_json_dict()["calibration"]
             entry = {"step": k, "frames": [p["index"]], "source_ids": [p["source_id"]], "calibration": cal,
                      "drift_px": result["lattice"]["drift"][k]["drift_px"], "counts": result["counts"],
-                     "n_sites": len(result["sites"]), "undecided": undecided, "masked_pixels": fr.bad,
+                     "n_sites": len(result["sites"]), "new_sites": int(fr.new_sites), "undecided": undecided,
+                     "masked_pixels": fr.bad,
                      "latency_s": lat, "expected_fractions": self._fractions(result)}  # fmt: skip
             self._history.append(entry)
             self.writer.append("fov_step", t=time.time(), **entry)
@@ -652,7 +655,8 @@ def replay_fov_record(directory, *, images=None, progress=None) -> dict:
     bf = parse_beam(cfg["beam"], where=f"{d / 'session.json'} beam")
     out = score_field_of_view(hyps, frames, bf, host_id=cfg.get("host_id"), defect_prior=cfg["defect_prior"],
                               decide_p=cfg["decide_p"], fit_alpha=cfg["fit_alpha"], images=images, progress=progress,
-                              detector=cfg.get("detector", "beam"), optics=cfg.get("optics", "beam"))  # fmt: skip
+                              detector=cfg.get("detector", "beam"), optics=cfg.get("optics", "beam"),
+                              grow_sites=cfg.get("grow_sites", False))  # fmt: skip
     diff = 0.0
     if len(out["sites"]) != len(recorded["sites"]):
         raise InputError(f"the replay found {len(out['sites'])} sites, the record {len(recorded['sites'])}")

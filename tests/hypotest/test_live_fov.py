@@ -203,3 +203,44 @@ def test_control_actions_are_refused_with_the_reason(session):
         session.add_hypothesis({"file": "x.cif"})
     with pytest.raises(InputError, match="not available in a field-of-view session"):
         session.apply_beam(session._beam)
+
+
+def test_sites_drifting_into_view_are_added_and_scored(images):
+    """The stage walks 3 px per frame along x: the sites that enter the field are appended (every
+    earlier site keeps its index and position), scored from the frame that first holds them, and
+    the batch scorer on the same stack (grow_sites) gives the same posteriors."""
+    from hypotest.fieldofview import FieldOfViewScorer, score_field_of_view
+    from hypotest.hypothesis import load_hypotheses
+    from hypotest.live.fovsim import FOV_BEAM
+    from hypotest.scoring import ScoringInput
+    from hypotest.beamfile import parse_beam
+
+    src = FieldOfViewSimSource(seed=0, dose=2e4)
+    rng = np.random.default_rng(7)
+    exposure = 2e4 * abs(np.linalg.det(src.m))
+    frames = np.stack([rng.poisson(exposure * np.maximum(src.expected((3.0 * i, 0.0)), 0)).astype(float) for i in range(5)])
+    hyps = ScoringInput.from_hypotheses(load_hypotheses("mos2_defects"))
+    bf = parse_beam({**FOV_BEAM, "dose": 2e4})
+    sc = FieldOfViewScorer(hyps, frames[0], bf, images=images, fit_frame="latest", grow_sites=True)
+    first = [(c, tuple(nn)) for c, _, _, nn in sc.sites]
+    grown = [sc.add(f).new_sites for f in frames[1:]]
+    assert all(n > 0 for n in grown) and len(sc.sites) == len(first) + sum(grown)
+    assert [(c, tuple(nn)) for c, _, _, nn in sc.sites[: len(first)]] == first  # indices kept
+    res = sc.result()
+    assert len(res["sites"]) == len(sc.sites) and [s["k"] for s in res["sites"]] == list(range(len(sc.sites)))
+    fit = sc.frames[-1].fit
+    for s in res["sites"][len(first):]:  # a new site is inside the latest frame, beyond frame 0's edge
+        p = (np.array([s["x_A"], s["y_A"]]) - fit.t) @ np.linalg.inv(fit.m).T
+        assert np.all(p >= sc.wpx) and np.all(p <= 127 - sc.wpx)
+        assert s["x_px"] < sc.wpx or s["x_px"] > 127 - sc.wpx or s["y_px"] < sc.wpx or s["y_px"] > 127 - sc.wpx
+    new_ok = [s for s in res["sites"][len(first):] if s["status"] == "ok"]
+    assert new_ok and all(s["fit"]["n_pixels"] > 100 for s in new_ok)
+    batch = score_field_of_view(hyps, frames, bf, images=images, grow_sites=True)
+    assert len(batch["sites"]) == len(res["sites"])
+    diff = max(abs(p - b["posterior"][h]) for a, b in zip(res["sites"], batch["sites"]) for h, p in a["posterior"].items())
+    assert diff < 1e-6
+    # without grow_sites the batch keeps the first frame's sites
+    assert len(score_field_of_view(hyps, frames, bf, images=images)["sites"]) == len(first)
+    # a site view of a new site
+    w = sc.site_window(len(sc.sites) - 1)
+    assert w["frame"] == 4 and w["expected"].shape[0] == len(w["members"])

@@ -1,6 +1,6 @@
 """The sites of a field of view split over Ray actors (workflows.site_shards) give the in-process
 result: the abTEM MoS2 field of view (tests/data/fov_mos2_haadf.npz, abTEM's hypothesis images),
-two frames, scored with and without two shard actors."""
+two frames (the second drifted: new sites), scored with and without two shard actors."""
 
 from __future__ import annotations
 
@@ -28,13 +28,16 @@ def test_sites_split_over_actors_give_the_in_process_result():
     hyps = ScoringInput.from_hypotheses(load_hypotheses("mos2_defects"))
     beam = {**FOV_BEAM, "dose": 2e4}
     src = FieldOfViewSimSource(seed=2, dose=2e4)
-    frames = [src.frame()[0] for _ in range(2)]
+    rng = np.random.default_rng(3)
+    exposure = 2e4 * abs(np.linalg.det(src.m))
+    # the second frame 4 px along x: it brings sites into view, which are scored in-process
+    frames = [rng.poisson(exposure * np.maximum(src.expected((4.0 * i, 0.0)), 0)).astype(float) for i in range(2)]
     bf = parse_beam(beam)
-    local = FieldOfViewScorer(hyps, frames[0], bf, images=images)
-    local.add(frames[1])
+    local = FieldOfViewScorer(hyps, frames[0], bf, images=images, grow_sites=True)
+    assert local.add(frames[1]).new_sites > 0
     want = local.result()
     with local_ray(num_cpus=2), SiteShards(2) as split:
-        sharded = FieldOfViewScorer(hyps, frames[0], bf, images=images, split=split)
+        sharded = FieldOfViewScorer(hyps, frames[0], bf, images=images, split=split, grow_sites=True)
         sharded.add(frames[1])
         got = sharded.result()
         assert len(split.pids) == 2  # two processes did the work
