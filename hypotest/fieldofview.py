@@ -752,6 +752,7 @@ class FieldOfViewScorer:
         for (c, done), group in todo.items():
             cl = self.classes[c]
             js = [j for _, j, _, _ in group]
+            since = cl["first"][5][js]  # each site's first frame (a site drift brought in later has no earlier one)
             terms = []
             for _, _, nb, _ in group:
                 row = []
@@ -772,10 +773,12 @@ class FieldOfViewScorer:
                                     self.di, self.disk, self.win["radius_A"], self.exposure, self.noise, self.prior,
                                     self.calibration, self.corr_factor, (fr.fit.scale, fr.fit.background),
                                     neighbours=terms)  # fmt: skip
-                totals = totals + np.asarray(ev.log_evidence).T[: len(group)]
-                if self.fit_frame == "latest" or fi == 0:  # the window the fit check and the site views use
-                    sc, bg = np.asarray(ev.scale), np.asarray(ev.background)
-                    stores = [(ev.y[i], ev.w[i], ev.models[:, i], sc[:, i], bg[:, i], fi) for i in range(len(group))]
+                held = (fi >= since)[:, None]
+                totals = totals + np.where(held, np.asarray(ev.log_evidence).T[: len(group)], 0.0)
+                sc, bg = np.asarray(ev.scale), np.asarray(ev.background)
+                for i in range(len(group)):  # the window the fit check and the site views use
+                    if self.fit_frame == "latest" or fi == since[i]:
+                        stores[i] = (ev.y[i], ev.w[i], ev.models[:, i], sc[:, i], bg[:, i], fi)
             for i, (k, _, nb, _) in enumerate(group):
                 self._joint_cache[(k, nb)] = (len(self.frames), totals[i], stores[i])
                 out[k] = {"total": totals[i], "store": stores[i], "with": nb}

@@ -70,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --generate: do not refine the accepted candidate's defect atom position through the multislice")
     p.add_argument("--generated-library", type=Path, default=None, metavar="H5",
                    help="with --generate: write the generated hypotheses that explain the frames to this library file")
+    p.add_argument("--grow-sites", action="store_true",
+                   help="field of view, a stack: also score the sites later frames bring into view (drift); default: "
+                        "the first frame's sites")
     p.add_argument("--site-shards", type=int, default=None, metavar="N",
                    help="field of view: split the sites over N Ray actors (a local Ray, or the cluster at --address)")
     p.add_argument("--address", default=None, help="with --site-shards: a running Ray cluster (HOST:PORT or auto; default $RAY_ADDRESS, else a local Ray)")
@@ -104,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
                              "(its unexplained sites are listed in RESULT.json)")  # fmt: skip
         return _run_field_of_view(args, hyps, counts, bf, progress)
 
+    if args.grow_sites:
+        from forward import InputError
+
+        raise InputError(f"--grow-sites adds the sites a drifting field of view brings into view; {args.frames} spans "
+                         "one cell of the hypotheses")  # fmt: skip
     if args.site_shards is not None:
         from forward import InputError
 
@@ -250,11 +258,12 @@ def _run_field_of_view(args, hyps, counts, bf, progress) -> int:
         with local_ray(num_cpus=args.site_shards if address is None else None, address=address), \
                 SiteShards(args.site_shards) as split:  # fmt: skip
             out = score_field_of_view(hyps, counts, bf, host_id=args.host, defect_prior=prior, progress=progress,
-                                      detector=args.detector, optics=args.optics, split=split)  # fmt: skip
+                                      detector=args.detector, optics=args.optics, split=split,
+                                      grow_sites=args.grow_sites)  # fmt: skip
         out["site_shards"] = {"actors": args.site_shards, "sites_per_class": split.sizes}
     else:
         out = score_field_of_view(hyps, counts, bf, host_id=args.host, defect_prior=prior, progress=progress,
-                                  detector=args.detector, optics=args.optics)
+                                  detector=args.detector, optics=args.optics, grow_sites=args.grow_sites)
     out["inputs"] = {"library": str(args.library), "frames": str(args.frames), "beam": str(args.beam)}
     check_result_finite(out)
     png = args.site_map or args.out.with_name(args.out.stem + "_sites.png")

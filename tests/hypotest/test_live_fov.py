@@ -237,6 +237,8 @@ def test_sites_drifting_into_view_are_added_and_scored(images):
     assert new_ok and all(s["fit"]["n_pixels"] > 100 for s in new_ok)
     batch = score_field_of_view(hyps, frames, bf, images=images, grow_sites=True)
     assert len(batch["sites"]) == len(res["sites"])
+    # the batch's fit check is on each site's first frame: a new site's, not frame 0 (which lacks it)
+    assert all(s["fit"]["n_pixels"] > 100 and s["status"] != "off_specimen" for s in batch["sites"][len(first):])
     diff = max(abs(p - b["posterior"][h]) for a, b in zip(res["sites"], batch["sites"]) for h, p in a["posterior"].items())
     assert diff < 1e-6
     # without grow_sites the batch keeps the first frame's sites

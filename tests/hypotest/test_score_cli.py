@@ -254,3 +254,14 @@ def test_learning_the_detector_needs_a_field_of_view(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(r"--detector frame is learned from a field of view's lattice; .*frames\.npy spans one cell", err), err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_grow_sites_is_for_fields_of_view(case, tmp_path, capsys):
+    d, _, beam = case
+    (tmp_path / "beam.json").write_text(json.dumps(beam))
+    assert main(["score", "--library", str(builtin.library_path("mos2_defects")), "--frames", str(d / "frames.npy"),
+                 "--beam", str(tmp_path / "beam.json"), "--out", str(tmp_path / "out.json"), "--grow-sites",
+                 "--no-progress"]) == 2  # fmt: skip
+    assert re.search(r"--grow-sites adds the sites a drifting field of view brings into view; .* spans one cell",
+                     capsys.readouterr().err)  # fmt: skip
+    assert not (tmp_path / "out.json").exists()
