@@ -710,6 +710,11 @@ class FieldOfViewScorer:
                         "expected": mu.reshape(len(cl["members"]), n, n)}  # fmt: skip
         raise InputError(f"no site {k}: the field of view has sites 0..{len(self.sites) - 1}")
 
+    def frames_held(self, k: int) -> int:
+        """How many frames so far since site ``k`` came into view (all of them for frame 0's sites)."""
+        c, j = self._where(k)
+        return len(self.frames) - int(self.classes[c]["first"][5][j])
+
     def _neighbour_plan(self, results) -> dict:
         """``{k: ((k', h), ...)}``: for each site, the detected defects ``k'`` of other sites within
         the window radius plus the halo, whose contrast reaches its window: sites whose fit holds

@@ -72,8 +72,9 @@ def undecided_design(result: dict, scorer, decide_p: float, beam: dict, frames: 
         p = np.clip(p, 1e-300, 1.0)
         ent -= float(np.sum(p * np.log2(p)))
         margin = math.log(p[0]) - math.log(p[1]) if len(p) > 1 else math.inf
-        # the log odds of best against runner-up: prior odds + frames x rate (the evidence per frame)
-        rate = (margin - _prior_margin(s, scorer)) / max(frames, 1)
+        # the log odds of best against runner-up: prior odds + frames x rate (the evidence per frame),
+        # counting the frames since the site came into view
+        rate = (margin - _prior_margin(s, scorer)) / max(min(frames, scorer.frames_held(s["k"])), 1)
         if rate > 1e-9:  # the best gains: it reaches the threshold
             need.append(math.ceil((target - margin) / rate))
         elif rate < -1e-9:  # the runner-up gains: it overtakes and reaches the threshold

@@ -243,6 +243,7 @@ def test_sites_drifting_into_view_are_added_and_scored(images):
     assert diff < 1e-6
     # without grow_sites the batch keeps the first frame's sites
     assert len(score_field_of_view(hyps, frames, bf, images=images)["sites"]) == len(first)
+    assert sc.frames_held(0) == 5 and sc.frames_held(len(sc.sites) - 1) == 1  # the last came in with frame 4
     # a site view of a new site
     w = sc.site_window(len(sc.sites) - 1)
     assert w["frame"] == 4 and w["expected"].shape[0] == len(w["members"])
