@@ -839,7 +839,11 @@ class FieldOfViewScorer:
             # the fit check of every site's best hypothesis at once: [K, P]
             best = np.argmax(post, axis=1)
             kk = np.arange(len(idx))
-            mu = exposure * (scale[kk, best][:, None] * models[best, kk] + bg[kk, best][:, None])
+            if calibration is None:  # only the pixels a window's disk can hold (the rest have w = 0)
+                y, w, mod_best, mod_host = y[:, self.disk], w[:, self.disk], models[best, kk][:, self.disk], models[0][:, self.disk]
+            else:  # the slopes need the whole square
+                mod_best, mod_host = models[best, kk], models[0]
+            mu = exposure * (scale[kk, best][:, None] * mod_best + bg[kk, best][:, None])
             z = np.maximum(y, 0)
             mm = np.maximum(mu, 1e-9)
             if calibration is None:
@@ -855,7 +859,7 @@ class FieldOfViewScorer:
                 v_dev = 2.0 * w.sum(axis=1) * self.corr_factor
             zscore = (dev - e_dev) / np.sqrt(np.maximum(v_dev, 1e-12))
             pval = norm.sf(zscore)
-            host_expect = np.sum(w * exposure * (fsc * models[0] + fbg), axis=1)
+            host_expect = np.sum(w * exposure * (fsc * mod_host + fbg), axis=1)
             ratio = np.sum(w * y, axis=1) / np.maximum(host_expect, 1e-12)
             n_pix = w.sum(axis=1)
             statistic = "deviance" if calibration is None else "pearson"
