@@ -405,6 +405,20 @@ class _Frame:
     new_sites: int = 0  # sites this frame brought into view (grow_sites)
 
 
+def _contrast_ratio(y, w, host_mu, gain: float, read_noise: float) -> np.ndarray:
+    """``[K]``: each window's image contrast over the host's: the variance of the counts about their
+    mean, less the shot and read noise's, over the variance of the host's expected counts there.
+    HRTEM vacuum is as bright as the crystal's mean (the count ratio cannot see it) but flat: its
+    contrast ratio is ~0 where the lattice's is ~1."""
+    n = np.maximum(w.sum(axis=1), 1.0)
+    ye = y / gain
+    m = np.sum(w * ye, axis=1) / n
+    var = np.sum(w * (ye - m[:, None]) ** 2, axis=1) / n - m - (read_noise / gain) ** 2
+    hm = np.sum(w * host_mu, axis=1) / n
+    hv = np.sum(w * (host_mu - hm[:, None]) ** 2, axis=1) / n
+    return np.maximum(var, 0.0) / np.maximum(hv, 1e-12)
+
+
 def _evidence_rows(ev, rows):
     """The sites ``rows`` (a slice) of a :class:`inference.windows.WindowEvidence`."""
     return dataclasses.replace(ev, y=ev.y[rows], w=ev.w[rows], models=ev.models[:, rows],
@@ -859,14 +873,18 @@ class FieldOfViewScorer:
                 v_dev = 2.0 * w.sum(axis=1) * self.corr_factor
             zscore = (dev - e_dev) / np.sqrt(np.maximum(v_dev, 1e-12))
             pval = norm.sf(zscore)
-            host_expect = np.sum(w * exposure * (fsc * mod_host + fbg), axis=1)
+            host_mu = exposure * (fsc * mod_host + fbg)
+            host_expect = np.sum(w * host_mu, axis=1)
             ratio = np.sum(w * y, axis=1) / np.maximum(host_expect, 1e-12)
             n_pix = w.sum(axis=1)
+            contrast = None
+            if self.bf.beam.detector.mode == "hrtem" and calibration is None:
+                contrast = _contrast_ratio(y, w, host_mu, float(self.noise.gain), float(self.noise.read_noise))
             statistic = "deviance" if calibration is None else "pearson"
             for j, k in enumerate(idx):
                 b = int(best[j])
                 status = "ok"
-                if ratio[j] < OFF_SPECIMEN_RATIO:
+                if ratio[j] < OFF_SPECIMEN_RATIO or (contrast is not None and contrast[j] < OFF_SPECIMEN_RATIO**2):
                     status = "off_specimen"
                 elif pval[j] < self.fit_alpha:
                     status = "unexplained"
@@ -882,7 +900,8 @@ class FieldOfViewScorer:
                     "is_host": bool(b == 0),
                     "fit": {"statistic": statistic, "deviance": float(dev[j]), "expected": float(e_dev[j]),
                             "sd": math.sqrt(max(float(v_dev[j]), 0.0)), "z": float(zscore[j]), "p_value": float(pval[j]),
-                            "alpha": self.fit_alpha, "n_pixels": int(n_pix[j]), "count_ratio_to_host": float(ratio[j])},
+                            "alpha": self.fit_alpha, "n_pixels": int(n_pix[j]), "count_ratio_to_host": float(ratio[j]),
+                            "contrast_ratio_to_host": None if contrast is None else float(contrast[j])},
                     "scored_with": [{"k": int(k2), "id": hyps.ids[h2]} for k2, h2 in joint[k]["with"]] if k in joint else [],
                 }  # fmt: skip
         _flag_neighbours(results, self.win)

@@ -183,3 +183,37 @@ def test_abtem_hrtem_field_of_view_end_to_end(tmp_path, capsys, dose):
         assert sum(sites[k]["decided"] and sites[k]["is_host"] for k in near) >= 0.8 * len(near)
         print(f"vacancies' neighbours: {len(near)}, jointly scored; {len(unexplained)} unexplained, "
               f"{sum(sites[k]['decided'] for k in near)} decided host")
+
+
+def test_hrtem_vacuum_is_off_specimen_never_a_vacancy():
+    """A hole in the HRTEM crystal (vacuum: the beam's intensity, flat) far from every defect: the
+    sites whose windows lie in it are ``off_specimen`` (their contrast is nothing like the lattice's,
+    though their counts match its mean), and no site that sees it is decided as a defect."""
+    from hypotest.beamfile import parse_beam
+    from hypotest.fieldofview import score_field_of_view
+    from hypotest.hypothesis import load_hypotheses
+    from hypotest.scoring import ScoringInput
+
+    d = np.load(DATA)
+    dose = 1e4
+    exposure = dose * abs(np.linalg.det(d["M"]))
+    lam = d["expected"].astype(np.float64)
+    ii, jj = np.meshgrid(np.arange(384), np.arange(384), indexing="ij")
+    hole_px, hole_r = np.array([330.0, 330.0]), 5.0  # Å; >= 7 Å from every defect of the file
+    assert min(np.linalg.norm(d["defect_px"] - hole_px, axis=1)) * 0.1012 > hole_r + 2
+    lam[np.hypot(ii - hole_px[0], jj - hole_px[1]) * 0.1012 < hole_r] = 1.0
+    y = np.random.default_rng(5).poisson(exposure * lam).astype(np.float64)
+    hyps = ScoringInput.from_hypotheses(load_hypotheses("srtio3_vacancy"))
+    res = score_field_of_view(hyps, y[None], parse_beam(_beam(d, dose)))
+    px = np.array([[s["x_px"], s["y_px"]] for s in res["sites"]])
+    to_hole = np.linalg.norm(px - hole_px, axis=1) * 0.1012
+    inner = np.flatnonzero(to_hole < hole_r - res["window"]["radius_A"])
+    assert len(inner) >= 2
+    assert all(res["sites"][k]["status"] == "off_specimen" for k in inner), [res["sites"][k]["fit"] for k in inner]
+    reach = res["window"]["radius_A"] + res["window"]["halo_A"]
+    assert not [k for k in np.flatnonzero(to_hole < hole_r + reach) if res["sites"][k]["decided"]
+                and not res["sites"][k]["is_host"]]  # fmt: skip
+    # the lattice's sites keep a contrast ratio near 1
+    far = [s["fit"]["contrast_ratio_to_host"] for s, r in zip(res["sites"], to_hole) if r > hole_r + reach]
+    assert 0.8 < float(np.median(far)) < 1.2
+    assert sum(s["status"] == "off_specimen" for s, r in zip(res["sites"], to_hole) if r > hole_r + reach) == 0
