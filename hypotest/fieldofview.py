@@ -293,8 +293,9 @@ def window_geometry(beam, lattice, cell) -> dict:
     STEM: the probe's Airy radius ``r_p = 0.61 lambda / alpha``; the window reaches the nearest
     neighbouring column (the shortest host translation / sqrt 3 for a honeycomb, bounded below by
     ``2 r_p``) and the halo is ``2 r_p`` (the probe tails). HRTEM: the CTF delocalisation
-    ``R = max_k |lambda df k + Cs lambda^3 k^3|`` up to the aperture (Lichte, Ultramicroscopy 38
-    (1991) 13) is added to both (:func:`ctf_delocalisation`)."""
+    ``R = max_k |grad_k chi| / 2 pi`` up to the aperture (Lichte, Ultramicroscopy 38 (1991) 13;
+    ``|C10 lambda k + C30 lambda^3 k^3|`` for defocus and Cs alone) is added to both
+    (:func:`ctf_delocalisation`)."""
     from forward.constants import wavelength
 
     lam = float(wavelength(float(beam.energy)))
@@ -526,12 +527,9 @@ class FieldOfViewScorer:
             series = [blur_series(sr, self.blur) for sr in series]
         self.series = series
         fit0 = fr0.fit
-        minv = np.linalg.inv(fit0.m)
-        shape = self.shape
         # every site of each class inside frame 0, a window (plus a pixel) from its edges
         px = min(np.linalg.norm(fit0.m, axis=0))
         self.wpx = wpx = int(math.ceil(win["radius_A"] / px)) + 1
-        del minv
         self.sites = sites = self._enumerate(fit0)
         if not sites:
             raise InputError(f"no site lies a window ({win['radius_A']:.2f} Å) inside the frame's edges: the frame is too small")
@@ -678,16 +676,15 @@ class FieldOfViewScorer:
                                             (fit.scale, fit.background)))  # fmt: skip
             ev = parts[0] if len(parts) == 1 else concat_evidence(parts)
             cl["total"] += ev.log_evidence.T
-            store = (ev.y, ev.w, ev.models, ev, ev.centre, np.full(len(cl["idx"]), fi))
+            # (the windows' evidence, the frame of each row): this frame's, and each site's first
+            store = (ev, np.full(len(cl["idx"]), fi))
             first = cl["first"]
             if first is None:
                 cl["first"] = store
-            elif len(first[0]) < len(cl["idx"]):  # sites new in this frame: their first frame is this one
-                n0 = len(first[0])
-                tail = _evidence_rows(ev, slice(n0, None))
-                cl["first"] = (np.concatenate([first[0], ev.y[n0:]]), np.concatenate([first[1], ev.w[n0:]]),
-                               np.concatenate([first[2], ev.models[:, n0:]], axis=1), concat_evidence([first[3], tail]),
-                               np.concatenate([first[4], ev.centre[n0:]]), np.concatenate([first[5], store[5][n0:]]))  # fmt: skip
+            elif len(first[1]) < len(cl["idx"]):  # sites new in this frame: their first frame is this one
+                n0 = len(first[1])
+                cl["first"] = (concat_evidence([first[0], _evidence_rows(ev, slice(n0, None))]),
+                               np.concatenate([first[1], store[1][n0:]]))  # fmt: skip
             cl["latest"] = store
         self.timing["score"] += time.perf_counter() - t0
 
@@ -708,26 +705,26 @@ class FieldOfViewScorer:
     def site_window(self, k: int) -> dict:
         """Site ``k``'s window in the fit frame: ``counts``, ``mask`` and each member's fitted expected
         counts ``[M, A, B]`` (NaN outside the window), for the dashboard."""
-        for c, cl in self.classes.items():
-            if k in cl["idx"]:
-                j = cl["idx"].index(k)
-                y, w, models, ev, centre, fi = cl[self.fit_frame]
-                n = len(self.di)
-                scale, bg = np.asarray(ev.scale).T[j], np.asarray(ev.background).T[j]
-                models = models[:, j]
-                y, w, fi = y[j], w[j], fi[j]
-                if k in self._last_joint:  # scored with its neighbours' defects (the last result())
-                    y, w, models, scale, bg, fi = self._last_joint[k]["store"]
-                mu = self.exposure * (scale[:, None] * models + bg[:, None])
-                return {"members": [self.hyps.ids[h] for h in cl["members"]], "frame": int(fi),
-                        "centre_px": centre[j].tolist(), "counts": y.reshape(n, n), "mask": w.reshape(n, n),
-                        "expected": mu.reshape(len(cl["members"]), n, n)}  # fmt: skip
-        raise InputError(f"no site {k}: the field of view has sites 0..{len(self.sites) - 1}")
+        try:
+            c, j = self._where(k)
+        except KeyError:
+            raise InputError(f"no site {k}: the field of view has sites 0..{len(self.sites) - 1}") from None
+        cl = self.classes[c]
+        ev, fis = cl[self.fit_frame]
+        n = len(self.di)
+        y, w, models, fi = ev.y[j], ev.w[j], ev.models[:, j], fis[j]
+        scale, bg = np.asarray(ev.scale)[:, j], np.asarray(ev.background)[:, j]
+        if k in self._last_joint:  # scored with its neighbours' defects (the last result())
+            y, w, models, scale, bg, fi = self._last_joint[k]["store"]
+        mu = self.exposure * (scale[:, None] * models + bg[:, None])
+        return {"members": [self.hyps.ids[h] for h in cl["members"]], "frame": int(fi),
+                "centre_px": ev.centre[j].tolist(), "counts": y.reshape(n, n), "mask": w.reshape(n, n),
+                "expected": mu.reshape(len(cl["members"]), n, n)}  # fmt: skip
 
     def frames_held(self, k: int) -> int:
         """How many frames so far since site ``k`` came into view (all of them for frame 0's sites)."""
         c, j = self._where(k)
-        return len(self.frames) - int(self.classes[c]["first"][5][j])
+        return len(self.frames) - int(self.classes[c]["first"][1][j])
 
     def _neighbour_plan(self, results) -> dict:
         """``{k: ((k', h), ...)}``: for each site, the detected defects ``k'`` of other sites within
@@ -755,7 +752,7 @@ class FieldOfViewScorer:
 
     def _joint(self, plan: dict) -> dict:
         """``{k: {"total", "store", "with"}}``: each site ``k`` of ``plan`` scored jointly with its
-        decided neighbours ``((k', h), ...)``: every member's image plus the neighbours' defect
+        detected neighbours ``((k', h), ...)``: every member's image plus the neighbours' defect
         contrast (:func:`inference.windows.neighbour_contrast`), over all frames so far, batched
         per class and frame. Cached: a later call with the same neighbours adds the new frames only."""
         span, halo = self.span, self.win["halo_A"]
@@ -767,11 +764,13 @@ class FieldOfViewScorer:
             if cached[0] == len(self.frames):
                 out[k] = {"total": cached[1], "store": cached[2], "with": nb}
             else:
-                todo.setdefault((c, cached[0]), []).append((k, j, nb, cached))
-        for (c, done), group in todo.items():
+                todo.setdefault(c, []).append((k, j, nb, cached))
+        for c, group in todo.items():
             cl = self.classes[c]
-            js = [j for _, j, _, _ in group]
-            since = cl["first"][5][js]  # each site's first frame (a site drift brought in later has no earlier one)
+            js = np.array([j for _, j, _, _ in group])
+            # a site's frames: from its first (drift may have brought it in later) or from where its
+            # cached sum stopped
+            start = np.maximum(cl["first"][1][js], [cached[0] for *_, cached in group])
             terms = []
             for _, _, nb, _ in group:
                 row = []
@@ -783,21 +782,21 @@ class FieldOfViewScorer:
                 terms.append(row)
             totals = np.stack([cached[1] for *_, cached in group])
             stores = [cached[2] for *_, cached in group]
-            # padded to a power of two (the last site repeated): the Laplace step compiles per batch shape
-            pad = (1 << (len(js) - 1).bit_length()) - len(js)
-            js, terms = js + [js[-1]] * pad, terms + [terms[-1]] * pad
-            for fi in range(done, len(self.frames)):
+            for fi in range(int(start.min()), len(self.frames)):
+                act = np.flatnonzero(start <= fi)
+                # padded to a power of two, at least 16 (the last site repeated): the Laplace step
+                # compiles once per batch shape
+                rows = list(act) + [act[-1]] * (max(16, 1 << (len(act) - 1).bit_length()) - len(act))
                 fr = self.frames[fi]
-                ev = class_evidence(fr.counts, fr.mask, fr.fit.m, fr.fit.t, cl["r"][js], cl["shifts"][:, js], cl["series"],
-                                    self.di, self.disk, self.win["radius_A"], self.exposure, self.noise, self.prior,
-                                    self.calibration, self.corr_factor, (fr.fit.scale, fr.fit.background),
-                                    neighbours=terms)  # fmt: skip
-                held = (fi >= since)[:, None]
-                totals = totals + np.where(held, np.asarray(ev.log_evidence).T[: len(group)], 0.0)
+                ev = class_evidence(fr.counts, fr.mask, fr.fit.m, fr.fit.t, cl["r"][js[rows]], cl["shifts"][:, js[rows]],
+                                    cl["series"], self.di, self.disk, self.win["radius_A"], self.exposure, self.noise,
+                                    self.prior, self.calibration, self.corr_factor, (fr.fit.scale, fr.fit.background),
+                                    neighbours=[terms[i] for i in rows])  # fmt: skip
+                totals[act] += np.asarray(ev.log_evidence).T[: len(act)]
                 sc, bg = np.asarray(ev.scale), np.asarray(ev.background)
-                for i in range(len(group)):  # the window the fit check and the site views use
-                    if self.fit_frame == "latest" or fi == since[i]:
-                        stores[i] = (ev.y[i], ev.w[i], ev.models[:, i], sc[:, i], bg[:, i], fi)
+                for a, i in enumerate(act):  # the window the fit check and the site views use
+                    if self.fit_frame == "latest" or fi == cl["first"][1][js[i]]:
+                        stores[i] = (ev.y[a], ev.w[a], ev.models[:, a], sc[:, a], bg[:, a], fi)
             for i, (k, _, nb, _) in enumerate(group):
                 self._joint_cache[(k, nb)] = (len(self.frames), totals[i], stores[i])
                 out[k] = {"total": totals[i], "store": stores[i], "with": nb}
@@ -825,6 +824,8 @@ class FieldOfViewScorer:
         else:
             results = self._site_results(joint)
         self._last_joint = joint
+        # only the current neighbour sets are worth keeping for the next frame
+        self._joint_cache = {key: v for key, v in self._joint_cache.items() if plan.get(key[0]) == key[1]}
         return self._result_dict(results, t0)
 
     def _site_results(self, joint) -> list:
@@ -835,7 +836,8 @@ class FieldOfViewScorer:
         results = [None] * len(self.sites)
         for c, cl in self.classes.items():
             idx = cl["idx"]
-            y, w, models, ev, centre, fi = cl[self.fit_frame]
+            ev, fi = cl[self.fit_frame]
+            y, w, models = ev.y, ev.w, ev.models
             scale = np.asarray(ev.scale).T
             bg = np.asarray(ev.background).T
             fis = np.array(fi, copy=True)

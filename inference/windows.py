@@ -60,7 +60,7 @@ def class_evidence(counts, mask, m, t, r_sites, shifts, series_list, di, disk, r
     frame's registered ``frame_level = (scale, background)``, ``corr_factor`` the pixels' correlation.
     ``neighbours``: per site a list of ``(series, shift [2], r_defect [2], taper (d1, d2))``, the
     defects of neighbouring sites whose contrast is added to every member's image in this site's
-    window (:func:`neighbour_contrast`): the sites are scored jointly with their decided
+    window (:func:`neighbour_contrast`): the sites are scored jointly with their detected
     neighbours."""
     shape = counts.shape
     wpx = int(-di[0])
@@ -80,9 +80,16 @@ def class_evidence(counts, mask, m, t, r_sites, shifts, series_list, di, disk, r
     y = np.where(w, y.reshape(n, -1), 0.0)
     models = window_models(series_list, shifts, m, t, centre, di, di).reshape(len(series_list), n, -1)
     if neighbours is not None:
+        # one evaluation per neighbouring hypothesis image, over every window that holds one
+        groups: dict = {}
         for k, terms in enumerate(neighbours):
             for s_nb, shift, r_nb, taper in terms:
-                models[:, k] += neighbour_contrast(series_list[0], s_nb, shift, r_nb, taper, m, t, centre[k], di)
+                groups.setdefault(id(s_nb), (s_nb, taper, []))[2].append((k, shift, r_nb))
+        for s_nb, taper, rows in groups.values():
+            ks = np.array([k for k, _, _ in rows])
+            add = neighbour_contrast(series_list[0], s_nb, np.stack([sh for _, sh, _ in rows]),
+                                     np.stack([r for _, _, r in rows]), taper, m, t, centre[ks], di)  # fmt: skip
+            np.add.at(models, (slice(None), ks), add[None].astype(models.dtype))
     wq = w.astype(np.float64)
     if calibration is not None:  # quasi-likelihood: each pixel weighted by Poisson / model variance
         wq = w / (dispersion_windows(calibration, models[0], exposure, *frame_level, len(di)) * corr_factor)
@@ -93,17 +100,19 @@ def class_evidence(counts, mask, m, t, r_sites, shifts, series_list, di, disk, r
 
 
 def neighbour_contrast(host, series, shift, r_defect, taper, m, t, centre, di):
-    """``[A * A]``: a neighbouring site's defect contrast, ``I_h(r - shift) - I_host(r)``, in the
-    window square around ``centre`` (frame pixels), tapered to zero with the distance from the defect
-    ``r_defect`` [Å] (1 within ``taper[0]``, a raised cosine to 0 at ``taper[1]`` Å): the supercell
-    image holds the defect's periodic copies too, which must not reach this window."""
-    both = window_models([series, host], np.stack([np.asarray(shift)[None], np.zeros((1, 2))]), m, t,
-                         np.asarray(centre, float)[None], di, di)  # fmt: skip
+    """``[N, A * A]``: neighbouring sites' defect contrast, ``I_h(r - shift_n) - I_host(r)``, in the
+    window squares around ``centre [N, 2]`` (frame pixels), each tapered to zero with the distance
+    from its defect ``r_defect [N, 2]`` [Å] (1 within ``taper[0]``, a raised cosine to 0 at
+    ``taper[1]`` Å): the supercell image holds the defect's periodic copies too, which must not
+    reach the window. ``shift [N, 2]`` Å."""
+    centre = np.asarray(centre, float)
+    shift = np.asarray(shift, float)
+    both = window_models([series, host], np.stack([shift, np.zeros_like(shift)]), m, t, centre, di, di)
     rel = np.stack(np.meshgrid(di, di, indexing="ij"), -1).reshape(-1, 2)
-    d = np.linalg.norm((np.asarray(centre)[None] + rel) @ m.T + t - np.asarray(r_defect)[None], axis=1)
+    d = np.linalg.norm((centre[:, None, :] + rel[None]) @ m.T + t - np.asarray(r_defect, float)[:, None, :], axis=-1)
     d1, d2 = taper
     wgt = np.where(d <= d1, 1.0, np.where(d >= d2, 0.0, 0.5 * (1 + np.cos(np.pi * (d - d1) / max(d2 - d1, 1e-9)))))
-    return (both[0, 0] - both[1, 0]).reshape(-1) * wgt
+    return (both[0] - both[1]).reshape(len(centre), -1) * wgt
 
 
 def window_models(series_list, shifts, m, t, centres, di, dj):

@@ -83,6 +83,26 @@ def fourier_interpolate(image, cell, points, chunk=2048) -> np.ndarray:
     return out
 
 
+def apply_defect(pos, num, host, spec, cell, shift, flake_cell, z0: float = 0.0):
+    """``(pos, num)`` of the flake with hypothesis ``spec``'s atom changes against ``host`` (both on
+    the supercell ``cell``) made ``shift`` [Å] away: each atom the host has and ``spec`` lacks
+    removed (the nearest of the flake's, periodic in ``flake_cell``, at its depth), each it adds put
+    in; the flake's depths are the specimens' less ``z0``."""
+    from hypotest.fieldofview import _differences
+
+    gp, _, npos, nn = _differences(host, spec, cell)
+    for p_old in gp:
+        d = pos[:, :2] - (p_old[:2] + shift)
+        d -= np.round(d / flake_cell) * flake_cell
+        k = int(np.argmin(np.linalg.norm(d, axis=1) + 10 * np.abs(pos[:, 2] - (p_old[2] - z0))))
+        pos, num = np.delete(pos, k, axis=0), np.delete(num, k)
+    for p_new, z in zip(npos, nn):
+        q = np.array([*(p_new[:2] + shift), p_new[2] - z0])
+        q[:2] %= flake_cell
+        pos, num = np.vstack([pos, q]), np.append(num, z)
+    return pos, num
+
+
 def main() -> None:
     from hypotest.fieldofview import _differences, analyse_library
     from hypotest.hypothesis import load_hypotheses
@@ -131,18 +151,7 @@ def main() -> None:
             break
         else:
             raise RuntimeError(f"no room for {name} (placed {np.round(placed, 2).tolist()}, centre {centre.round(2).tolist()})")
-        shift = r - sites[h]
-        gp, gn, npos, nn = _differences(host, specs[h], cell)
-        for p_old in gp:
-            target = p_old[:2] + shift
-            d = pos[:, :2] - target
-            d -= np.round(d / flake_cell) * flake_cell
-            k = int(np.argmin(np.linalg.norm(d, axis=1) + 10 * np.abs(pos[:, 2] - (p_old[2] - z0))))
-            pos, num = np.delete(pos, k, axis=0), np.delete(num, k)
-        for p_new, z in zip(npos, nn):
-            q = np.array([*(p_new[:2] + shift), p_new[2] - z0])
-            q[:2] %= flake_cell
-            pos, num = np.vstack([pos, q]), np.append(num, z)
+        pos, num = apply_defect(pos, num, host, specs[h], cell, r - sites[h], flake_cell, z0)
         placed.append(r)
         chosen.append(name)
     flake = ase.Atoms(numbers=num, positions=pos, cell=[*flake_cell, tiled.cell.lengths()[2]], pbc=True)

@@ -46,7 +46,7 @@ import abtem
 import ase
 
 sys.path.insert(0, str(Path(__file__).parent))
-from make_fov_mos2_haadf import fourier_interpolate  # noqa: E402  (the same exact interpolation)
+from make_fov_mos2_haadf import apply_defect, fourier_interpolate  # noqa: E402  (the same flake-making steps)
 
 ENERGY, C30, SEMIANGLE, FOCAL, ANGULAR = 300e3, -1.5e5, 25.0, 20.0, 0.1
 PER_CELL, TILE = 320, 8
@@ -102,7 +102,7 @@ def band_limit(image, cell, band) -> np.ndarray:
 
 def main() -> None:
     from forward import make_specimen
-    from hypotest.fieldofview import _differences, analyse_library
+    from hypotest.fieldofview import analyse_library
     from hypotest.hypothesis import load_hypotheses
     from hypotest.scoring import ScoringInput
 
@@ -160,17 +160,7 @@ def main() -> None:
     pos, num = tiled.positions.copy(), tiled.numbers.copy()
     for name, r in zip(defects, placed):
         h = names.index(name)
-        shift = r - sites[h]
-        gp, _, npos, nn = _differences(host, specs[h], cell)
-        for p_old in gp:
-            d = pos[:, :2] - (np.asarray(p_old)[:2] + shift)
-            d -= np.round(d / flake_cell) * flake_cell
-            j = int(np.argmin(np.linalg.norm(d, axis=1) + 10 * np.abs(pos[:, 2] - p_old[2])))
-            pos, num = np.delete(pos, j, axis=0), np.delete(num, j)
-        for p_new, z in zip(npos, nn):
-            q = np.array([*(np.asarray(p_new)[:2] + shift), p_new[2]])
-            q[:2] %= flake_cell
-            pos, num = np.vstack([pos, q]), np.append(num, z)
+        pos, num = apply_defect(pos, num, host, specs[h], cell, r - sites[h], flake_cell)
     flake = ase.Atoms(numbers=num, positions=pos, cell=[*flake_cell, cell[2]], pbc=True)
     assert len(flake) == len(tiled) - 6, (len(flake), len(tiled))
     t0 = time.perf_counter()

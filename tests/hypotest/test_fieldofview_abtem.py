@@ -16,6 +16,8 @@ import pytest
 
 from hypotest.cli import main
 
+from ._fov_reference import assert_registered, decide, fourier_interp, isolated_sites, window
+
 DATA = Path(__file__).parents[1] / "data" / "fov_mos2_haadf.npz"
 DOSES = (2e4, 2e5)  # e-/Å² per frame: ~2 and ~20 counts per pixel on average
 HOLE_PX, HOLE_R = (100.0, 28.0), 2.5  # pixel, Å: >= 5.5 Å from every defect of the file
@@ -25,15 +27,6 @@ def _beam(dose):
     return {"energy": 80000, "dose": dose, "sampling": 0.16, "semiangle_cutoff": 25, "aberrations": {},
             "detector": {"mode": "stem_annular", "inner": 60, "outer": 200},
             "simulation": {"sampling": 0.07, "slice_thickness": 1.0, "parametrization": "lobato"}}  # fmt: skip
-
-
-def _interp(image, cell, points):
-    gx, gy = image.shape
-    f = np.fft.fft2(image) / image.size
-    kx, ky = np.fft.fftfreq(gx, d=cell[0] / gx), np.fft.fftfreq(gy, d=cell[1] / gy)
-    ex = np.exp(2j * np.pi * points[:, 0:1] * kx[None, :])
-    ey = np.exp(2j * np.pi * points[:, 1:2] * ky[None, :])
-    return np.real(np.einsum("nx,xy,ny->n", ex, f, ey, optimize=True))
 
 
 def _ideal_observer(d, y, exposure, site_px, members, radius, defect_prior):
@@ -48,20 +41,13 @@ def _ideal_observer(d, y, exposure, site_px, members, radius, defect_prior):
         r = m @ p + t
         ref = d["hyp_site"][names.index(mem[1])]
         r = ref + lat @ np.round(np.linalg.solve(lat, r - ref))  # the exact lattice site
-        c = np.round(np.linalg.solve(m, r - t)).astype(int)
-        w = int(math.ceil(radius / 0.16)) + 1
-        ii, jj = np.meshgrid(np.arange(c[0] - w, c[0] + w + 1), np.arange(c[1] - w, c[1] + w + 1), indexing="ij")
-        pts = np.stack([ii.ravel(), jj.ravel()], 1) @ m.T + t
-        inside = np.linalg.norm(pts - r, axis=1) <= radius
-        pts, counts = pts[inside], y[ii.ravel()[inside], jj.ravel()[inside]]
-        ll = []
+        pts, counts = window(y, m, t, r, np.round(np.linalg.solve(m, r - t)), radius, 0.16)
+        mus = []
         for name in mem:
             h = names.index(name)
             shift = np.zeros(2) if name == "host" else r - d["hyp_site"][h]
-            mu = exposure * np.maximum(_interp(d["hyp_images"][h].astype(np.float64), cell, pts - shift), 1e-12)
-            ll.append(float(np.sum(counts * np.log(mu) - mu)))
-        lp = np.log([1 - defect_prior] + [defect_prior / (len(mem) - 1)] * (len(mem) - 1))
-        out.append(mem[int(np.argmax(np.asarray(ll) + lp))])
+            mus.append(exposure * np.maximum(fourier_interp(d["hyp_images"][h].astype(np.float64), cell, pts - shift), 1e-12))
+        out.append(decide(counts, mus, mem, defect_prior))
     return out
 
 
@@ -87,15 +73,7 @@ def test_abtem_field_of_view_end_to_end(tmp_path, capsys, dose):
     assert (tmp_path / "result_sites.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "lattice: pixel" in printed
     cal = res["lattice"]["calibration"]
-    # registration: pixel size within 0.2 %, rotation within 0.1° (up to the host's symmetries)
-    assert cal["pixel_x_A"] == pytest.approx(np.linalg.norm(m[:, 0]), rel=2e-3)
-    assert cal["pixel_y_A"] == pytest.approx(np.linalg.norm(m[:, 1]), rel=2e-3)
-    from inference.lattice import lattice_point_group
-
-    q = np.asarray(res["lattice"]["affine_A_per_px"]) @ np.linalg.inv(m)
-    lat = np.asarray(res["lattice"]["primitive_vectors_A"]).T
-    resid = min(abs(math.degrees(math.atan2(*(r.T @ q)[::-1, 0]))) for r in lattice_point_group(lat))
-    assert resid < 0.1
+    assert_registered(res, m)  # pixel size within 0.2 %, rotation within 0.1°
     sites = res["sites"]
     px = np.array([[s["x_px"], s["y_px"]] for s in sites])
     truth = ["host"] * len(sites)
@@ -115,8 +93,7 @@ def test_abtem_field_of_view_end_to_end(tmp_path, capsys, dose):
     reach = res["window"]["radius_A"] + res["window"]["halo_A"]
     dpx = np.concatenate([np.asarray(d["defect_px"]), [HOLE_PX]])
     step = min(cal["pixel_x_A"], cal["pixel_y_A"])
-    isolated = [k for k in range(len(sites))
-                if all(np.linalg.norm(px[k] - q) * step > reach or np.linalg.norm(px[k] - q) < 1.0 for q in dpx)]  # fmt: skip
+    isolated = isolated_sites(px, dpx, reach, step, own=1.0)
     in_lib = [k for k in isolated if truth[k] != "Se_S"]
     # the hole: sites whose window is (nearly) empty are off the specimen, and no site that sees
     # the hole is decided as a defect (a vacancy, above all)

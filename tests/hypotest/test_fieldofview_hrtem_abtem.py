@@ -21,6 +21,8 @@ import pytest
 
 from hypotest.cli import main
 
+from ._fov_reference import assert_registered, decide, fourier_interp, isolated_sites, window
+
 DATA = Path(__file__).parents[1] / "data" / "fov_srtio3_hrtem.npz"
 DOSES = (1e4, 1e6)  # e-/Å² per frame: ~100 and ~1e4 counts per 0.1 Å pixel
 A = 3.905
@@ -31,15 +33,6 @@ def _beam(d, dose):
             "angular_spread": 0.1, "aberrations": {"C30": float(d["c30"]), "defocus": float(d["defocus"])},
             "detector": {"mode": "hrtem"},
             "simulation": {"sampling": 0.05, "slice_thickness": 1.0, "parametrization": "lobato"}}  # fmt: skip
-
-
-def _interp(image, cell, points):
-    gx, gy = image.shape
-    f = np.fft.fft2(image) / image.size
-    kx, ky = np.fft.fftfreq(gx, d=cell[0] / gx), np.fft.fftfreq(gy, d=cell[1] / gy)
-    ex = np.exp(2j * np.pi * points[:, 0:1] * kx[None, :])
-    ey = np.exp(2j * np.pi * points[:, 1:2] * ky[None, :])
-    return np.real(np.einsum("nx,xy,ny->n", ex, f, ey, optimize=True))
 
 
 def _rot(deg):
@@ -57,13 +50,8 @@ def _ideal_observer(d, y, exposure, site_px, members, radius, defect_prior):
     out = []
     for p, mem in zip(site_px, members):
         r = m @ p + t
-        w = int(math.ceil(radius / 0.1)) + 1
-        c = np.round(p).astype(int)
-        ii, jj = np.meshgrid(np.arange(c[0] - w, c[0] + w + 1), np.arange(c[1] - w, c[1] + w + 1), indexing="ij")
-        pts = np.stack([ii.ravel(), jj.ravel()], 1) @ m.T + t
-        inside = np.linalg.norm(pts - r, axis=1) <= radius
-        pts, counts = pts[inside], y[ii.ravel()[inside], jj.ravel()[inside]]
-        ll = []
+        pts, counts = window(y, m, t, r, np.round(p), radius, 0.1)
+        mus = []
         for name in mem:
             h = names.index(name)
             q = pts
@@ -76,10 +64,8 @@ def _ideal_observer(d, y, exposure, site_px, members, radius, defect_prior):
                         break
                 else:
                     raise AssertionError(f"{name} has no site at {r}")
-            mu = exposure * np.maximum(_interp(d["hyp_images"][h].astype(np.float64), cell, q), 1e-12)
-            ll.append(float(np.sum(counts * np.log(mu) - mu)))
-        lp = np.log([1 - defect_prior] + [defect_prior / (len(mem) - 1)] * (len(mem) - 1))
-        out.append(mem[int(np.argmax(np.asarray(ll) + lp))])
+            mus.append(exposure * np.maximum(fourier_interp(d["hyp_images"][h].astype(np.float64), cell, q), 1e-12))
+        out.append(decide(counts, mus, mem, defect_prior))
     return out
 
 
@@ -108,15 +94,7 @@ def test_abtem_hrtem_field_of_view_end_to_end(tmp_path, capsys, dose):
     assert "CTF delocalisation 0.68 Å" in printed  # Scherzer overfocus against a negative Cs: small
     assert res["masked_pixels"] == [{"nonfinite": 0, "negative": 0, "dead": 0, "hot": 0, "saturated": 0, "total": 0}]
     cal = res["lattice"]["calibration"]
-    # registration: pixel size within 0.2 %, rotation within 0.1° (up to the host's symmetries)
-    assert cal["pixel_x_A"] == pytest.approx(np.linalg.norm(m[:, 0]), rel=2e-3)
-    assert cal["pixel_y_A"] == pytest.approx(np.linalg.norm(m[:, 1]), rel=2e-3)
-    from inference.lattice import lattice_point_group
-
-    q = np.asarray(res["lattice"]["affine_A_per_px"]) @ np.linalg.inv(m)
-    lat = np.asarray(res["lattice"]["primitive_vectors_A"]).T
-    resid = min(abs(math.degrees(math.atan2(*(r.T @ q)[::-1, 0]))) for r in lattice_point_group(lat))
-    assert resid < 0.1
+    assert_registered(res, m)  # pixel size within 0.2 %, rotation within 0.1°
     labels = [c["label"] for c in res["site_classes"]]
     assert labels == ["O column", "O-Ti column", "O column (rotated 90°)"]
     sites = res["sites"]
@@ -130,8 +108,7 @@ def test_abtem_hrtem_field_of_view_end_to_end(tmp_path, capsys, dose):
     reach = res["window"]["radius_A"] + res["window"]["halo_A"]
     step = min(cal["pixel_x_A"], cal["pixel_y_A"])
     dpx = np.asarray(d["defect_px"])
-    isolated = [k for k in range(len(sites))
-                if all(np.linalg.norm(px[k] - q) * step > reach or np.linalg.norm(px[k] - q) < 0.5 for q in dpx)]  # fmt: skip
+    isolated = isolated_sites(px, dpx, reach, step, own=0.5)
     in_lib = [k for k in isolated if truth[k] != "Zr_Ti"]
     assert len(in_lib) > 100
     from hypotest.hypothesis import load_hypotheses
